@@ -1,0 +1,80 @@
+"""Text the rules allow (C4, Chinese Alpaca): the bundled samples offline, `datasets` on a connected machine.
+
+Bundled C4 documents 0-239 are for calibration / training, 240-299 are held out for evaluation,
+so KL and perplexity are never measured on text the model was pruned or distilled on.
+"""
+from __future__ import annotations
+
+import json
+from functools import lru_cache
+from pathlib import Path
+
+BUNDLED_DATA = Path(__file__).parent / "_bundled" / "data"
+HELDOUT_START = 240
+ALLOWED_SOURCES = ("c4", "alpaca_zh")
+HUB_IDS = {"c4": ("allenai/c4", "en"), "alpaca_zh": ("shibing624/alpaca-zh", None)}
+
+
+def check_source(name: str) -> str:
+    if name not in ALLOWED_SOURCES:
+        raise ValueError(f"dataset {name!r} is not allowed: the competition rules permit only C4 and "
+                         f"Chinese Alpaca for any training or calibration ({', '.join(ALLOWED_SOURCES)})")
+    return name
+
+
+@lru_cache(maxsize=None)
+def _bundled(name: str) -> tuple[str, ...]:
+    if name == "c4":
+        lines = (BUNDLED_DATA / "c4_demo.jsonl").read_text(encoding="utf-8").splitlines()
+        return tuple(json.loads(line)["text"] for line in lines if line.strip())
+    records = json.loads((BUNDLED_DATA / "alpaca_zh_demo.json").read_text(encoding="utf-8"))
+    return tuple("\n".join(x for x in (r["instruction"], r.get("input", ""), r["output"]) if x) for r in records)
+
+
+def texts(name: str = "c4", *, split: str = "train", hub: bool = False, limit: int | None = None) -> list[str]:
+    """Documents of an allowed source. split: "train" (calibration / distillation) or "heldout"."""
+    check_source(name)
+    if split not in ("train", "heldout"):
+        raise ValueError(f"split must be 'train' or 'heldout', got {split!r}")
+    if hub:
+        return _hub_texts(name, split, limit or 1000)
+    docs = _bundled(name)
+    if name == "c4":
+        docs = docs[:HELDOUT_START] if split == "train" else docs[HELDOUT_START:]
+    else:  # alpaca: last 10 % held out
+        cut = int(len(docs) * 0.9)
+        docs = docs[:cut] if split == "train" else docs[cut:]
+    return list(docs[:limit] if limit else docs)
+
+
+def _hub_texts(name: str, split: str, limit: int) -> list[str]:
+    try:
+        import datasets
+        repo, config = HUB_IDS[name]
+        hub_split = "validation" if (split == "heldout" and name == "c4") else "train"
+        stream = datasets.load_dataset(repo, config, split=hub_split, streaming=True)
+        out = []
+        for row in stream:
+            out.append(row["text"] if "text" in row else "\n".join(str(row.get(k, "")) for k in ("instruction", "input", "output")))
+            if len(out) >= limit:
+                break
+        return out
+    except Exception as err:  # offline, or hub unreachable: say what to do instead
+        raise ValueError(f"could not stream {name} from the Hugging Face hub ({type(err).__name__}); "
+                         "use the bundled sample (omit --hub-data) or run on a connected machine") from None
+
+
+def token_blocks(tokenizer, docs: list[str], *, seq_len: int, count: int):
+    """Pack documents into `count` blocks of `seq_len` token ids (BOS-separated), as a LongTensor."""
+    import torch
+    ids: list[int] = []
+    bos = tokenizer.bos_token_id
+    for doc in docs:
+        ids.extend(([bos] if bos is not None else []) + tokenizer(doc, add_special_tokens=False)["input_ids"])
+        if len(ids) >= seq_len * count:
+            break
+    usable = (len(ids) // seq_len) * seq_len
+    if usable == 0:
+        raise ValueError("not enough text to build one calibration block")
+    blocks = torch.tensor(ids[:usable]).reshape(-1, seq_len)
+    return blocks[:count]

@@ -1,0 +1,125 @@
+"""Model registry and loading: short names, HF ids or local directories -> (model, tokenizer).
+
+Competition models (NeurIPS 2024 Edge-Device LLM, track 1): Phi-2, Llama-3-8B and Qwen-7B. The final
+rules name the instruct checkpoints; `qwen-7b` maps to Qwen2-7B-Instruct because the original Qwen-7B
+needs remote code (QWenLMHeadModel) that is neither a Qwen2 nor a Llama layout and was replaced by
+Qwen2-7B-Instruct in the final rules.
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from ._names import Registry
+
+BUNDLED_MODELS = Path(__file__).parent / "_bundled"
+ALLOWED_DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16, "fp16": torch.float16}
+
+
+@dataclass(frozen=True, kw_only=True)
+class ModelSpec:
+    source: str          # HF hub id, or a directory for bundled models
+    description: str
+    bundled: bool = False
+
+
+MODELS: Registry[ModelSpec] = Registry("model")
+MODELS.add("stories260k", ModelSpec(source=str(BUNDLED_MODELS / "stories260k"), bundled=True,
+                                    description="bundled real TinyStories Llama, 260K params (default)"))
+MODELS.add("phi-2", ModelSpec(source="microsoft/phi-2", description="Phi-2, 2.7B, competition track 1"))
+MODELS.add("llama-3-8b", ModelSpec(source="meta-llama/Meta-Llama-3.1-8B-Instruct",
+                                   description="Llama-3.1-8B-Instruct, competition track 1"))
+MODELS.add("qwen-7b", ModelSpec(source="Qwen/Qwen2-7B-Instruct",
+                                description="Qwen2-7B-Instruct (the final rules' Qwen-7B), competition track 1"))
+DEFAULT_MODEL = "stories260k"
+
+
+def resolve_model(name: str | os.PathLike) -> str:
+    """A registry name, a local directory or a HF id -> what `from_pretrained` takes."""
+    name = str(name)
+    if name in MODELS:
+        return MODELS.get(name).source
+    path = Path(name).expanduser()
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise ValueError(f"model directory {path} has no config.json")
+        return str(path)
+    looks_like_path = name.startswith((".", "/", "~")) or name.count("/") > 1 or os.sep + os.sep in name
+    if looks_like_path:
+        raise ValueError(f"model directory not found: {path}")
+    if "/" in name:  # org/name: a hub id
+        return name
+    raise ValueError(MODELS.unknown_message(name) + "; or pass a HF id (org/name) or a local directory")
+
+
+def check_dtype(dtype: str | torch.dtype) -> torch.dtype:
+    if isinstance(dtype, torch.dtype):
+        if dtype in (torch.float16, torch.float32):
+            return dtype
+        dtype = str(dtype).replace("torch.", "")
+    if dtype not in ALLOWED_DTYPES:
+        raise ValueError(f"dtype {dtype!r} is not allowed: the competition rules require FP16 or FP32 weights "
+                         "(no quantization); use float16 or float32")
+    return ALLOWED_DTYPES[dtype]
+
+
+def _check_not_quantized(config) -> None:
+    if getattr(config, "quantization_config", None):
+        method = config.quantization_config
+        method = method.get("quant_method", "?") if isinstance(method, dict) else getattr(method, "quant_method", "?")
+        raise ValueError(f"quantized checkpoint ({method}) refused: the competition rules allow FP16/FP32 only")
+
+
+def load_config(name: str | os.PathLike):
+    from transformers import AutoConfig
+    source = resolve_model(name)
+    config = _from_hub_or_cache(AutoConfig.from_pretrained, source, name)
+    _check_not_quantized(config)
+    return config
+
+
+def load_model(name: str | os.PathLike = DEFAULT_MODEL, *, dtype: str | torch.dtype = "float32"):
+    """(model in eval mode, tokenizer). Per-layer-shaped checkpoints load without remote code."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from ._modeling_pruned import PRUNED_CLASSES
+    from ._families import family_of
+
+    torch_dtype = check_dtype(dtype)
+    source = resolve_model(name)
+    config = load_config(name)
+    family_of(config)
+    if getattr(config, "layer_shapes", None):
+        cls = PRUNED_CLASSES[config.model_type]
+        model = cls.from_pretrained(source, config=config, dtype=torch_dtype)
+    else:
+        model = _from_hub_or_cache(AutoModelForCausalLM.from_pretrained, source, name, dtype=torch_dtype)
+    tokenizer = _from_hub_or_cache(AutoTokenizer.from_pretrained, source, name)
+    return model.eval(), tokenizer
+
+
+def _from_hub_or_cache(loader, source: str, name, **kwargs):
+    """Local files first; then the hub unless offline; one clear line when neither has it."""
+    if Path(source).is_dir():
+        return loader(source, **kwargs)
+    try:
+        return loader(source, local_files_only=True, **kwargs)
+    except OSError:
+        pass
+    if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False"):
+        raise ValueError(_not_cached_message(name, source)) from None
+    try:
+        return loader(source, **kwargs)
+    except Exception:
+        raise ValueError(_not_cached_message(name, source)) from None
+
+
+def _not_cached_message(name, source: str) -> str:
+    return (f"model {name!r} ({source}) is not in the local Hugging Face cache and the hub is unreachable: "
+            f"download it on a connected machine with `huggingface-cli download {source}` "
+            "(and copy ~/.cache/huggingface here), or pass --model /path/to/local/dir")
+
+

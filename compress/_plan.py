@@ -1,0 +1,140 @@
+"""The pruning plan: the one thing `spaces` hands `compress`.
+
+JSON form (every key but `layers` optional):
+
+    {"importance": "l1",            # criterion name, see compress.criteria()
+     "attn_unit": "kv_group",       # "kv_group": remove whole KV groups (K/V head + its query heads)
+                                    # "head": remove query heads inside every KV group, equally per group
+     "mlp_multiple": 1,             # round kept MLP widths to a multiple of this (e.g. 64 for kernels)
+     "calibration": {"samples": 16, "seq_len": 128, "seed": 0},
+     "layers": [{"attn_keep": 0.5, "mlp_keep": 0.75}, ...]}   # one entry per layer of the base model
+
+A keep fraction of 0 removes that sub-block; a layer with both at 0 is dropped. Fractions are turned
+into integer unit counts by `realise` (rounded to nearest, at least one unit when the fraction is > 0).
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from ._shapes import LayerShape, ModelShapes
+
+ATTN_UNITS = ("kv_group", "head")
+
+
+@dataclass(frozen=True, kw_only=True)
+class LayerPlan:
+    attn_keep: float = 1.0
+    mlp_keep: float = 1.0
+
+    def __post_init__(self):
+        for name in ("attn_keep", "mlp_keep"):
+            value = getattr(self, name)
+            if not isinstance(value, (int, float)) or not 0.0 <= float(value) <= 1.0:
+                raise ValueError(f"{name} must be a number in [0, 1], got {value!r}")
+
+    @property
+    def dropped(self) -> bool:
+        return self.attn_keep == 0 and self.mlp_keep == 0
+
+
+@dataclass(frozen=True, kw_only=True)
+class Plan:
+    layers: tuple[LayerPlan, ...]
+    importance: str = "l1"
+    attn_unit: str = "kv_group"
+    mlp_multiple: int = 1
+    calibration: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        from ._criteria import CRITERIA  # late: criteria import groups, which need torch
+        CRITERIA.get(self.importance)   # unknown names fail here, before any model is loaded
+        if self.attn_unit not in ATTN_UNITS:
+            raise ValueError(f"attn_unit must be one of {ATTN_UNITS}, got {self.attn_unit!r}")
+        if not isinstance(self.mlp_multiple, int) or self.mlp_multiple < 1:
+            raise ValueError(f"mlp_multiple must be a positive integer, got {self.mlp_multiple!r}")
+        if not self.layers:
+            raise ValueError("a plan needs at least one layer entry")
+        if all(layer.dropped for layer in self.layers):
+            raise ValueError("a plan cannot drop every layer")
+
+    # ---- construction ----------------------------------------------------------------------
+    @classmethod
+    def uniform(cls, num_layers: int, *, attn_keep: float, mlp_keep: float, **kwargs) -> "Plan":
+        return cls(layers=tuple(LayerPlan(attn_keep=attn_keep, mlp_keep=mlp_keep) for _ in range(num_layers)),
+                   **kwargs)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "Plan":
+        if not isinstance(data, dict) or "layers" not in data:
+            raise ValueError('a plan is a JSON object with a "layers" list')
+        known = {"layers", "importance", "attn_unit", "mlp_multiple", "calibration", "realised"}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"unknown plan keys {unknown}; known: {sorted(known - {'realised'})}")
+        layers = data["layers"]
+        if not isinstance(layers, list) or not all(isinstance(x, dict) for x in layers):
+            raise ValueError('"layers" must be a list of {"attn_keep": f, "mlp_keep": f} objects')
+        for entry in layers:
+            extra = set(entry) - {"attn_keep", "mlp_keep"}
+            if extra:
+                raise ValueError(f"unknown layer keys {sorted(extra)}; known: attn_keep, mlp_keep")
+        kwargs = {k: data[k] for k in ("importance", "attn_unit", "mlp_multiple", "calibration") if k in data}
+        return cls(layers=tuple(LayerPlan(**entry) for entry in layers), **kwargs)
+
+    @classmethod
+    def load(cls, path) -> "Plan":
+        path = Path(path)
+        if not path.is_file():
+            raise ValueError(f"plan file not found: {path}")
+        try:
+            data = json.loads(path.read_text())
+        except json.JSONDecodeError as err:
+            raise ValueError(f"plan file {path} is not valid JSON: {err}") from None
+        return cls.from_dict(data)
+
+    def to_dict(self) -> dict:
+        data = asdict(self)
+        data["layers"] = [asdict(layer) for layer in self.layers]
+        return data
+
+    # ---- realisation ---------------------------------------------------------------------
+    def check_fits(self, shapes: ModelShapes) -> None:
+        if len(self.layers) != shapes.num_layers:
+            raise ValueError(f"plan has {len(self.layers)} layer entries but the model has {shapes.num_layers} layers")
+
+    def realise(self, shapes: ModelShapes) -> list[LayerShape]:
+        """Integer shapes per base layer (dropped layers included, as all-zero shapes)."""
+        self.check_fits(shapes)
+        return [self._realise_layer(lp, base) for lp, base in zip(self.layers, shapes.layers)]
+
+    def attn_unit_for(self, base: LayerShape) -> str:
+        """Multi-head attention (one query head per KV head): a query head IS a KV group."""
+        if base.num_key_value_heads == base.num_attention_heads:
+            return "kv_group"
+        return self.attn_unit
+
+    def _realise_layer(self, lp: LayerPlan, base: LayerShape) -> LayerShape:
+        heads, kv = base.num_attention_heads, base.num_key_value_heads
+        if lp.attn_keep == 0 or heads == 0:
+            heads = kv = 0
+        elif self.attn_unit_for(base) == "kv_group":
+            kv_kept = _count(lp.attn_keep, kv)
+            heads, kv = kv_kept * (heads // kv), kv_kept
+        else:
+            heads = kv * _count(lp.attn_keep, heads // kv)
+        ffn = base.intermediate_size
+        ffn = 0 if (lp.mlp_keep == 0 or ffn == 0) else _count_multiple(lp.mlp_keep, ffn, self.mlp_multiple)
+        return LayerShape(heads, kv, ffn)
+
+
+def _count(keep: float, total: int) -> int:
+    return min(total, max(1, round(keep * total)))
+
+
+def _count_multiple(keep: float, total: int, multiple: int) -> int:
+    if multiple >= total:
+        return total
+    units = max(1, round(keep * total / multiple))
+    return min(total, units * multiple)
