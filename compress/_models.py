@@ -36,13 +36,17 @@ MODELS.add("llama-3-8b", ModelSpec(source="meta-llama/Meta-Llama-3.1-8B-Instruct
 MODELS.add("qwen-7b", ModelSpec(source="Qwen/Qwen2-7B-Instruct",
                                 description="Qwen2-7B-Instruct (the final rules' Qwen-7B), competition track 1"))
 DEFAULT_MODEL = "stories260k"
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model")
 
 
 def resolve_model(name: str | os.PathLike) -> str:
     """A registry name, a local directory or a HF id -> what `from_pretrained` takes."""
     name = str(name)
     if name in MODELS:
-        return MODELS.get(name).source
+        spec = MODELS.get(name)
+        if spec.bundled and not (Path(spec.source) / "config.json").is_file():
+            raise ValueError(f"bundled model {name!r} is missing from {spec.source}; reinstall the package")
+        return spec.source
     path = Path(name).expanduser()
     if path.is_dir():
         if not (path / "config.json").is_file():
@@ -83,7 +87,9 @@ def load_config(name: str | os.PathLike):
 
 
 def load_model(name: str | os.PathLike = DEFAULT_MODEL, *, dtype: str | torch.dtype = "float32"):
-    """(model in eval mode, tokenizer). Per-layer-shaped checkpoints load without remote code."""
+    """(model in eval mode, tokenizer or None for a directory without one).
+
+    Per-layer-shaped checkpoints load with the project's own class, without remote code."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from ._modeling_pruned import PRUNED_CLASSES
     from ._families import family_of
@@ -97,7 +103,9 @@ def load_model(name: str | os.PathLike = DEFAULT_MODEL, *, dtype: str | torch.dt
         model = cls.from_pretrained(source, config=config, dtype=torch_dtype)
     else:
         model = _from_hub_or_cache(AutoModelForCausalLM.from_pretrained, source, name, dtype=torch_dtype)
-    tokenizer = _from_hub_or_cache(AutoTokenizer.from_pretrained, source, name)
+    tokenizer = None
+    if not Path(source).is_dir() or any((Path(source) / f).is_file() for f in TOKENIZER_FILES):
+        tokenizer = _from_hub_or_cache(AutoTokenizer.from_pretrained, source, name)
     return model.eval(), tokenizer
 
 

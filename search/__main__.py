@@ -1,0 +1,3 @@
+from search._cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,46 @@
+"""`python -m search VERB ...`: the command line. Bad input -> one line on stderr, exit status 2."""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from search import _verbs
+
+# Each verb: (help, function adding its arguments, function running it).
+VERBS = {
+    "launch": ("run a compression search (the main job)", _verbs.add_launch_args, _verbs.launch),
+    "resume": ("continue an interrupted search, keeping completed trials", _verbs.add_resume_args, _verbs.resume),
+    "top": ("best candidates of a search, with plans and scores", _verbs.add_top_args, _verbs.top),
+    "prune": ("apply one pruning plan to a model", _verbs.add_prune_args, _verbs.prune),
+    "evaluate": ("score a model: proxy accuracy, KL, memory, throughput", _verbs.add_evaluate_args, _verbs.evaluate),
+    "distill": ("recover a pruned model by distillation from its dense teacher", _verbs.add_distill_args, _verbs.distill),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m search", description=__doc__)
+    sub = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
+    for name, (help_text, add_args, run) in VERBS.items():
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        add_args(p)
+        p.set_defaults(run=run)
+    return parser
+
+
+class OneLineError(Exception):
+    """Raised for user errors; printed as one line."""
+
+
+def main(argv: list[str] | None = None) -> int:
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.run(args) or 0)
+    except (ValueError, FileNotFoundError, OneLineError) as err:
+        message = str(err).splitlines()[0] if str(err) else type(err).__name__
+        print(f"error: {message}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
