@@ -15,7 +15,7 @@ into integer unit counts by `realise` (rounded to nearest, at least one unit whe
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from ._shapes import LayerShape, ModelShapes
@@ -108,6 +108,11 @@ class Plan:
         """Integer shapes per base layer (dropped layers included, as all-zero shapes)."""
         self.check_fits(shapes)
         return [self._realise_layer(lp, base) for lp, base in zip(self.layers, shapes.layers)]
+
+    def realised_shapes(self, shapes: ModelShapes) -> ModelShapes:
+        """The pruned model's shapes, without loading it (dropped layers removed)."""
+        kept = tuple(s for s in self.realise(shapes) if s.has_attention or s.has_mlp)
+        return replace(shapes, layers=kept)
 
     def attn_unit_for(self, base: LayerShape) -> str:
         """Multi-head attention (one query head per KV head): a query head IS a KV group."""

@@ -17,6 +17,7 @@ from ._families import FamilyAdapter, family_of
 from ._groups import UnitGroup, attention_group, kept_indices, mlp_group, select_units
 from ._modeling_pruned import RemovedAttention, RemovedMLP
 from ._plan import Plan
+from ._release import release
 from ._shapes import LayerShape, ModelShapes, shapes_from_config
 
 CALIBRATION_DEFAULTS = {"samples": 16, "seq_len": 128, "seed": 0}
@@ -44,8 +45,12 @@ class PruneResult:
                 "seconds": round(self.seconds, 3)}
 
 
-def prune(model: nn.Module, tokenizer, plan: Plan, *, calibration=None) -> PruneResult:
-    """Prune `model` in place according to `plan`. `calibration`: LongTensor [n, seq] (else bundled C4)."""
+def prune(model: nn.Module, tokenizer, plan: Plan, *, calibration=None, release_old: bool = False) -> PruneResult:
+    """Prune `model` in place according to `plan`. `calibration`: LongTensor [n, seq] (else bundled C4).
+
+    release_old: return each cut weight's pages to the OS at once (only when nothing else shares the
+    model's tensors, e.g. the prune command that just loaded it).
+    """
     start = time.perf_counter()
     adapter = family_of(model.config)
     base = shapes_from_config(model.config)
@@ -59,14 +64,23 @@ def prune(model: nn.Module, tokenizer, plan: Plan, *, calibration=None) -> Prune
         stats = {}
     kept = []
     for idx, (layer, shape, target) in enumerate(zip(adapter.layers(model), base.layers, targets)):
+        before = _linear_weights(layer) if release_old else []
         kept.append({"q_heads": _prune_attention(adapter, layer, idx, base, shape, target, plan, criterion, stats),
                      "mlp_channels": _prune_mlp(adapter, layer, shape, target, criterion, stats)})
+        still_used = {id(t) for t in _linear_weights(layer)}
+        for tensor in before:
+            if id(tensor) not in still_used:
+                release(tensor)
     model.zero_grad(set_to_none=True)
     layer_map = _drop_layers(model, adapter, targets)
     _write_shapes_to_config(model.config, base, [targets[i] for i in layer_map])
     shapes = shapes_from_config(model.config)
     return PruneResult(model=model, shapes=shapes, layer_map=layer_map, realised=targets,
                        base_params=base.param_count(), seconds=time.perf_counter() - start, kept=kept)
+
+
+def _linear_weights(layer) -> list[torch.Tensor]:
+    return [p for m in layer.modules() if isinstance(m, nn.Linear) for p in m.parameters(recurse=False)]
 
 
 def calibration_tokens(tokenizer, plan: Plan) -> torch.Tensor:

@@ -28,6 +28,14 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _quiet_cpu_deepspeed() -> None:
+    """transformers imports deepspeed when installed; on a CPU box it prints an accelerator warning
+    to stdout (breaking `--json` output) unless told the accelerator up front."""
+    import torch
+    if not torch.cuda.is_available():
+        os.environ.setdefault("DS_ACCELERATOR", "cpu")
+
+
 class OneLineError(Exception):
     """Raised for user errors; printed as one line."""
 
@@ -35,6 +43,7 @@ class OneLineError(Exception):
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     args = build_parser().parse_args(argv)
+    _quiet_cpu_deepspeed()
     try:
         return int(args.run(args) or 0)
     except (ValueError, FileNotFoundError, OneLineError) as err:

@@ -25,8 +25,9 @@ def prune(args) -> int:
     dtype = compress.check_dtype(args.dtype)
     compress.check_output_dir(args.out, force=args.force)
     plan.check_fits(compress.shapes_from_config(compress.load_config(args.model)))
-    model, tokenizer = compress.load_model(args.model, dtype="float32")
-    result = compress.prune(model, tokenizer, plan)
+    # Load in the saved dtype: slicing is exact in any dtype, and FP16 halves peak memory on 7B models.
+    model, tokenizer = compress.load_model(args.model, dtype=dtype)
+    result = compress.prune(model, tokenizer, plan, release_old=True)  # we own the model
     summary = result.summary()
     compress.save_pruned(model, tokenizer, args.out, plan=plan, summary=summary, force=args.force, dtype=dtype)
     summary["bytes"] = result.params * (2 if dtype.itemsize == 2 else 4)

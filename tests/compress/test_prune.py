@@ -140,3 +140,12 @@ def test_unsupported_architecture_names_supported_ones():
     from transformers import GPT2Config
     with pytest.raises(ValueError, match="supported families: .*llama.*phi.*qwen2|supported families"):
         compress.family_of(GPT2Config())
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_realised_shapes_predict_the_pruned_model(family):
+    dense = tiny_model(family)
+    plan = Plan.from_dict(NON_UNIFORM)
+    predicted = plan.realised_shapes(compress.shapes_from_config(dense.config))
+    _, result = prune_copy(dense, NON_UNIFORM)
+    assert predicted == result.shapes and predicted.param_count() == result.params

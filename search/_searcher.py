@@ -1,0 +1,89 @@
+"""OptunaSearch with the fixes a real search needs (see shared notes on Ray Tune + Optuna):
+
+- the memory budget reaches Optuna as a real constraint (Trial.set_constraint before tell; the stock
+  searcher never sets user attrs, so a constraints_func would be silently ignored);
+- ASHA-stopped trials are told PRUNED at their last rung instead of COMPLETE;
+- baselines are enqueued once as named trials (user attr "baseline"), and their name reaches the config;
+- resume: results for trials the DB already finished are ignored, the sampler RNG is reseeded (so it does
+  not replay the same points), and trials left RUNNING in the DB by a killed driver are failed.
+"""
+from __future__ import annotations
+
+import logging
+
+import optuna
+from optuna.trial import TrialState
+from ray.tune.search.optuna import OptunaSearch
+
+log = logging.getLogger(__name__)
+CONSTRAINT_KEY = "constraint"   # reported by trials: peak memory - budget, in GB (> 0 = infeasible)
+
+
+def make_sampler(name: str, *, seed: int, multi: bool):
+    if name == "tpe":
+        return optuna.samplers.TPESampler(seed=seed, multivariate=True, constant_liar=True, n_startup_trials=8)
+    if name == "nsga2":
+        return optuna.samplers.NSGAIISampler(seed=seed, population_size=max(8, 4))
+    if name == "gp":
+        return optuna.samplers.GPSampler(seed=seed, n_startup_trials=8)
+    if name == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    raise ValueError(f"unknown sampler {name!r}; known: tpe, nsga2, gp, random")
+
+
+class ConstrainedOptunaSearch(OptunaSearch):
+    def __init__(self, *args, baselines: dict | None = None, max_t: int = 1, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._max_t = max_t
+        if baselines and not self._ot_study.trials:   # a fresh study: baselines first, once
+            for name, params in baselines.items():
+                self._ot_study.enqueue_trial(params, user_attrs={"baseline": name})
+
+    def suggest(self, trial_id: str):
+        config = super().suggest(trial_id)
+        if config is None:
+            return None
+        ot_trial = self._ot_trials[trial_id]
+        ot_trial.set_user_attr("tune_trial_id", trial_id)
+        config["baseline"] = ot_trial.user_attrs.get("baseline", "")
+        return config
+
+    def _finished_in_db(self, trial_id: str) -> bool:
+        ot_trial = self._ot_trials.get(trial_id)
+        if ot_trial is None:
+            return True
+        return self._ot_study._storage.get_trial(ot_trial._trial_id).state.is_finished()
+
+    def on_trial_result(self, trial_id: str, result: dict):
+        if self._finished_in_db(trial_id):
+            return
+        super().on_trial_result(trial_id, result)
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False):
+        if self._finished_in_db(trial_id):
+            self._completed_trials.add(trial_id)
+            return
+        ot_trial = self._ot_trials[trial_id]
+        if result and CONSTRAINT_KEY in result:
+            ot_trial.set_constraint(CONSTRAINT_KEY, float(result[CONSTRAINT_KEY]))
+        iteration = (result or {}).get("training_iteration", 0)
+        stopped_early = result and not error and isinstance(self.metric, str) and iteration < self._max_t \
+            and result.get(self.metric) is not None
+        if stopped_early:  # ASHA stopped it at a lower rung: that is a pruned trial, not a complete one
+            ot_trial.report(float(result[self.metric]), iteration)
+            self._ot_study.tell(ot_trial, state=TrialState.PRUNED)
+            self._completed_trials.add(trial_id)
+            return
+        super().on_trial_complete(trial_id, result=result, error=error)
+
+    def restore(self, checkpoint_path: str):
+        super().restore(checkpoint_path)
+        reseed = getattr(self._ot_study.sampler, "reseed_rng", None)
+        if reseed:
+            reseed()
+        known = {t._trial_id for t in self._ot_trials.values()}
+        storage = self._ot_study._storage
+        for frozen in self._ot_study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+            if frozen._trial_id not in known:  # asked after the last checkpoint by a killed driver
+                storage.set_trial_state_values(frozen._trial_id, state=TrialState.FAIL)
+                log.info("failed orphan trial %d left RUNNING by an interrupted driver", frozen.number)

@@ -1,0 +1,132 @@
+"""Search spaces: Optuna define-by-run functions, and the one pure map from parameters to a Plan.
+
+Parametrisation (why no trial is wasted on an infeasible point): a trial samples per-layer *shares*
+(relative importance of each layer's attention and MLP, in [0, 1]), not absolute keep ratios. The
+map to a plan scales every share by one global factor c and picks the largest c whose realised
+shapes fit the memory target (bisection; memory is monotone in c). So every trial lands on the
+budget, and the sampler only decides *where* the parameters are kept. A share scaled below
+`min_keep` removes that sub-block (or, with drops disallowed, keeps `min_keep`).
+
+Runtimes: `llama.cpp` runs per-layer shapes (GGUF `deci`), so every layer has its own two shares.
+`mlc` (MLC-LLM) needs the same head count and FFN width in every layer: one attention and one MLP
+share for all layers, plus optional whole-layer drops (dropping layers keeps shapes uniform).
+
+In multi-objective mode a trial also samples `budget_use`, the fraction of the budget it targets,
+so the Pareto front spans memory.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+from compress import LayerPlan, Plan
+
+BISECTION_STEPS = 40
+DISTILL_KEYS = ("distill_steps", "distill_lr", "distill_warmup", "distill_temperature", "distill_kd_weight",
+                "distill_hidden_weight")
+
+
+@dataclass(frozen=True, kw_only=True)
+class SpaceSpec:
+    num_layers: int
+    runtime: str = "llama.cpp"
+    criteria: tuple = ("l1",)
+    attn_unit: str = "kv_group"
+    min_keep: float = 0.15
+    allow_drop: bool = True
+    multi: bool = False
+    min_budget_use: float = 0.5
+    distill_steps: tuple = ()          # empty: distillation is off
+    distill_lr: tuple = (1e-4, 3e-3)
+
+
+def define_space(trial, spec: SpaceSpec) -> None:
+    """Optuna define-by-run space (used through ray.tune.search.optuna.OptunaSearch)."""
+    if spec.runtime == "mlc":
+        trial.suggest_float("attn", 0.0, 1.0)
+        trial.suggest_float("mlp", 0.0, 1.0)
+        if spec.allow_drop:
+            for i in range(spec.num_layers):
+                trial.suggest_categorical(f"drop_{i}", [False, True])
+    else:
+        for i in range(spec.num_layers):
+            trial.suggest_float(f"attn_{i}", 0.0, 1.0)
+            trial.suggest_float(f"mlp_{i}", 0.0, 1.0)
+    trial.suggest_categorical("importance", list(spec.criteria))
+    if spec.multi:
+        trial.suggest_float("budget_use", spec.min_budget_use, 1.0)
+    if spec.distill_steps:
+        trial.suggest_categorical("distill_steps", list(spec.distill_steps))
+        trial.suggest_float("distill_lr", *spec.distill_lr, log=True)
+        trial.suggest_float("distill_warmup", 0.0, 0.2)
+        trial.suggest_float("distill_temperature", 1.0, 4.0)
+        trial.suggest_float("distill_kd_weight", 0.0, 1.0)
+        trial.suggest_float("distill_hidden_weight", 0.0, 1.0)
+
+
+def shares_of(params: dict, spec: SpaceSpec) -> tuple[list[float], list[float]]:
+    """Per-layer (attention, MLP) shares; a dropped layer (mlc) has both at 0."""
+    n = spec.num_layers
+    if spec.runtime == "mlc":
+        dropped = [bool(params.get(f"drop_{i}", False)) for i in range(n)]
+        if all(dropped):
+            dropped[0] = False  # keep at least one layer
+        return ([0.0 if d else params["attn"] for d in dropped], [0.0 if d else params["mlp"] for d in dropped])
+    return [params[f"attn_{i}"] for i in range(n)], [params[f"mlp_{i}"] for i in range(n)]
+
+
+def params_to_plan(params: dict, spec: SpaceSpec, *, memory_of: Callable[[Plan], float], budget_bytes: float) -> Plan:
+    """The pure map trial parameters -> pruning plan, repaired onto the memory target."""
+    attn, mlp = shares_of(params, spec)
+    target = budget_bytes * float(params.get("budget_use", 1.0))
+    build = lambda c: _plan_at(c, attn, mlp, spec, params["importance"])  # noqa: E731
+    top = 1.0 / max(min([s for s in attn + mlp if s > 0] or [1.0]), 1e-6)
+    full = build(top)
+    if full is not None and memory_of(full) <= target:
+        return full  # already fits without touching this much
+    lo, hi = 0.0, top
+    best = None
+    for _ in range(BISECTION_STEPS):
+        mid = (lo + hi) / 2
+        plan = build(mid)
+        if plan is not None and memory_of(plan) <= target:
+            best, lo = plan, mid
+        else:
+            hi = mid
+    if best is None:
+        raise ValueError(f"no plan of this shape fits {target / 1e9:.3f} GB: the memory target is below what "
+                         "embeddings and one kept sub-block need")
+    return best
+
+
+def _plan_at(c: float, attn: list, mlp: list, spec: SpaceSpec, importance: str) -> Plan | None:
+    layers = [LayerPlan(attn_keep=_keep(c * a, spec), mlp_keep=_keep(c * m, spec)) for a, m in zip(attn, mlp)]
+    if all(layer.dropped for layer in layers):
+        return None
+    if spec.runtime == "mlc":
+        layers = _uniform_kept(layers)
+        if layers is None:
+            return None
+    return Plan(layers=tuple(layers), importance=importance, attn_unit=spec.attn_unit)
+
+
+def _uniform_kept(layers: list[LayerPlan]) -> list[LayerPlan] | None:
+    """MLC: kept layers must share one shape, so a removed sub-block must be removed everywhere."""
+    kept = [layer for layer in layers if not layer.dropped]
+    if any(layer.attn_keep == 0 or layer.mlp_keep == 0 for layer in kept):
+        return None
+    return layers
+
+
+def _keep(x: float, spec: SpaceSpec) -> float:
+    x = min(1.0, x)
+    if x < spec.min_keep:
+        return 0.0 if spec.allow_drop else spec.min_keep
+    return round(x, 6)
+
+
+def distill_schedule_params(params: dict) -> dict | None:
+    """The distillation part of a trial's parameters (None when distillation is off)."""
+    if "distill_steps" not in params:
+        return None
+    return {k.removeprefix("distill_"): params[k] for k in DISTILL_KEYS}
