@@ -8,6 +8,7 @@ from ._data import check_source, texts, token_blocks
 from ._models import DEFAULT_MODEL, MODELS, ModelSpec, check_dtype, load_config, load_model, resolve_model
 from ._prune import PruneResult, calibration_tokens, prune
 from ._io import check_output_dir, read_plan_record, save_pruned
+from ._outliers import layer_outlier_ratios
 
 __all__ = [
     "Registry", "FamilyAdapter", "family_of", "register_family", "supported_families",
@@ -15,4 +16,5 @@ __all__ = [
     "CRITERIA", "Criterion", "get_criterion", "check_source", "texts", "token_blocks",
     "DEFAULT_MODEL", "MODELS", "ModelSpec", "check_dtype", "load_config", "load_model", "resolve_model",
     "PruneResult", "calibration_tokens", "prune", "check_output_dir", "read_plan_record", "save_pruned",
+    "layer_outlier_ratios",
 ]

@@ -29,7 +29,7 @@ class PruneResult:
     shapes: ModelShapes
     layer_map: list[int]                  # kept layer i came from base layer layer_map[i]
     realised: list[LayerShape]            # per base layer (dropped layers as zeros)
-    base_params: int
+    base_shapes: ModelShapes
     seconds: float
     # per base layer: kept query heads and MLP channels (None = untouched, [] = removed)
     kept: list[dict] = field(default_factory=list)
@@ -37,6 +37,10 @@ class PruneResult:
     @property
     def params(self) -> int:
         return self.shapes.param_count()
+
+    @property
+    def base_params(self) -> int:
+        return self.base_shapes.param_count()
 
     def summary(self) -> dict:
         return {"params": self.params, "fp16_bytes": 2 * self.params, "base_params": self.base_params,
@@ -76,7 +80,7 @@ def prune(model: nn.Module, tokenizer, plan: Plan, *, calibration=None, release_
     _write_shapes_to_config(model.config, base, [targets[i] for i in layer_map])
     shapes = shapes_from_config(model.config)
     return PruneResult(model=model, shapes=shapes, layer_map=layer_map, realised=targets,
-                       base_params=base.param_count(), seconds=time.perf_counter() - start, kept=kept)
+                       base_shapes=base, seconds=time.perf_counter() - start, kept=kept)
 
 
 def _linear_weights(layer) -> list[torch.Tensor]:
@@ -105,7 +109,7 @@ def collect_statistics(model, adapter: FamilyAdapter, tokens: torch.Tensor, requ
         for layer in adapter.layers(model):
             consumers = [adapter.attention(layer)["o"], adapter.mlp(layer)["out"]]
             for module in consumers:
-                hooks.append(module.register_forward_pre_hook(_accumulate_square(act_sq, module)))
+                hooks.append(module.register_forward_pre_hook(accumulate_input_square(act_sq, module)))
     try:
         grad_on = "gradients" in requires
         for p in model.parameters():
@@ -123,7 +127,7 @@ def collect_statistics(model, adapter: FamilyAdapter, tokens: torch.Tensor, requ
     return stats
 
 
-def _accumulate_square(store: dict, module):
+def accumulate_input_square(store: dict, module):
     def hook(_module, args):
         x = args[0].detach().float()
         total = x.pow(2).reshape(-1, x.shape[-1]).sum(0)

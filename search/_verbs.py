@@ -1,6 +1,7 @@
 """The verbs behind `python -m search`. Heavy imports happen inside each verb, so `--help` is fast."""
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 
@@ -35,6 +36,91 @@ def prune(args) -> int:
     return 0
 
 
+# ---- launch / resume / top ------------------------------------------------------------------------
+DEFAULT_ROOT = "runs"
+
+
+def _add_common(p):
+    p.add_argument("--root", default=DEFAULT_ROOT, help="folder holding experiments and the MLflow store (default: runs)")
+    p.add_argument("--address", default=None, help="join an existing Ray cluster (default: start a local one)")
+
+
+def add_launch_args(p):
+    p.add_argument("--model", default=None, help="registry name, HF id or local dir (default: stories260k)")
+    p.add_argument("--config", default=None, help="experiment YAML (default: experiments/<model>.yaml)")
+    p.add_argument("--experiment", default=None, help="experiment name (default: the model name)")
+    p.add_argument("--trials", type=int, default=None)
+    p.add_argument("--budget-gb", type=float, default=None, help="memory budget in GB (default: the device's)")
+    p.add_argument("--device", default=None, help="device profile, e.g. phone-12gb")
+    p.add_argument("--runtime", default=None, choices=["llama.cpp", "mlc"])
+    p.add_argument("--sampler", default=None, choices=["tpe", "nsga2", "gp", "random"])
+    p.add_argument("--mode", default=None, choices=["single", "multi"], help="multi: proxy score vs --versus")
+    p.add_argument("--versus", default=None, choices=["memory", "tokens_per_s"], help="second objective in multi mode")
+    p.add_argument("--workers", type=int, default=None, help="concurrent trials")
+    p.add_argument("--rungs", type=int, default=None, help="fidelity levels (ASHA rungs)")
+    p.add_argument("--distill", action=argparse.BooleanOptionalAction, default=None, help="distillation in trials")
+    p.add_argument("--tracking-uri", default=None, help="MLflow tracking URI (default: sqlite:///<root>/mlflow.db)")
+    _add_common(p)
+
+
+def launch(args) -> int:
+    import experiments
+    import objectives
+    from pathlib import Path
+    overrides = {"budget_gb": args.budget_gb, "device": args.device, "runtime": args.runtime,
+                 "search.trials": args.trials, "search.sampler": args.sampler, "search.mode": args.mode,
+                 "search.multi_objective": args.versus, "search.workers": args.workers,
+                 "proxy.rungs": args.rungs, "distill.enabled": args.distill}
+    exp = experiments.load_experiment(model=args.model, config=args.config, overrides=overrides)
+    objectives.get_profile(exp.device)                      # unknown profile: fail before any work
+    import compress
+    compress.load_config(exp.model)                         # unknown / uncached model: same
+    from search import _driver
+    name = args.experiment or exp.model.replace("/", "_")
+    return _driver.launch(exp, name=name, root=Path(args.root), tracking_uri=args.tracking_uri, address=args.address)
+
+
+def add_resume_args(p):
+    p.add_argument("--experiment", required=True)
+    _add_common(p)
+
+
+def resume(args) -> int:
+    from pathlib import Path
+    from search import _driver
+    return _driver.resume(name=args.experiment, root=Path(args.root), address=args.address)
+
+
+def add_top_args(p):
+    p.add_argument("--experiment", required=True)
+    p.add_argument("--k", type=int, default=5)
+    p.add_argument("--root", default=DEFAULT_ROOT)
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+
+
+def top(args) -> int:
+    from pathlib import Path
+    from search._paths import ExperimentDir
+    from search._report import COLUMNS, feasible_complete
+    paths = ExperimentDir.open(Path(args.root), args.experiment)
+    if not paths.results.is_file():
+        raise ValueError(f"experiment {args.experiment} has no results yet; finish it with `python -m search resume "
+                         f"--experiment {args.experiment}`")
+    data = json.loads(paths.results.read_text())
+    ranked = sorted(feasible_complete(data["trials"]), key=lambda r: -r["score"])[: args.k]
+    saved = {t["trial_id"]: t["dir"] for t in data["summary"].get("top", [])}
+    if args.json:
+        _print_json([{**r, "params": json.loads(r.pop("params_json")), "checkpoint": saved.get(r["trial_id"])}
+                     for r in ranked])
+        return 0
+    print(f"{'rank':<5}{'name':<22}{'score':>9}{'accuracy':>10}{'KL':>9}{'memory GB':>12}  plan / checkpoint")
+    for i, r in enumerate(ranked, 1):
+        print(f"{i:<5}{r['name']:<22}{r['score']:9.4f}{r.get('proxy_accuracy') or 0:10.4f}"
+              f"{r.get('kl_to_teacher') or 0:9.4f}{(r.get('peak_memory_bytes') or 0) / 2**30:12.6f}  "
+              f"{saved.get(r['trial_id'], '(not materialised)')}")
+    return 0
+
+
 # ---- verbs filled in by later modules ------------------------------------------------------------
 def _not_yet(name):
     def add(p):
@@ -45,8 +131,5 @@ def _not_yet(name):
     return add, run
 
 
-add_launch_args, launch = _not_yet("launch")
-add_resume_args, resume = _not_yet("resume")
-add_top_args, top = _not_yet("top")
 add_evaluate_args, evaluate = _not_yet("evaluate")
 add_distill_args, distill = _not_yet("distill")

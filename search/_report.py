@@ -1,0 +1,158 @@
+"""After a search: the results table, the gain over the baselines, the Pareto front, the top-k checkpoints."""
+from __future__ import annotations
+
+import csv
+import json
+import math
+
+import compress
+from search import _tracking
+from search._trial import GB, plan_for
+
+COLUMNS = ("trial_id", "name", "status", "rung", "score", "proxy_accuracy", "kl_to_teacher", "perplexity",
+           "peak_memory_bytes", "decode_tokens_per_s", "params", "kept_fraction", "constraint", "reason")
+
+
+def collect(grid, setup, paths) -> list[dict]:
+    rows = []
+    for result in grid:
+        metrics = result.metrics or {}
+        config = {k: v for k, v in (result.config or {}).items()}
+        trial_id = metrics.get("trial_id", "?")
+        row = {k: metrics.get(k) for k in COLUMNS if k in metrics}
+        row.update(trial_id=trial_id, name=config.get("baseline") or trial_id,
+                   params_json=json.dumps({k: v for k, v in config.items() if k != "baseline"}))
+        if result.error is not None:
+            row.update(status="failed", reason=str(result.error).strip().splitlines()[-1][:300])
+        elif metrics.get("training_iteration", 0) < setup.rungs:
+            row["status"] = "stopped early"
+        else:
+            row["status"] = "complete"
+        rows.append(row)
+    return rows
+
+
+def feasible_complete(rows: list[dict]) -> list[dict]:
+    return [r for r in rows if r["status"] == "complete" and (r.get("constraint") or 0) <= 0
+            and r.get("score") is not None and math.isfinite(r["score"])]
+
+
+def pareto_front(rows: list[dict], second: str, second_mode: str) -> list[dict]:
+    sign = 1 if second_mode == "max" else -1
+    front = [r for r in rows if not any(
+        o["score"] >= r["score"] and sign * o[second] >= sign * r[second] and
+        (o["score"] > r["score"] or sign * o[second] > sign * r[second]) for o in rows)]
+    return sorted(front, key=lambda r: -r["score"])
+
+
+def finish(rows: list[dict], exp, setup, paths) -> dict:
+    ranked = sorted(feasible_complete(rows), key=lambda r: -r["score"])
+    summary = {"experiment": paths.name, "trials": len(rows),
+               "complete": sum(r["status"] == "complete" for r in rows),
+               "stopped_early": sum(r["status"] == "stopped early" for r in rows),
+               "failed": [{"trial_id": r["trial_id"], "reason": r.get("reason")} for r in rows if r["status"] == "failed"],
+               "budget_bytes": setup.budget_bytes, "baselines": {}, "best": ranked[0] if ranked else None}
+    for r in rows:
+        if r["name"] in ("uniform-l1", "owl"):
+            summary["baselines"][r["name"]] = r
+    if summary["best"] and "uniform-l1" in summary["baselines"]:
+        base = summary["baselines"]["uniform-l1"].get("score")
+        summary["gain_over_uniform_l1"] = summary["best"]["score"] - base if base is not None else None
+    if setup.multi:
+        from search._driver import SECOND_OBJECTIVE
+        summary["pareto_front"] = pareto_front(ranked, *SECOND_OBJECTIVE[setup.multi])
+    top_rows = (summary.get("pareto_front") or ranked)[: exp.search.top_k]
+    summary["top"] = [materialise(r, rank, setup, paths) for rank, r in enumerate(top_rows, start=1)]
+    paths.write_json(paths.results, {"summary": summary, "trials": rows})
+    _write_csv(rows, paths.path / "trials.csv")
+    _log_parent(summary, rows, setup, paths)
+    return summary
+
+
+def materialise(row: dict, rank: int, setup, paths) -> dict:
+    """Re-create the candidate from its parameters (pruning is deterministic) and save it as FP16."""
+    params = json.loads(row["params_json"])
+    plan = plan_for(params, setup)
+    model, tokenizer = compress.load_model(setup.model_source, dtype="float32")
+    result = compress.prune(model, tokenizer, plan)
+    out = paths.top / f"rank{rank}-{row['name'] or row['trial_id']}"
+    compress.save_pruned(model, tokenizer, out, plan=plan, summary=result.summary(), force=True)
+    return {"rank": rank, "trial_id": row["trial_id"], "name": row["name"], "score": row["score"],
+            "peak_memory_bytes": row.get("peak_memory_bytes"), "params": result.params, "dir": str(out),
+            "plan": plan.to_dict()}
+
+
+def _write_csv(rows, path) -> None:
+    tmp = path.with_suffix(".tmp")
+    with open(tmp, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(COLUMNS), extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+    tmp.replace(path)
+
+
+def _log_parent(summary, rows, setup, paths) -> None:
+    if not setup.tracking_uri:
+        return
+    c = _tracking.client(setup.tracking_uri)
+    run_id = setup.parent_run_id
+    if summary["best"]:
+        c.log_metric(run_id, "best_score", summary["best"]["score"])
+    if summary.get("gain_over_uniform_l1") is not None:
+        c.log_metric(run_id, "gain_over_uniform_l1", summary["gain_over_uniform_l1"])
+    c.log_figure(run_id, score_vs_memory_figure(rows, summary, setup), "score_vs_memory.png")
+    c.log_text(run_id, top_table(summary), "top_k.md")
+    c.log_artifact(run_id, str(paths.results))
+    c.set_terminated(run_id, status="FINISHED")
+
+
+def score_vs_memory_figure(rows, summary, setup):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(6, 4))
+    done = [r for r in rows if r.get("score") is not None and r.get("peak_memory_bytes")]
+    ax.scatter([r["peak_memory_bytes"] / GB for r in done], [r["score"] for r in done], s=14, c="tab:blue",
+               label="trials")
+    for name, r in summary["baselines"].items():
+        if r.get("score") is not None:
+            ax.scatter([r["peak_memory_bytes"] / GB], [r["score"]], marker="*", s=160, label=name)
+    front = summary.get("pareto_front")
+    if front:
+        pts = sorted((r["peak_memory_bytes"] / GB, r["score"]) for r in front)
+        ax.plot(*zip(*pts), "k--", lw=1, label="Pareto front")
+    ax.axvline(setup.budget_bytes / GB, color="r", lw=1, label="budget")
+    ax.set_xlabel("simulated peak memory (GB)"), ax.set_ylabel("proxy score"), ax.legend(fontsize=7)
+    plt.close(fig)
+    return fig
+
+
+def top_table(summary) -> str:
+    lines = ["| rank | name | score | peak memory (GB) | params | dir |", "|---|---|---|---|---|---|"]
+    for t in summary["top"]:
+        lines.append(f"| {t['rank']} | {t['name']} | {t['score']:.4f} | {(t['peak_memory_bytes'] or 0) / GB:.6f} | "
+                     f"{t['params']:,} | {t['dir']} |")
+    return "\n".join(lines) + "\n"
+
+
+def print_summary(summary, *, stream) -> None:
+    print(f"\n{summary['trials']} trials: {summary['complete']} complete, {summary['stopped_early']} stopped early "
+          f"by ASHA, {len(summary['failed'])} failed", file=stream)
+    for f in summary["failed"]:
+        print(f"  failed {f['trial_id']}: {f['reason']}", file=stream)
+    print(f"{'':14}{'score':>10}{'accuracy':>10}{'KL':>10}{'ppl':>10}{'memory GB':>12}{'params':>12}", file=stream)
+    named = [("best", summary["best"])] + list(summary["baselines"].items())
+    for label, r in named:
+        if r:
+            print(f"{label:<14}{_f(r.get('score'))}{_f(r.get('proxy_accuracy'))}{_f(r.get('kl_to_teacher'))}"
+                  f"{_f(r.get('perplexity'))}{(r.get('peak_memory_bytes') or 0) / GB:12.6f}{int(r.get('params') or 0):12,}",
+                  file=stream)
+    if summary.get("gain_over_uniform_l1") is not None:
+        print(f"gain over uniform-L1 baseline at the same budget: {summary['gain_over_uniform_l1']:+.4f}", file=stream)
+    if summary.get("pareto_front"):
+        print(f"Pareto front: {len(summary['pareto_front'])} candidates", file=stream)
+    print(top_table(summary), file=stream)
+
+
+def _f(v) -> str:
+    return f"{v:10.4f}" if isinstance(v, (int, float)) else f"{'-':>10}"

@@ -1,0 +1,93 @@
+"""One search trial: parameters -> plan -> pruned (and distilled) model -> scores at each fidelity rung.
+
+Lives in an importable module (not __main__) so Ray workers import it, and a resumed search runs
+the current code rather than a pickled copy.
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+
+import compress
+import objectives
+import spaces
+from search import _tracking
+
+GB = 1024**3
+TRIAL_OBJECTIVES = ("memory", "throughput", "fidelity", "proxy")
+
+
+@dataclass(kw_only=True)
+class TrialSetup:
+    """Everything a trial needs, computed once by the driver and shipped to workers."""
+    model_source: str
+    spec: spaces.SpaceSpec
+    profile_name: str
+    budget_bytes: float
+    rungs: int
+    tasks: list
+    weights: dict
+    teacher_cache: str
+    multi: str | None = None              # None (single objective) | "memory" | "tokens_per_s"
+    tracking_uri: str | None = None
+    mlflow_experiment_id: str | None = None
+    parent_run_id: str | None = None
+    distill: dict = field(default_factory=dict)
+    seed: int = 0
+
+    def profile(self):
+        return objectives.get_profile(self.profile_name).with_budget(int(self.budget_bytes))
+
+    def memory_of(self, base_shapes):
+        profile = self.profile()
+        return lambda plan: objectives.estimate_memory(plan.realised_shapes(base_shapes), profile).total_bytes
+
+
+def plan_for(params: dict, setup: TrialSetup) -> compress.Plan:
+    base = compress.shapes_from_config(compress.load_config(setup.model_source))
+    return spaces.params_to_plan(params, setup.spec, memory_of=setup.memory_of(base), budget_bytes=setup.budget_bytes)
+
+
+def build_candidate(params: dict, setup: TrialSetup, *, on_distill_report=None):
+    """The pruned model for these parameters (distilled when the trial has a schedule)."""
+    plan = plan_for(params, setup)
+    model, tokenizer = compress.load_model(setup.model_source, dtype="float32")
+    teacher = None
+    result = compress.prune(model, tokenizer, plan)
+    return plan, result, model, tokenizer, teacher
+
+
+def run_trial(config: dict, setup: TrialSetup) -> None:
+    """Ray Tune function trainable. Reports once per fidelity rung; ASHA may stop it between rungs."""
+    from ray import tune
+
+    params = {k: v for k, v in config.items() if k != "baseline"}
+    run = _tracking.TrialRun.start(setup, tune.get_context().get_trial_id(), params, baseline=config.get("baseline", ""))
+    try:
+        start = time.perf_counter()
+        plan, result, model, tokenizer, _ = build_candidate(params, setup)
+        run.log_plan(plan, result)
+        profile = setup.profile()
+        context = objectives.EvalContext(profile=profile, teacher_cache=setup.teacher_cache, seed=setup.seed,
+                                         extra={"tasks": setup.tasks})
+        candidate = objectives.Candidate(shapes=result.shapes, model=model, tokenizer=tokenizer)
+        for rung in range(setup.rungs):
+            metrics = objectives.evaluate_all(candidate, context, objectives=list(TRIAL_OBJECTIVES), fidelity=rung)
+            report = score_report(metrics, setup, seconds=time.perf_counter() - start)
+            report.update(rung=rung, baseline=config.get("baseline", ""), kept_fraction=result.params / result.base_params)
+            run.log_metrics(report, step=rung)
+            tune.report(report)
+        run.finish("FINISHED")
+    except BaseException as err:
+        run.finish("FAILED", reason=f"{type(err).__name__}: {err}")
+        raise
+
+
+def score_report(metrics: dict, setup: TrialSetup, *, seconds: float) -> dict:
+    score = objectives.composite_score(metrics, objectives.ProxyWeights(**setup.weights))
+    if not math.isfinite(score):
+        raise FloatingPointError(f"proxy score is {score} (kl={metrics.get('kl_to_teacher')})")
+    constraint_gb = (metrics["peak_memory_bytes"] - setup.budget_bytes) / GB
+    return {**{k: float(v) for k, v in metrics.items()}, "score": float(score),
+            "constraint": constraint_gb, "trial_seconds": seconds}
