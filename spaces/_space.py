@@ -100,28 +100,19 @@ def params_to_plan(params: dict, spec: SpaceSpec, *, memory_of: Callable[[Plan],
 
 
 def _plan_at(c: float, attn: list, mlp: list, spec: SpaceSpec, importance: str) -> Plan | None:
-    layers = [LayerPlan(attn_keep=_keep(c * a, spec), mlp_keep=_keep(c * m, spec)) for a, m in zip(attn, mlp)]
+    layers = [LayerPlan(attn_keep=0.0, mlp_keep=0.0) if a == m == 0 else  # a layer the trial dropped
+              LayerPlan(attn_keep=_keep(c * a, spec), mlp_keep=_keep(c * m, spec)) for a, m in zip(attn, mlp)]
     if all(layer.dropped for layer in layers):
         return None
-    if spec.runtime == "mlc":
-        layers = _uniform_kept(layers)
-        if layers is None:
-            return None
     return Plan(layers=tuple(layers), importance=importance, attn_unit=spec.attn_unit)
 
 
-def _uniform_kept(layers: list[LayerPlan]) -> list[LayerPlan] | None:
-    """MLC: kept layers must share one shape, so a removed sub-block must be removed everywhere."""
-    kept = [layer for layer in layers if not layer.dropped]
-    if any(layer.attn_keep == 0 or layer.mlp_keep == 0 for layer in kept):
-        return None
-    return layers
-
-
 def _keep(x: float, spec: SpaceSpec) -> float:
+    """Clip to [min_keep, 1]; below min_keep a sub-block is removed where the runtime allows it
+    (MLC needs one shape in every kept layer, so it only drops whole layers, via drop_<i>)."""
     x = min(1.0, x)
     if x < spec.min_keep:
-        return 0.0 if spec.allow_drop else spec.min_keep
+        return 0.0 if (spec.allow_drop and spec.runtime != "mlc") else spec.min_keep
     return round(x, 6)
 
 
