@@ -70,7 +70,7 @@ def token_blocks(tokenizer, docs: list[str], *, seq_len: int, count: int):
     ids: list[int] = []
     bos = tokenizer.bos_token_id
     for doc in docs:
-        ids.extend(([bos] if bos is not None else []) + tokenizer(doc, add_special_tokens=False)["input_ids"])
+        ids.extend(([bos] if bos is not None else []) + tokenizer(doc, add_special_tokens=False, verbose=False)["input_ids"])
         if len(ids) >= seq_len * count:
             break
     usable = (len(ids) // seq_len) * seq_len

@@ -34,6 +34,8 @@ def _quiet_cpu_deepspeed() -> None:
     import torch
     if not torch.cuda.is_available():
         os.environ.setdefault("DS_ACCELERATOR", "cpu")
+    from transformers.utils import logging as hf_logging
+    hf_logging.disable_progress_bar()  # per-tensor "Loading weights" bars drown the verbs' own output
 
 
 class OneLineError(Exception):
