@@ -15,7 +15,6 @@ import spaces
 from search import _tracking
 
 GB = 1024**3
-TRIAL_OBJECTIVES = ("memory", "throughput", "fidelity", "proxy")
 
 
 @dataclass(kw_only=True)
@@ -49,13 +48,12 @@ def plan_for(params: dict, setup: TrialSetup) -> compress.Plan:
     return spaces.params_to_plan(params, setup.spec, memory_of=setup.memory_of(base), budget_bytes=setup.budget_bytes)
 
 
-def build_candidate(params: dict, setup: TrialSetup, *, on_distill_report=None):
-    """The pruned model for these parameters (distilled when the trial has a schedule)."""
+def build_candidate(params: dict, setup: TrialSetup):
+    """The pruned model for these parameters."""
     plan = plan_for(params, setup)
     model, tokenizer = compress.load_model(setup.model_source, dtype="float32")
-    teacher = None
     result = compress.prune(model, tokenizer, plan)
-    return plan, result, model, tokenizer, teacher
+    return plan, result, model, tokenizer
 
 
 def run_trial(config: dict, setup: TrialSetup) -> None:
@@ -66,16 +64,19 @@ def run_trial(config: dict, setup: TrialSetup) -> None:
     run = _tracking.TrialRun.start(setup, tune.get_context().get_trial_id(), params, baseline=config.get("baseline", ""))
     try:
         start = time.perf_counter()
-        plan, result, model, tokenizer, _ = build_candidate(params, setup)
+        plan, result, model, tokenizer = build_candidate(params, setup)
         run.log_plan(plan, result)
         profile = setup.profile()
         context = objectives.EvalContext(profile=profile, teacher_cache=setup.teacher_cache, seed=setup.seed,
                                          extra={"tasks": setup.tasks})
         candidate = objectives.Candidate(shapes=result.shapes, model=model, tokenizer=tokenizer)
+        judges = trial_objectives(setup)
+        weights = objectives.ProxyWeights.from_dict(setup.weights)
         for rung in range(setup.rungs):
-            metrics = objectives.evaluate_all(candidate, context, objectives=list(TRIAL_OBJECTIVES), fidelity=rung)
+            metrics = objectives.evaluate_all(candidate, context, objectives=judges, fidelity=rung, weights=weights)
             report = score_report(metrics, setup, seconds=time.perf_counter() - start)
-            report.update(rung=rung, baseline=config.get("baseline", ""), kept_fraction=result.params / result.base_params)
+            report.update(rung=rung, rungs=setup.rungs, baseline=config.get("baseline", ""),
+                          kept_fraction=result.params / result.base_params)
             run.log_metrics(report, step=rung)
             tune.report(report)
         run.finish("FINISHED")
@@ -84,8 +85,12 @@ def run_trial(config: dict, setup: TrialSetup) -> None:
         raise
 
 
+def trial_objectives(setup: TrialSetup) -> list:
+    return ["memory", "throughput", "fidelity", objectives.ProxyAccuracyObjective(tasks=tuple(setup.tasks))]
+
+
 def score_report(metrics: dict, setup: TrialSetup, *, seconds: float) -> dict:
-    score = objectives.composite_score(metrics, objectives.ProxyWeights(**setup.weights))
+    score = metrics[objectives.COMPOSITE]
     if not math.isfinite(score):
         raise FloatingPointError(f"proxy score is {score} (kl={metrics.get('kl_to_teacher')})")
     constraint_gb = (metrics["peak_memory_bytes"] - setup.budget_bytes) / GB
