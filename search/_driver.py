@@ -71,13 +71,17 @@ def make_tuner(exp: experiments.Experiment, setup: TrialSetup, paths: Experiment
     from ray.tune.schedulers import ASHAScheduler
     from search._progress import ProgressPrinter
     from search._searcher import ConstrainedOptunaSearch, make_sampler
+    from search._tune_state import StateSnapshot, repair
 
     trainable = tune.with_resources(tune.with_parameters(run_trial, setup=setup),
                                     {"cpu": exp.resources.cpus_per_trial, "gpu": exp.resources.gpus_per_trial})
     progress = ProgressPrinter(total=exp.search.trials)
-    run_config = tune.RunConfig(storage_path=str(paths.path), name="tune", verbose=0, callbacks=[progress],
+    callbacks = [progress, StateSnapshot(paths.tune)]
+    run_config = tune.RunConfig(storage_path=str(paths.path), name="tune", verbose=0, callbacks=callbacks,
                                 failure_config=tune.FailureConfig(max_failures=0))
     if restore:
+        for name in repair(paths.tune):
+            print(f"recovered {name} from its last good copy (the driver was killed while writing it)", flush=True)
         return tune.Tuner.restore(str(paths.tune), trainable=trainable, resume_unfinished=True,
                                   resume_errored=False, restart_errored=False, param_space=None), progress
     metric, mode = "score", "max"
