@@ -9,6 +9,10 @@ from ._models import DEFAULT_MODEL, MODELS, ModelSpec, check_dtype, load_config,
 from ._prune import PruneResult, calibration_tokens, prune
 from ._io import check_output_dir, read_plan_record, save_pruned
 from ._outliers import layer_outlier_ratios
+from ._distill import DistillSchedule, check_fits, distill, estimate_training_memory
+from ._distill_cli import run_distill
+from ._export import FORMATS, export_hf, export_model
+from ._export_gguf import export_gguf
 
 __all__ = [
     "Registry", "FamilyAdapter", "family_of", "register_family", "supported_families",
@@ -16,5 +20,6 @@ __all__ = [
     "CRITERIA", "Criterion", "get_criterion", "check_source", "texts", "token_blocks",
     "DEFAULT_MODEL", "MODELS", "ModelSpec", "check_dtype", "load_config", "load_model", "resolve_model",
     "PruneResult", "calibration_tokens", "prune", "check_output_dir", "read_plan_record", "save_pruned",
-    "layer_outlier_ratios",
+    "layer_outlier_ratios", "DistillSchedule", "check_fits", "distill", "estimate_training_memory", "run_distill",
+    "FORMATS", "export_hf", "export_model", "export_gguf",
 ]

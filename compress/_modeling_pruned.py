@@ -23,10 +23,11 @@ _FAMILY = {
 
 
 class RemovedAttention(nn.Module):
-    """Stands in for a removed attention block: adds no KV heads, returns the output bias (or 0).
+    """Stands in for a removed attention block: no K/V heads, returns the output bias (or 0).
 
-    It still appends an empty (0-head) K/V entry to the cache so the cache's sequence length stays
-    right when layer 0 is attention-free (generation reads the length from layer 0).
+    It still appends a 1-value-per-token zero placeholder to the cache: generation reads the sequence
+    length (and sizes padding masks) from layer 0's entry, and transformers treats an entry with no
+    elements as empty, so a 0-head entry would make an attention-free layer 0 report length 0.
     """
 
     def __init__(self, hidden_size, head_dim, layer_idx, has_bias):
@@ -39,8 +40,8 @@ class RemovedAttention(nn.Module):
         cache = cache if cache is not None else past_key_values
         if cache is not None:
             b, s = hidden_states.shape[:2]
-            empty = hidden_states.new_zeros(b, 0, s, self.head_dim)
-            cache.update(empty, empty, self.layer_idx)
+            placeholder = hidden_states.new_zeros(b, 1, s, 1)
+            cache.update(placeholder, placeholder, self.layer_idx)
         out = torch.zeros_like(hidden_states)
         if self.bias is not None:
             out = out + self.bias

@@ -5,7 +5,7 @@ import argparse
 import os
 import sys
 
-from search import _verbs
+from search import _verbs, _verbs_export, _verbs_opencompass
 
 # Each verb: (help, function adding its arguments, function running it).
 VERBS = {
@@ -15,6 +15,14 @@ VERBS = {
     "prune": ("apply one pruning plan to a model", _verbs.add_prune_args, _verbs.prune),
     "evaluate": ("score a model: proxy accuracy, KL, memory, throughput", _verbs.add_evaluate_args, _verbs.evaluate),
     "distill": ("recover a pruned model by distillation from its dense teacher", _verbs.add_distill_args, _verbs.distill),
+    "export": ("export a model as GGUF (llama.cpp), FP16 HF or MLC-ready", _verbs_export.add_export_args,
+               _verbs_export.run_export),
+    "validate": ("export a search's top candidates and run them on a phone (adb) or an emulated phone",
+                 _verbs_export.add_validate_args, _verbs_export.run_validate),
+    "opencompass": ("full OpenCompass evaluation of one model (the competition's datasets)",
+                    _verbs_opencompass.add_opencompass_args, _verbs_opencompass.run_opencompass_verb),
+    "full-eval": ("OpenCompass on a search's top-k and the proxy-vs-full rank correlation",
+                  _verbs_opencompass.add_full_eval_args, _verbs_opencompass.run_full_eval),
 }
 
 

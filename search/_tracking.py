@@ -87,10 +87,12 @@ class TrialRun:
         batch = [Metric(k, float(v), now, step) for k, v in metrics.items() if isinstance(v, (int, float))]
         client(self.uri).log_batch(self.run_id, metrics=batch)
 
-    def finish(self, status: str, *, reason: str = "") -> None:
+    def finish(self, status: str, *, reason: str = "", tag: tuple | None = None) -> None:
         if not self.uri:
             return
         c = client(self.uri)
+        if tag:
+            c.set_tag(self.run_id, *tag)
         if reason:
             c.set_tag(self.run_id, "failure_reason", reason[:5000])
         c.set_terminated(self.run_id, status=status)

@@ -80,6 +80,12 @@ def run_trial(config: dict, setup: TrialSetup) -> None:
             run.log_metrics(report, step=rung)
             tune.report(report)
         run.finish("FINISHED")
+    except SystemExit as stop:  # Tune ends a trial the scheduler stopped with sys.exit(0) inside report()
+        if stop.code in (0, None):
+            run.finish("FINISHED", tag=("stopped_early", "true"))
+        else:
+            run.finish("FAILED", reason=f"SystemExit({stop.code})")
+        raise
     except BaseException as err:
         run.finish("FAILED", reason=f"{type(err).__name__}: {err}")
         raise

@@ -121,15 +121,76 @@ def top(args) -> int:
     return 0
 
 
-# ---- verbs filled in by later modules ------------------------------------------------------------
-def _not_yet(name):
-    def add(p):
-        p.add_argument("rest", nargs="*")
+# ---- distill ------------------------------------------------------------------------------------
+def add_distill_args(p):
+    p.add_argument("--student", required=True, help="pruned checkpoint directory (from `prune` or a search)")
+    p.add_argument("--teacher", default="stories260k", help="dense model: registry name, HF id or directory")
+    p.add_argument("--steps", type=int, default=200)
+    p.add_argument("--out", required=True)
+    p.add_argument("--force", action="store_true", help="replace a non-empty output directory")
+    p.add_argument("--lr", type=float, default=None)
+    p.add_argument("--zero-stage", type=int, default=None, choices=[0, 1, 2, 3])
+    p.add_argument("--precision", default=None, choices=["auto", "fp32", "bf16", "fp16"])
+    p.add_argument("--kd-weight", type=float, default=None, help="KD vs LM loss mix (1 = KD only)")
+    p.add_argument("--hidden-weight", type=float, default=None, help="hidden-state matching weight")
+    p.add_argument("--temperature", type=float, default=None)
 
-    def run(args):
-        raise ValueError(f"`{name}` is not available in this build")
-    return add, run
+
+def distill(args) -> int:
+    import compress
+    overrides = {k: v for k, v in {"lr": args.lr, "zero_stage": args.zero_stage, "precision": args.precision,
+                                   "kd_weight": args.kd_weight, "hidden_weight": args.hidden_weight,
+                                   "temperature": args.temperature}.items() if v is not None}
+
+    def progress(step, metrics):
+        print(f"step {step}: loss {metrics['loss']:.4f} held-out KL {metrics['heldout_kl']:.4f} "
+              f"ppl {metrics['heldout_ppl']:.2f}", flush=True)
+        return False
+    result = compress.run_distill(args.student, args.teacher, args.steps, args.out, force=args.force,
+                                  on_report=progress, **overrides)
+    _print_json(result)
+    return 0
 
 
-add_evaluate_args, evaluate = _not_yet("evaluate")
-add_distill_args, distill = _not_yet("distill")
+# ---- evaluate -----------------------------------------------------------------------------------
+def add_evaluate_args(p):
+    p.add_argument("--model", default="stories260k", help="the candidate: registry name, HF id or directory")
+    p.add_argument("--teacher", default=None, help="dense model for KL / perplexity ratio (default: none)")
+    p.add_argument("--device", default=None, help="device profile (default: phone-12gb, or stories260k-tiny "
+                                                  "for the bundled model)")
+    p.add_argument("--tasks", nargs="+", default=None, help="proxy tasks (default: all six)")
+    p.add_argument("--fidelity", type=int, default=0, help="proxy fidelity level (0 = cheapest)")
+    p.add_argument("--data-dir", default=None, help="OpenCompass-style data directory for the proxy tasks")
+    p.add_argument("--json", action="store_true", help="one JSON object: every metric with unit and direction")
+
+
+def evaluate(args) -> int:
+    import compress
+    import objectives
+    profile = objectives.get_profile(args.device or ("stories260k-tiny" if args.model == "stories260k" else "phone-12gb"))
+    proxy_kwargs = {"data_dir": args.data_dir} if args.data_dir else {}
+    if args.tasks:
+        proxy_kwargs["tasks"] = tuple(args.tasks)
+    judges = ["memory", "throughput", objectives.ProxyAccuracyObjective(**proxy_kwargs)]
+    model, tokenizer = compress.load_model(args.model, dtype="float32")
+    context = objectives.EvalContext(profile=profile, data_dir=args.data_dir)
+    if args.teacher:
+        teacher, teacher_tok = compress.load_model(args.teacher, dtype="float32")
+        cache = objectives.TeacherCache.build(teacher, teacher_tok)
+        cache.check_student(model, tokenizer)
+        context.teacher_cache = cache
+        judges.append("fidelity")
+    candidate = objectives.Candidate(shapes=compress.shapes_from_config(model.config), model=model,
+                                     tokenizer=tokenizer, path=str(args.model))
+    values = objectives.evaluate_all(candidate, context, objectives=judges, fidelity=args.fidelity)
+    described = objectives.describe(judges)
+    metrics = {name: {"value": value, **described.get(name, {"unit": "score", "higher_is_better": True})}
+               for name, value in values.items()}
+    if args.json:
+        _print_json({"model": str(args.model), "teacher": args.teacher, "device": profile.name,
+                     "fidelity": args.fidelity, "metrics": metrics})
+        return 0
+    for name, m in metrics.items():
+        arrow = "higher better" if m["higher_is_better"] else "lower better"
+        print(f"{name:<26}{m['value']:>18.6g}  {m['unit']:<12}{arrow}")
+    return 0

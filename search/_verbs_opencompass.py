@@ -24,9 +24,11 @@ def _add_run_options(p):
 def add_opencompass_args(p):
     p.add_argument("--model", required=True, help="model directory (a pruned checkpoint or any HF model dir)")
     p.add_argument("--datasets", nargs="+", default=None, metavar="CONFIG",
-                   help="OpenCompass dataset configs (default: the competition's six: commonsenseqa_7shot_cot_gen_734a22 "
-                        "FewCLUE_chid_gen humaneval_gen bbh_gen gsm8k_gen truthfulqa_gen)")
-    p.add_argument("--work-dir", default=DEFAULT_WORK_DIR, help=f"outputs and data layout (default: {DEFAULT_WORK_DIR})")
+                   help="OpenCompass dataset configs (default: the competition's six: "
+                        "commonsenseqa_7shot_cot_gen_734a22 FewCLUE_chid_gen humaneval_gen bbh_gen gsm8k_gen "
+                        "truthfulqa_gen)")
+    p.add_argument("--work-dir", default=DEFAULT_WORK_DIR,
+                   help=f"outputs and data layout (default: {DEFAULT_WORK_DIR})")
     p.add_argument("--hf-type", default="auto", choices=["auto", "base", "chat"],
                    help="auto: chat when the tokenizer has a chat template, else base")
     _add_run_options(p)
@@ -35,9 +37,9 @@ def add_opencompass_args(p):
 
 def run_opencompass_verb(args) -> int:
     from objectives._opencompass import COMPETITION_DATASETS, run_opencompass
-    result = run_opencompass(args.model, datasets=args.datasets or COMPETITION_DATASETS, limit=args.limit, work_dir=args.work_dir,
-                             data_root=args.data_root, max_out_len=args.max_out_len, hf_type=args.hf_type,
-                             device=args.device, bbh_subsets=args.bbh_subsets)
+    result = run_opencompass(args.model, datasets=args.datasets or COMPETITION_DATASETS, limit=args.limit,
+                             work_dir=args.work_dir, data_root=args.data_root, max_out_len=args.max_out_len,
+                             hf_type=args.hf_type, device=args.device, bbh_subsets=args.bbh_subsets)
     if args.json:
         json.dump(result, sys.stdout, indent=2)
         sys.stdout.write("\n")

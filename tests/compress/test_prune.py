@@ -149,3 +149,25 @@ def test_realised_shapes_predict_the_pruned_model(family):
     predicted = plan.realised_shapes(compress.shapes_from_config(dense.config))
     _, result = prune_copy(dense, NON_UNIFORM)
     assert predicted == result.shapes and predicted.param_count() == result.params
+
+
+def test_batched_left_padded_generation_with_attention_free_first_layer():
+    """Padding masks are sized from layer 0's cache entry: an attention-free layer 0 must still report
+    the right length, so batched generation equals one-at-a-time generation."""
+    dense = tiny_model("llama")
+    plan = {"layers": [{"attn_keep": 0, "mlp_keep": 1}, {"attn_keep": 0.5, "mlp_keep": 1},
+                       {"attn_keep": 0, "mlp_keep": 0.5}, {"attn_keep": 1, "mlp_keep": 1}]}
+    pruned, _ = prune_copy(dense, plan)
+    prompts = [IDS[0, :7], IDS[1, :4]]
+    batch = torch.zeros(2, 7, dtype=torch.long)
+    mask = torch.zeros(2, 7, dtype=torch.long)
+    for i, p in enumerate(prompts):  # left padding
+        batch[i, 7 - len(p):], mask[i, 7 - len(p):] = p, 1
+    with torch.no_grad():
+        together = pruned.generate(batch, attention_mask=mask, max_new_tokens=6, do_sample=False, pad_token_id=0)
+        for i, p in enumerate(prompts):
+            alone = pruned.generate(p[None], max_new_tokens=6, do_sample=False, pad_token_id=0)
+            assert torch.equal(together[i, 7:], alone[0, len(p):])
+        out = pruned(input_ids=IDS[:1, :5], use_cache=True)
+        out.past_key_values.batch_repeat_interleave(3)   # shared-prompt scoring repeats the cache
+        assert out.past_key_values.get_seq_length() == 5

@@ -1,0 +1,79 @@
+"""Child process of the emulated backend: load one GGUF with llama-cpp-python under a memory cap and
+time prefill and decode. Run as a script (not `-m cluster...`) so it imports only llama_cpp and numpy:
+the runtime's own footprint stays small and is measured before the cap is set.
+
+Input: one JSON argument (see EmulatedBackend.run). Output: one JSON line on stdout; on failure
+{"error": ...} and exit status 1. A kill by the kernel (cgroup OOM) shows as a negative exit status.
+"""
+import json
+import os
+import resource
+import sys
+import time
+from pathlib import Path
+
+
+def _child(spec: dict) -> dict:
+    import llama_cpp   # imported before the cap is set: the runtime's own footprint is not the model's
+    import numpy as np
+    baseline = _rss_peak()
+    if spec["method"] == "rlimit":
+        limit = _vm_size() + spec["budget"] + spec["allowance"]
+        resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+    elif spec["method"] == "cgroup":
+        _enter_cgroup(Path(spec["cgroup"]), spec["cgroup_limit"])   # pages already resident stay charged elsewhere
+    n_prompt, n_gen, reps = spec["prompt"], spec["gen"], spec["reps"]
+    llm = llama_cpp.Llama(model_path=spec["model"], n_ctx=spec["n_ctx"], n_batch=spec["n_batch"],
+                          n_ubatch=spec["n_batch"], n_threads=spec["threads"], n_threads_batch=spec["threads"],
+                          verbose=True)   # its load log (stderr) carries the buffer sizes
+    rng, n_vocab = np.random.default_rng(0), llm.n_vocab()
+    prompt = [int(t) for t in rng.integers(3, llm.n_vocab(), n_prompt)]   # ids 0-2 are special
+    prefill, decode = [], []
+    for rep in range(reps + 1):                 # run 0 warms caches and is not counted, like llama-bench
+        llm.reset()
+        start = time.perf_counter()
+        llm.eval(prompt)
+        mid = time.perf_counter()
+        token = prompt[-1]
+        for _ in range(n_gen):
+            llm.eval([token])
+            token = int(np.argmax(np.ctypeslib.as_array(llm._ctx.get_logits(), shape=(n_vocab,))))  # greedy
+        end = time.perf_counter()
+        if rep:
+            prefill.append(n_prompt / (mid - start))
+            decode.append(n_gen / (end - mid))
+    return {"prefill_tokens_per_s": float(np.mean(prefill)), "decode_tokens_per_s": float(np.mean(decode)),
+            "prefill_samples": prefill, "decode_samples": decode, "baseline_rss_bytes": baseline,
+            "peak_rss_bytes": _rss_peak(), "threads": spec["threads"]}
+
+
+def _rss_peak() -> int:
+    """VmHWM, the peak resident set of this process image. Not getrusage's ru_maxrss: Linux carries
+    that across fork + exec, so a child started by a 400 MB parent would report at least 400 MB."""
+    return _status_kb("VmHWM")
+
+
+def _status_kb(key: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(key + ":"):
+            return int(line.split()[1]) * 1024
+    raise ValueError(f"/proc/self/status has no {key}")
+
+
+def _vm_size() -> int:
+    return _status_kb("VmSize")
+
+
+def _enter_cgroup(path: Path, limit: int) -> None:
+    (path / "cgroup.procs").write_text(str(os.getpid()))
+    (path / "memory.max").write_text(str(limit))
+    if (path / "memory.swap.max").exists():
+        (path / "memory.swap.max").write_text("0")   # over budget must fail, not swap
+
+
+if __name__ == "__main__":
+    try:
+        print(json.dumps(_child(json.loads(sys.argv[1]))))
+    except (MemoryError, ValueError, RuntimeError, OSError) as exc:
+        print(json.dumps({"error": f"{type(exc).__name__}: {exc}", "peak_rss_bytes": _rss_peak()}))
+        sys.exit(1)

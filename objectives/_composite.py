@@ -1,0 +1,66 @@
+"""One number per trial for searchers that want a scalar: higher is better.
+
+    score = accuracy * proxy_accuracy
+            - kl * kl_to_teacher
+            - log_ppl_ratio * log(perplexity / teacher_perplexity)
+
+proxy_accuracy is a fraction (0..1) and the other two are in nats, so the weights trade "one point of
+accuracy" against "one nat of divergence". The defaults keep accuracy at weight 1 but let the two
+teacher-distance terms carry the ranking whenever accuracies sit near chance (the bundled 260K-param
+model, or any heavily pruned one): on a level-0 proxy each task has 8-27 items, so accuracy moves in
+steps of 0.02-0.05 of the aggregate and differences under ~0.05 are noise, whereas KL and the
+perplexity ratio change smoothly with every unit pruned. A term whose weight is 0 may be absent from
+`metrics`; a term with a non-zero weight must be present.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+COMPOSITE = "composite_score"
+TERMS = {"accuracy": ("proxy_accuracy",), "kl": ("kl_to_teacher",),
+         "log_ppl_ratio": ("perplexity", "teacher_perplexity")}
+
+
+@dataclass(frozen=True, kw_only=True)
+class ProxyWeights:
+    accuracy: float = 1.0          # per unit of proxy_accuracy (fraction)
+    kl: float = 1.0                # per nat of KL(teacher || candidate)
+    log_ppl_ratio: float = 1.0     # per nat of log(perplexity / teacher_perplexity)
+
+    def __post_init__(self):
+        for name, value in asdict(self).items():
+            if not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+                raise ValueError(f"weight {name} must be a finite number >= 0, got {value!r}")
+        if not any(asdict(self).values()):
+            raise ValueError("at least one composite weight must be positive")
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "ProxyWeights":
+        unknown = sorted(set(data) - set(TERMS))
+        if unknown:
+            raise ValueError(f"unknown composite weights {unknown}; known: {', '.join(TERMS)}")
+        return cls(**data)
+
+    def needs(self) -> list[str]:
+        """The metric names the non-zero terms read."""
+        return [m for term, metrics in TERMS.items() if getattr(self, term) for m in metrics]
+
+
+def composite_score(metrics: dict, weights: ProxyWeights | None = None) -> float:
+    weights = weights or ProxyWeights()
+    missing = [m for m in weights.needs() if m not in metrics]
+    if missing:
+        raise ValueError(f"composite score needs {', '.join(missing)} (run the objectives that produce them, "
+                         "or set their weight to 0)")
+    score = 0.0
+    if weights.accuracy:
+        score += weights.accuracy * float(metrics["proxy_accuracy"])
+    if weights.kl:
+        score -= weights.kl * float(metrics["kl_to_teacher"])
+    if weights.log_ppl_ratio:
+        ppl, ref = float(metrics["perplexity"]), float(metrics["teacher_perplexity"])
+        if ppl <= 0 or ref <= 0:
+            raise ValueError(f"perplexities must be positive, got {ppl} and {ref}")
+        score -= weights.log_ppl_ratio * math.log(ppl / ref)
+    return score

@@ -1,0 +1,59 @@
+import math
+
+import pytest
+from transformers import LlamaConfig
+
+import compress
+import objectives
+from objectives._profiles import STORIES_BUDGET, STORIES_BUDGET_FRACTION, STORIES_DENSE_PEAK
+
+# The bundled model's config (compress/_bundled/stories260k), written out so the test needs no files.
+STORIES = LlamaConfig(hidden_size=64, intermediate_size=172, num_hidden_layers=5, num_attention_heads=8,
+                      num_key_value_heads=4, vocab_size=512, tie_word_embeddings=True, max_position_embeddings=512)
+
+
+def test_phone_profile():
+    p = objectives.get_profile("phone-12gb")
+    assert p.memory_budget_bytes == 12 * 1024**3
+    assert p.context_length == 4096 and p.bytes_per_weight == 2 and p.kv_bytes_per_value == 2
+    assert p.runtime_overhead_bytes == 1024**3
+    assert objectives.DEFAULT_PROFILE in objectives.PROFILES
+
+
+def test_unknown_profile_suggests_a_name():
+    with pytest.raises(ValueError, match=r"unknown device profile 'phone-12g' \(did you mean 'phone-12gb'\?\)"):
+        objectives.get_profile("phone-12g")
+
+
+def test_profile_instance_passes_through():
+    p = objectives.get_profile("phone-12gb")
+    assert objectives.get_profile(p) is p
+
+
+def test_with_budget_overrides_only_the_budget():
+    p = objectives.get_profile("phone-12gb")
+    q = p.with_budget(4.0 * 1024**3)
+    assert q.memory_budget_bytes == 4 * 1024**3
+    assert q.to_dict() | {"memory_budget_bytes": p.memory_budget_bytes} == p.to_dict()
+    assert p.memory_budget_bytes == 12 * 1024**3            # frozen: the registered one is untouched
+    for bad in (0, -1, math.inf, "4GB"):
+        with pytest.raises(ValueError, match="memory budget"):
+            p.with_budget(bad)
+
+
+def test_invalid_profile_fields_are_value_errors():
+    base = objectives.get_profile("phone-12gb").to_dict()
+    for field, bad in (("context_length", 0), ("prefill_chunk", -5), ("decode_bandwidth_bytes_per_s", 0.0),
+                       ("runtime_overhead_bytes", -1), ("bytes_per_weight", 2.5)):
+        with pytest.raises(ValueError, match=field):
+            objectives.DeviceProfile(**{**base, field: bad})
+
+
+def test_stories_budget_is_a_fraction_of_the_dense_models_modeled_peak():
+    tiny = objectives.get_profile("stories260k-tiny")
+    dense = objectives.estimate_memory(compress.shapes_from_config(STORIES), tiny)
+    assert compress.shapes_from_config(STORIES).param_count() == 260_032
+    assert dense.total_bytes == STORIES_DENSE_PEAK                 # the derivation in _profiles.py holds
+    assert tiny.memory_budget_bytes == STORIES_BUDGET == math.floor(STORIES_BUDGET_FRACTION * STORIES_DENSE_PEAK)
+    assert not dense.fits                                          # the constraint binds on the dense model
+    assert tiny.context_length == 512 and tiny.runtime_overhead_bytes == 0
