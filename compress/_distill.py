@@ -288,11 +288,12 @@ def _train(student, teacher, schedule, precision, layer_map, data, heldout, on_r
             metrics = {"step": step, **{k: v / since for k, v in sums.items()}, "lr": lr,
                        **fidelity(engine, teacher, heldout, device=device),
                        "seconds": round(time.perf_counter() - start, 3)}
-            engine.train()
-            _capture(hooks, True)
             history.append(metrics)
             sums, since = dict.fromkeys(sums, 0.0), 0
+            # on_report may run the student (a search trial scores it here): hooks stay off meanwhile
             stop = bool(on_report(step, dict(metrics))) if (on_report is not None and rank == 0) else False
+            engine.train()
+            _capture(hooks, True)
             if _agree(stop, world, device):
                 break
         return _finish(engine, student), history

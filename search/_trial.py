@@ -56,6 +56,28 @@ def build_candidate(params: dict, setup: TrialSetup):
     return plan, result, model, tokenizer
 
 
+def schedule_for(params: dict, setup: TrialSetup) -> compress.DistillSchedule | None:
+    """The trial's distillation schedule (None when distillation is off). Reports split it into
+    `rungs` equal parts, so ASHA compares trials after the same share of their training."""
+    sampled = spaces.distill_schedule_params(params)
+    if sampled is None:
+        return None
+    steps = int(sampled["steps"])
+    fixed = {k: setup.distill[k] for k in ("seq_len", "batch_size", "zero_stage", "precision") if k in setup.distill}
+    return compress.DistillSchedule(
+        steps=steps, lr=float(sampled["lr"]), warmup_steps=int(sampled["warmup"] * steps),
+        temperature=float(sampled["temperature"]), kd_weight=float(sampled["kd_weight"]),
+        hidden_weight=float(sampled["hidden_weight"]), report_every=max(1, -(-steps // setup.rungs)),
+        seed=setup.seed, **fixed)
+
+
+def recover(model, tokenizer, result, schedule, setup: TrialSetup, on_report=None):
+    """Distil the pruned `model` from the dense teacher; returns the recovered student."""
+    teacher, _ = compress.load_model(setup.model_source, dtype="float32")
+    student, _ = compress.distill(model, teacher, tokenizer, schedule, layer_map=result.layer_map, on_report=on_report)
+    return student
+
+
 def run_trial(config: dict, setup: TrialSetup) -> None:
     """Ray Tune function trainable. Reports once per fidelity rung; ASHA may stop it between rungs."""
     from ray import tune
@@ -72,13 +94,28 @@ def run_trial(config: dict, setup: TrialSetup) -> None:
         candidate = objectives.Candidate(shapes=result.shapes, model=model, tokenizer=tokenizer)
         judges = trial_objectives(setup)
         weights = objectives.ProxyWeights.from_dict(setup.weights)
-        for rung in range(setup.rungs):
+        rung = 0
+
+        def evaluate_and_report(extra: dict | None = None) -> None:
+            nonlocal rung
+            was_training = model.training
+            model.eval()
             metrics = objectives.evaluate_all(candidate, context, objectives=judges, fidelity=rung, weights=weights)
+            model.train(was_training)
             report = score_report(metrics, setup, seconds=time.perf_counter() - start)
             report.update(rung=rung, rungs=setup.rungs, baseline=config.get("baseline", ""),
-                          kept_fraction=result.params / result.base_params)
+                          kept_fraction=result.params / result.base_params, **(extra or {}))
             run.log_metrics(report, step=rung)
-            tune.report(report)
+            rung += 1
+            tune.report(report)  # ASHA may stop the trial here (SystemExit(0))
+
+        schedule = schedule_for(params, setup)
+        if schedule is None:
+            for _ in range(setup.rungs):
+                evaluate_and_report()
+        else:  # the fidelity ladder follows distillation: one report per share of the steps
+            recover(model, tokenizer, result, schedule, setup, on_report=lambda step, m: evaluate_and_report(
+                {"distill_step": step, "distill_loss": m["loss"]}) or False)
         run.finish("FINISHED")
     except SystemExit as stop:  # Tune ends a trial the scheduler stopped with sys.exit(0) inside report()
         if stop.code in (0, None):

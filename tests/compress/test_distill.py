@@ -213,3 +213,17 @@ def test_run_distill_saves_a_recovered_checkpoint(teacher, tok, tmp_path, monkey
     assert reloaded_tok is not None
     assert len(json.loads((tmp_path / "out" / "config.json").read_text())["layer_shapes"]) == 3
     assert fidelity(reloaded, teacher, heldout_blocks(tok, seq_len=32, count=4))["heldout_kl"] < out["before_kl"]
+
+
+def test_on_report_may_run_the_student_with_hidden_matching_on(teacher, tok):
+    """A search trial evaluates the student inside on_report; that must not feed the hidden-state hooks."""
+    student, result = pruned(teacher)
+    ids = torch.randint(0, VOCAB, (1, 12))
+
+    def score_student(step, metrics):
+        with torch.no_grad():
+            student(input_ids=ids)
+        return False
+    schedule = DistillSchedule(**{**FAST, "steps": 4, "report_every": 2, "hidden_weight": 0.5})
+    _, history = distill(student, teacher, tok, schedule, layer_map=result.layer_map, on_report=score_student)
+    assert [h["step"] for h in history] == [2, 4]
