@@ -106,7 +106,26 @@ def _log_parent(summary, rows, setup, paths) -> None:
     c.log_figure(run_id, score_vs_memory_figure(rows, summary, setup), "score_vs_memory.png")
     c.log_text(run_id, top_table(summary), "top_k.md")
     c.log_artifact(run_id, str(paths.results))
+    _close_trial_runs(c, run_id, rows)
     c.set_terminated(run_id, status="FINISHED")
+
+
+def _close_trial_runs(c, parent_id: str, rows: list[dict]) -> None:
+    """Trials end their own runs, but one stopped or killed between reports cannot always do so in time:
+    the driver's table is authoritative, so it closes what is still open."""
+    by_id = {r["trial_id"]: r for r in rows}
+    exp_id = c.get_run(parent_id).info.experiment_id
+    open_runs = c.search_runs([exp_id], filter_string=f"tags.mlflow.parentRunId = '{parent_id}' "
+                                                      "and attributes.status = 'RUNNING'")
+    for run in open_runs:
+        row = by_id.get(run.data.tags.get("tune_trial_id"), {})
+        if row.get("status") == "failed":
+            c.set_tag(run.info.run_id, "failure_reason", row.get("reason") or "unknown")
+            c.set_terminated(run.info.run_id, status="FAILED")
+        else:
+            if row.get("status") == "stopped early":
+                c.set_tag(run.info.run_id, "stopped_early", "true")
+            c.set_terminated(run.info.run_id, status="FINISHED" if row else "KILLED")
 
 
 def score_vs_memory_figure(rows, summary, setup):

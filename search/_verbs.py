@@ -60,6 +60,11 @@ def add_launch_args(p):
     p.add_argument("--rungs", type=int, default=None, help="fidelity levels (ASHA rungs)")
     p.add_argument("--distill", action=argparse.BooleanOptionalAction, default=None, help="distillation in trials")
     p.add_argument("--tracking-uri", default=None, help="MLflow tracking URI (default: sqlite:///<root>/mlflow.db)")
+    p.add_argument("--full-eval-top", type=int, default=0, metavar="K",
+                   help="after the search, run OpenCompass on the top K candidates and report the proxy-vs-full "
+                        "Spearman correlation")
+    p.add_argument("--full-eval-limit", type=int, default=None, metavar="N",
+                   help="items per dataset for --full-eval-top (default: all; a full CPU run takes hours)")
     _add_common(p)
 
 
@@ -77,7 +82,14 @@ def launch(args) -> int:
     compress.load_config(exp.model)                         # unknown / uncached model: same
     from search import _driver
     name = args.experiment or exp.model.replace("/", "_")
-    return _driver.launch(exp, name=name, root=Path(args.root), tracking_uri=args.tracking_uri, address=args.address)
+    if args.full_eval_top < 0:
+        raise ValueError("--full-eval-top must be >= 0")
+    exp.search.top_k = max(exp.search.top_k, args.full_eval_top)  # full evaluation needs the checkpoints
+    status = _driver.launch(exp, name=name, root=Path(args.root), tracking_uri=args.tracking_uri, address=args.address)
+    if status == 0 and args.full_eval_top:
+        from objectives._oc_report import full_eval_top
+        full_eval_top(Path(args.root) / name, args.full_eval_top, limit=args.full_eval_limit)
+    return status
 
 
 def add_resume_args(p):
