@@ -188,7 +188,10 @@ def evaluate(args) -> int:
     context = objectives.EvalContext(profile=profile, data_dir=args.data_dir)
     if args.teacher:
         teacher, teacher_tok = compress.load_model(args.teacher, dtype="float32")
-        cache = objectives.TeacherCache.build(teacher, teacher_tok)
+        if teacher.config.vocab_size != model.config.vocab_size:
+            raise ValueError(f"teacher vocabulary ({teacher.config.vocab_size} tokens) differs from the candidate's "
+                             f"({model.config.vocab_size}): KL to the teacher needs the same tokenizer")
+        cache = objectives.TeacherCache.build(teacher, teacher_tok or tokenizer)
         cache.check_student(model, tokenizer)
         context.teacher_cache = cache
         judges.append("fidelity")
