@@ -88,10 +88,7 @@ class AdbBackend(DeviceBackend):
     # ---- running --------------------------------------------------------------------------------
     def run(self, gguf_path, *, prompt_tokens: int = DEFAULT_PROMPT_TOKENS, gen_tokens: int = DEFAULT_GEN_TOKENS,
             repetitions: int = DEFAULT_REPETITIONS) -> ValidationResult:
-        check_run_args(prompt_tokens, gen_tokens, repetitions)
-        gguf_path = Path(gguf_path)
-        if not gguf_path.is_file():
-            raise ValueError(f"GGUF file not found: {gguf_path}")
+        gguf_path = check_run_args(gguf_path, prompt_tokens, gen_tokens, repetitions)
         for cmd in self.push_commands(gguf_path):
             self._call(cmd)
         remote_model = f"{self.config.remote_dir}/{gguf_path.name}"

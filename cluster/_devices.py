@@ -10,6 +10,8 @@ and `validate_on_cluster` schedules adb runs there (one per phone at a time); em
 """
 from __future__ import annotations
 
+from pathlib import Path
+
 from abc import ABC, abstractmethod
 from dataclasses import asdict, dataclass, field
 
@@ -44,11 +46,16 @@ class DeviceBackend(ABC):
         """Benchmark one GGUF file; a model that does not fit is a result (fits=False), not an error."""
 
 
-def check_run_args(prompt_tokens: int, gen_tokens: int, repetitions: int) -> None:
+def check_run_args(gguf_path, prompt_tokens: int, gen_tokens: int, repetitions: int) -> Path:
+    """Validate a backend's run() arguments; returns the GGUF path."""
     for name, value, low in (("prompt_tokens", prompt_tokens, 1), ("gen_tokens", gen_tokens, 1),
                              ("repetitions", repetitions, 1)):
         if not isinstance(value, int) or value < low:
             raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
+    gguf_path = Path(gguf_path)
+    if not gguf_path.is_file():
+        raise ValueError(f"GGUF file not found: {gguf_path}")
+    return gguf_path
 
 
 BACKENDS: Registry[type[DeviceBackend]] = Registry("device backend")

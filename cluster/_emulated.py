@@ -78,10 +78,7 @@ class EmulatedBackend(DeviceBackend):
 
     def run(self, gguf_path, *, prompt_tokens: int = DEFAULT_PROMPT_TOKENS, gen_tokens: int = DEFAULT_GEN_TOKENS,
             repetitions: int = DEFAULT_REPETITIONS) -> ValidationResult:
-        check_run_args(prompt_tokens, gen_tokens, repetitions)
-        gguf_path = Path(gguf_path)
-        if not gguf_path.is_file():
-            raise ValueError(f"GGUF file not found: {gguf_path}")
+        gguf_path = check_run_args(gguf_path, prompt_tokens, gen_tokens, repetitions)
         method = self._cap_method()
         cgroup = _make_cgroup() if method == "cgroup" else None
         spec = {"model": str(gguf_path.resolve()), "prompt": prompt_tokens, "gen": gen_tokens, "reps": repetitions,

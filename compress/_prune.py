@@ -149,11 +149,7 @@ def _prune_attention(adapter, layer, idx, base, shape, target, plan, criterion, 
         return None
     attn_mods = adapter.attention(layer)
     if target.num_attention_heads == 0:
-        o_bias = attn_mods["o"].bias
-        removed = RemovedAttention(base.hidden_size, base.head_dim, idx, o_bias is not None)
-        if o_bias is not None:
-            removed.bias.data = o_bias.data.clone()
-        layer.self_attn = removed.to(attn_mods["o"].weight.dtype)
+        layer.self_attn = _stand_in(RemovedAttention, attn_mods["o"], base.hidden_size, base.head_dim, idx)
         if not adapter.parallel_block:
             layer.input_layernorm = nn.Identity()
         return []
@@ -164,9 +160,7 @@ def _prune_attention(adapter, layer, idx, base, shape, target, plan, criterion, 
         target.num_attention_heads // target.num_key_value_heads
     units = select_units(group, _scores(criterion, group, stats), keep)
     attn = layer.self_attn
-    for coupling, name in zip(group.couplings, _attn_names(adapter, unit)):
-        idx_kept = kept_indices(coupling, units)
-        setattr(attn, name, _slice_linear(coupling.module, **({"cols": idx_kept} if coupling.consumer else {"rows": idx_kept})))
+    _cut(attn, group, _attn_names(adapter, unit), units)
     attn.num_key_value_groups = target.num_attention_heads // target.num_key_value_heads
     if unit == "kv_group":
         per_group = shape.num_attention_heads // shape.num_key_value_heads
@@ -184,21 +178,29 @@ def _prune_mlp(adapter, layer, shape, target, criterion, stats) -> list[int] | N
         return None
     mods = adapter.mlp(layer)
     if target.intermediate_size == 0:
-        out_bias = mods["out"].bias
-        removed = RemovedMLP(mods["out"].weight.shape[0], out_bias is not None)
-        if out_bias is not None:
-            removed.bias.data = out_bias.data.clone()
-        layer.mlp = removed.to(mods["out"].weight.dtype)
+        layer.mlp = _stand_in(RemovedMLP, mods["out"], mods["out"].weight.shape[0])
         if not adapter.parallel_block:
             layer.post_attention_layernorm = nn.Identity()
         return []
     group = mlp_group(mods, ffn=shape.intermediate_size)
     units = select_units(group, _scores(criterion, group, stats), target.intermediate_size)
-    names = list(adapter.mlp_in) + [adapter.mlp_out]
-    for coupling, name in zip(group.couplings, names):
-        idx_kept = kept_indices(coupling, units)
-        setattr(layer.mlp, name, _slice_linear(coupling.module, **({"cols": idx_kept} if coupling.consumer else {"rows": idx_kept})))
+    _cut(layer.mlp, group, list(adapter.mlp_in) + [adapter.mlp_out], units)
     return units.tolist()
+
+
+def _stand_in(cls, out_proj: nn.Linear, *args):
+    """A removed sub-block: keeps only its output projection's bias (what the zeroed block computes)."""
+    removed = cls(*args, out_proj.bias is not None)
+    if out_proj.bias is not None:
+        removed.bias.data = out_proj.bias.data.clone()
+    return removed.to(out_proj.weight.dtype)
+
+
+def _cut(owner: nn.Module, group: UnitGroup, names: list[str], units: torch.Tensor) -> None:
+    """Replace each coupled projection of `owner` by its kept rows (producers) or columns (consumers)."""
+    for coupling, name in zip(group.couplings, names):
+        kept = kept_indices(coupling, units)
+        setattr(owner, name, _slice_linear(coupling.module, **({"cols": kept} if coupling.consumer else {"rows": kept})))
 
 
 def _slice_linear(linear: nn.Linear, *, rows=None, cols=None) -> nn.Linear:
