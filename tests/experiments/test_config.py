@@ -1,0 +1,36 @@
+"""Experiment YAMLs: one per model, all valid; overrides apply; typos are errors, not silent defaults."""
+import pytest
+
+import experiments
+
+MODELS = ["stories260k", "phi-2", "llama-3-8b", "qwen-7b"]
+
+
+@pytest.mark.parametrize("model", MODELS)
+def test_every_shipped_experiment_loads(model, tmp_path):
+    exp = experiments.load_experiment(model=model)
+    assert exp.model == model and exp.search.trials >= 1
+    path = tmp_path / "config.yaml"
+    experiments.save_experiment(exp, path)
+    assert experiments.read_experiment(path) == exp   # the stored resolved config rebuilds it
+
+
+def test_overrides_and_defaults():
+    exp = experiments.load_experiment(model="stories260k", overrides={"search.trials": 7, "budget_gb": 0.5,
+                                                                     "distill.enabled": True, "runtime": "mlc"})
+    assert (exp.search.trials, exp.budget_gb, exp.distill.enabled, exp.runtime) == (7, 0.5, True, "mlc")
+    assert exp.device == "stories260k-tiny"
+    other = experiments.load_experiment(model="someorg/some-llama")  # no YAML of its own: the phone template
+    assert other.model == "someorg/some-llama" and other.device == "phone-12gb"
+
+
+@pytest.mark.parametrize("overrides, message", [
+    ({"search.sampler": "cmaes"}, "search.sampler must be one of"),
+    ({"runtime": "vllm"}, "runtime must be one of"),
+    ({"search.trial": 3}, "unknown keys in 'search'"),
+    ({"budget_gb": 0}, "budget_gb must be positive"),
+    ({"space.min_keep": 1.5}, "min_keep must be in"),
+])
+def test_bad_configs_are_refused(overrides, message):
+    with pytest.raises(ValueError, match=message):
+        experiments.load_experiment(model="stories260k", overrides=overrides)
