@@ -99,3 +99,19 @@ def test_bad_input_is_one_line(tmp_path):
         proc = search(*args, root=tmp_path, timeout=120)
         assert proc.returncode == 2 and message in proc.stderr, (args, proc.stderr)
         assert len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_multi_objective_mlc_search_prints_pareto_front(tmp_path):
+    proc = search("launch", "--trials", "4", "--rungs", "1", "--mode", "multi", "--versus", "memory",
+                  "--sampler", "nsga2", "--runtime", "mlc", "--experiment", "multi", root=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "Pareto front:" in proc.stdout
+    results = json.loads((tmp_path / "multi" / "results.json").read_text())
+    front = results["summary"]["pareto_front"]
+    assert front and all(r["status"] == "complete" for r in front)
+    # MLC: every kept layer has one shape
+    for entry in results["summary"]["top"]:
+        shapes = json.loads(open(os.path.join(entry["dir"], "plan.json")).read())["realised"]["layers"]
+        kept = {(s["num_attention_heads"], s["num_key_value_heads"], s["intermediate_size"]) for s in shapes
+                if s["num_attention_heads"] or s["intermediate_size"]}
+        assert len(kept) == 1
