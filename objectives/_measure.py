@@ -18,9 +18,10 @@ memory never mixes in. The child:
 
 glibc's malloc runs with a fixed mmap threshold (MALLOC_MMAP_THRESHOLD_=64 KiB). By default the
 threshold grows to the largest freed block (up to 32 MiB) and freed heap memory is kept up to twice
-that before it is returned, so RSS would carry up to ~64 MB of *freed* activation buffers; a llama.cpp-
-style runtime plans one compute buffer instead. Measured effect on a 213M-param Llama (FP16, context
-1024, chunk 256): peak above weights 72 MB with the default policy, 58 MB fixed; predicted 53.5 MB.
+that before it is returned, so peak RSS would carry tens of MB of *freed* activation buffers; a
+llama.cpp-style runtime plans one compute buffer instead. On bench/memory_model.py the default policy
+(with 8192-row LM-head slices) left the peak 12-40 MB above the model (Llama-213M FP16: -6.6 %); with
+the fixed threshold and 2048-row slices the rest is 3-8 MB (-1.0 %).
 
 Grouped-query attention runs through SDPA's `enable_gqa` (TRANSFORMERS_SDPA_FORCE_GQA=1). Without it,
 transformers copies K and V up to the full head count on CPU whenever there is a mask (always, with a
@@ -70,12 +71,13 @@ def measure_peak_memory(model, *, context: int, prefill_chunk: int, dtype: str =
         raise ValueError(f"dtype must be auto, float16 or float32, got {dtype!r}")
     with tempfile.TemporaryDirectory(prefix="measure-") as tmp:
         if isinstance(model, (str, os.PathLike)):
-            source, random_weights = str(model), False
-            if not (Path(source) / "config.json").is_file():
-                raise ValueError(f"{source} is not a model directory with a config.json")
-        else:
+            import compress
+            source, random_weights = compress.resolve_model(model), False    # registry name, dir or HF id
+        elif hasattr(model, "save_pretrained") and hasattr(model, "model_type"):
             model.save_pretrained(tmp)        # a PretrainedConfig: layer_shapes and all extras survive
             source, random_weights = tmp, True
+        else:
+            raise ValueError(f"measure a model directory / name or a transformers config, got {type(model).__name__}")
         cmd = [sys.executable, "-m", "objectives._measure", "--source", source, "--context", str(context),
                "--prefill-chunk", str(prefill_chunk), "--dtype", dtype] + (["--random"] if random_weights else [])
         env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(PROJECT_ROOT), os.environ.get("PYTHONPATH", "")]),
@@ -225,12 +227,20 @@ def run_inference(model, *, context: int, prefill_chunk: int):
     return cache, logits
 
 
-def _warm_up(model_type: str, dtype) -> None:
+def _warm_up(model_type: str, dtype, from_disk: bool) -> None:
+    """Run a tiny model of the family through the same path (saved and reloaded when the real one is
+    loaded from disk: the loader's modules and code pages are then resident before the baseline too)."""
     from transformers import AutoConfig
     shape = dict(WARMUP_SHAPE)
     if model_type == "phi":
         shape["num_key_value_heads"] = shape["num_attention_heads"]
-    run_inference(build_model(AutoConfig.for_model(model_type, **shape), dtype), context=32, prefill_chunk=8)
+    model = build_model(AutoConfig.for_model(model_type, **shape), dtype)
+    if from_disk:
+        import compress
+        with tempfile.TemporaryDirectory(prefix="warm-up-") as tmp:
+            model.save_pretrained(tmp)
+            model, _ = compress.load_model(tmp, dtype=dtype)
+    run_inference(model, context=32, prefill_chunk=8)
 
 
 def _child(args) -> dict:
@@ -240,7 +250,7 @@ def _child(args) -> dict:
     torch.manual_seed(0)
     dtype = pick_dtype(args.dtype)
     config = AutoConfig.from_pretrained(args.source)
-    _warm_up(config.model_type, dtype)
+    _warm_up(config.model_type, dtype, from_disk=not args.random)
     _trim()
     baseline = _rss()
     start = time.perf_counter()
@@ -249,6 +259,12 @@ def _child(args) -> dict:
     else:
         import compress
         model, _ = compress.load_model(args.source, dtype=dtype)
+        # Loaded tensors may still be views of the mmapped safetensors file, paged in lazily as the run
+        # touches them (and the untied input table only row by row). Copy them into private memory so
+        # the weights are resident up front, as with random weights; shared (tied) tensors copy once.
+        with torch.no_grad():
+            for param in model.parameters():
+                param.data = param.data.clone()
     _trim()
     after_build = _rss()
     param_bytes = sum(p.numel() * p.element_size() for p in model.parameters())   # tied tensors once
