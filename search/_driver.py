@@ -50,14 +50,14 @@ def prepare_teacher(setup: TrialSetup, paths: ExperimentDir) -> dict:
     return {"uniform-l1": spaces.uniform_l1(setup.spec), "owl": spaces.owl(setup.spec, ratios)}
 
 
-def start_ray(address: str | None, cpus: int | None):
+def start_ray(address: str | None):
     import ray
     if address:
         ctx = ray.init(address=address, log_to_driver=False)
         print(f"joined Ray cluster at {address}", flush=True)
     else:
         os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # local, loopback-only dashboard
-        ctx = ray.init(num_cpus=cpus or os.cpu_count(), include_dashboard=True, dashboard_host="127.0.0.1",
+        ctx = ray.init(num_cpus=os.cpu_count(), include_dashboard=True, dashboard_host="127.0.0.1",
                        log_to_driver=False)
     url = getattr(ctx, "dashboard_url", None)
     print(f"Ray dashboard: http://{url}" if url else "Ray dashboard: not available", flush=True)
@@ -90,7 +90,7 @@ def make_tuner(exp: experiments.Experiment, setup: TrialSetup, paths: Experiment
         metric, mode = [metric, second], [mode, second_mode]
     searcher = ConstrainedOptunaSearch(
         space=_SpaceFn(setup.spec), metric=metric, mode=mode, baselines=baselines, max_t=setup.rungs,
-        sampler=make_sampler(exp.search.sampler, seed=exp.search.seed, multi=bool(setup.multi)),
+        sampler=make_sampler(exp.search.sampler, seed=exp.search.seed),
         storage=RDBStorage(paths.optuna_url), study_name=paths.name)
     scheduler = ASHAScheduler(time_attr="training_iteration", metric="score", mode="max", max_t=setup.rungs,
                               grace_period=1, reduction_factor=2) if setup.rungs > 1 else None
@@ -141,7 +141,7 @@ def resume(*, name: str, root: Path, address: str | None) -> int:
 
 
 def _fit_and_report(exp, setup, paths, *, baselines, address, restore) -> int:
-    start_ray(address, None)
+    start_ray(address)
     tuner, progress = make_tuner(exp, setup, paths, baselines, restore=restore)
     grid = tuner.fit()
     table = _report.collect(grid, setup, paths)

@@ -17,7 +17,7 @@ def collect(grid, setup, paths) -> list[dict]:
     rows = []
     for result in grid:
         metrics = result.metrics or {}
-        config = {k: v for k, v in (result.config or {}).items()}
+        config = dict(result.config or {})
         trial_id = metrics.get("trial_id", "?")
         row = {k: metrics.get(k) for k in COLUMNS if k in metrics}
         row.update(trial_id=trial_id, name=config.get("baseline") or trial_id,

@@ -19,11 +19,14 @@ log = logging.getLogger(__name__)
 CONSTRAINT_KEY = "constraint"   # reported by trials: peak memory - budget, in GB (> 0 = infeasible)
 
 
-def make_sampler(name: str, *, seed: int, multi: bool):
+NSGA2_POPULATION = 8   # small generations: a search here runs tens of trials, not thousands
+
+
+def make_sampler(name: str, *, seed: int):
     if name == "tpe":
         return optuna.samplers.TPESampler(seed=seed, multivariate=True, constant_liar=True, n_startup_trials=8)
     if name == "nsga2":
-        return optuna.samplers.NSGAIISampler(seed=seed, population_size=max(8, 4))
+        return optuna.samplers.NSGAIISampler(seed=seed, population_size=NSGA2_POPULATION)
     if name == "gp":
         return optuna.samplers.GPSampler(seed=seed, n_startup_trials=8)
     if name == "random":
