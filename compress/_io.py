@@ -37,9 +37,9 @@ def check_output_dir(out: str | os.PathLike, *, force: bool) -> Path:
 
 def save_pruned(model, tokenizer, out: str | os.PathLike, *, plan: Plan | None = None, summary: dict | None = None,
                 force: bool = False, dtype: torch.dtype = torch.float16) -> Path:
-    """Convert `model` to `dtype` in place (parameter by parameter) and write the directory."""
+    """Convert `model` to `dtype` on the CPU in place (parameter by parameter) and write the directory."""
     out = check_output_dir(out, force=force)
-    model.to(dtype)
+    model.to(device="cpu", dtype=dtype)
     config = model.config
     config.dtype = dtype
     non_uniform = bool(getattr(config, "layer_shapes", None))

@@ -26,13 +26,13 @@ def layer_outlier_ratios(model, tokens: torch.Tensor, *, multiplier: float = OWL
     try:
         with torch.no_grad():
             for batch in tokens.split(4):
-                model(input_ids=batch, use_cache=False)
+                model(input_ids=batch.to(next(model.parameters()).device), use_cache=False)
     finally:
         for h in hooks:
             h.remove()
     ratios = []
     for layer in adapter.layers(model):
-        scores = [(m.weight.detach().float().abs() * sums[m].sqrt()).reshape(-1)
+        scores = [(m.weight.detach().float().abs() * sums[m].sqrt()).reshape(-1).cpu()
                   for m in layer.modules() if isinstance(m, nn.Linear) and m in sums]
         flat = torch.cat(scores)
         ratios.append(float((flat > multiplier * flat.mean()).float().mean()))

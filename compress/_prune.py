@@ -115,7 +115,9 @@ def collect_statistics(model, adapter: FamilyAdapter, tokens: torch.Tensor, requ
         for p in model.parameters():
             p.requires_grad_(grad_on)
         with torch.set_grad_enabled(grad_on):
+            device = next(model.parameters()).device
             for batch in tokens.split(4):
+                batch = batch.to(device)
                 out = model(input_ids=batch, labels=batch if grad_on else None, use_cache=False)
                 if grad_on:
                     out.loss.backward()

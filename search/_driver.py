@@ -16,7 +16,7 @@ import objectives  # noqa: E402
 import spaces  # noqa: E402
 from search import _report, _tracking  # noqa: E402
 from search._paths import ExperimentDir  # noqa: E402
-from search._trial import GB, TrialSetup, run_trial  # noqa: E402
+from search._trial import GB, TrialSetup, load_on_device, run_trial  # noqa: E402
 
 SECOND_OBJECTIVE = {"memory": ("peak_memory_bytes", "min"), "tokens_per_s": ("decode_tokens_per_s", "max")}
 
@@ -42,7 +42,7 @@ def build_setup(exp: experiments.Experiment, paths: ExperimentDir, *, tracking_u
 
 def prepare_teacher(setup: TrialSetup, paths: ExperimentDir) -> dict:
     """Once per experiment: the teacher's outputs on held-out C4 and the OWL baseline's layer scores."""
-    model, tokenizer = compress.load_model(setup.model_source, dtype="float32")
+    model, tokenizer = load_on_device(setup.model_source)
     if not paths.teacher_cache.exists():
         objectives.TeacherCache.build(model, tokenizer).save(paths.teacher_cache)
     plan = compress.Plan.uniform(setup.spec.num_layers, attn_keep=1, mlp_keep=1)

@@ -7,7 +7,7 @@ import math
 
 import compress
 from search import _tracking
-from search._trial import GB, plan_for, recover, schedule_for
+from search._trial import GB, load_on_device, plan_for, recover, schedule_for
 
 COLUMNS = ("trial_id", "name", "status", "rung", "score", "proxy_accuracy", "kl_to_teacher", "perplexity",
            "peak_memory_bytes", "decode_tokens_per_s", "params", "kept_fraction", "constraint", "reason")
@@ -73,9 +73,9 @@ def materialise(row: dict, rank: int, setup, paths) -> dict:
     """Re-create the candidate from its parameters (pruning is deterministic) and save it as FP16."""
     params = json.loads(row["params_json"])
     plan = plan_for(params, setup)
-    model, tokenizer = compress.load_model(setup.model_source, dtype="float32")
-    result = compress.prune(model, tokenizer, plan)
     schedule = schedule_for(params, setup)
+    model, tokenizer = load_on_device(setup.model_source, training=schedule is not None)
+    result = compress.prune(model, tokenizer, plan)
     if schedule is not None:  # what the trial scored was the recovered student: save that
         model = recover(model, tokenizer, result, schedule, setup)
     out = paths.top / f"rank{rank}-{row['name'] or row['trial_id']}"

@@ -48,10 +48,19 @@ def plan_for(params: dict, setup: TrialSetup) -> compress.Plan:
     return spaces.params_to_plan(params, setup.spec, memory_of=setup.memory_of(base), budget_bytes=setup.budget_bytes)
 
 
+def load_on_device(source: str, *, training: bool = False):
+    """On a GPU worker (Ray sets CUDA_VISIBLE_DEVICES from gpus_per_trial): FP16 for scoring, FP32 master
+    weights when it will be trained (DeepSpeed then computes in bf16); on CPU always FP32."""
+    import torch
+    cuda = torch.cuda.is_available()
+    model, tokenizer = compress.load_model(source, dtype="float16" if cuda and not training else "float32")
+    return model.to("cuda" if cuda else "cpu"), tokenizer
+
+
 def build_candidate(params: dict, setup: TrialSetup):
     """The pruned model for these parameters."""
     plan = plan_for(params, setup)
-    model, tokenizer = compress.load_model(setup.model_source, dtype="float32")
+    model, tokenizer = load_on_device(setup.model_source, training=spaces.distill_schedule_params(params) is not None)
     result = compress.prune(model, tokenizer, plan)
     return plan, result, model, tokenizer
 
@@ -73,7 +82,7 @@ def schedule_for(params: dict, setup: TrialSetup) -> compress.DistillSchedule | 
 
 def recover(model, tokenizer, result, schedule, setup: TrialSetup, on_report=None):
     """Distil the pruned `model` from the dense teacher; returns the recovered student."""
-    teacher, _ = compress.load_model(setup.model_source, dtype="float32")
+    teacher, _ = load_on_device(setup.model_source, training=True)
     student, _ = compress.distill(model, teacher, tokenizer, schedule, layer_map=result.layer_map, on_report=on_report)
     return student
 
