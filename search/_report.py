@@ -115,11 +115,19 @@ def _close_trial_runs(c, parent_id: str, rows: list[dict]) -> None:
     the driver's table is authoritative, so it closes what is still open."""
     by_id = {r["trial_id"]: r for r in rows}
     exp_id = c.get_run(parent_id).info.experiment_id
-    open_runs = c.search_runs([exp_id], filter_string=f"tags.mlflow.parentRunId = '{parent_id}' "
-                                                      "and attributes.status = 'RUNNING'")
-    for run in open_runs:
-        row = by_id.get(run.data.tags.get("tune_trial_id"), {})
-        if row.get("status") == "failed":
+    children = c.search_runs([exp_id], filter_string=f"tags.mlflow.parentRunId = '{parent_id}'")
+    latest = {}
+    for run in children:  # a trial re-run after `resume` has a newer run with the same trial id
+        tid = run.data.tags.get("tune_trial_id")
+        if tid not in latest or run.info.start_time > latest[tid].info.start_time:
+            latest[tid] = run
+    for run in (r for r in children if r.info.status == "RUNNING"):
+        tid = run.data.tags.get("tune_trial_id")
+        row = by_id.get(tid, {})
+        if latest[tid].info.run_id != run.info.run_id:
+            c.set_tag(run.info.run_id, "interrupted", "the driver was killed; the trial was re-run after resume")
+            c.set_terminated(run.info.run_id, status="KILLED")
+        elif row.get("status") == "failed":
             c.set_tag(run.info.run_id, "failure_reason", row.get("reason") or "unknown")
             c.set_terminated(run.info.run_id, status="FAILED")
         else:

@@ -89,6 +89,12 @@ def test_kill_then_resume_keeps_completed_trials(tmp_path):
     assert after.count("COMPLETE") == 6 and "RUNNING" not in after
     results = json.loads((tmp_path / "kill" / "results.json").read_text())
     assert len(results["trials"]) == 6 and all(r["status"] == "complete" for r in results["trials"])
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    runs = client.search_runs([client.get_experiment_by_name("kill").experiment_id])
+    children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+    finished = [r.data.tags["tune_trial_id"] for r in children if r.info.status == "FINISHED"]
+    assert sorted(finished) == sorted(r["trial_id"] for r in results["trials"])  # one finished run per trial
+    assert all(r.info.status in ("FINISHED", "KILLED") for r in children)
 
 
 def test_bad_input_is_one_line(tmp_path):
