@@ -15,6 +15,7 @@ import experiments  # noqa: E402
 import objectives  # noqa: E402
 import spaces  # noqa: E402
 from search import _report, _tracking  # noqa: E402
+from search._report import human_bytes  # noqa: E402
 from search._paths import ExperimentDir  # noqa: E402
 from search._trial import GB, TrialSetup, load_on_device, run_trial  # noqa: E402
 
@@ -115,7 +116,7 @@ def launch(exp: experiments.Experiment, *, name: str, root: Path, tracking_uri: 
     uri = tracking_uri or _tracking.default_tracking_uri(root)
     experiments.save_experiment(exp, paths.config)
     setup = build_setup(exp, paths, tracking_uri=uri)
-    print(f"experiment {name}: model {exp.model}, device {exp.device}, budget {setup.budget_bytes / GB:.6f} GB, "
+    print(f"experiment {name}: model {exp.model}, device {exp.device}, budget {human_bytes(setup.budget_bytes)}, "
           f"{exp.search.trials} trials ({exp.search.sampler}, {exp.search.mode}), runtime {exp.runtime}", flush=True)
     baselines = prepare_teacher(setup, paths)
     exp_id, parent = _tracking.ensure_parent(uri, name, root / "mlartifacts", tags={"experiment_dir": str(paths.path)})

@@ -158,9 +158,9 @@ def score_vs_memory_figure(rows, summary, setup):
 
 
 def top_table(summary) -> str:
-    lines = ["| rank | name | score | peak memory (GB) | params | dir |", "|---|---|---|---|---|---|"]
+    lines = ["| rank | name | score | peak memory | params | dir |", "|---|---|---|---|---|---|"]
     for t in summary["top"]:
-        lines.append(f"| {t['rank']} | {t['name']} | {t['score']:.4f} | {(t['peak_memory_bytes'] or 0) / GB:.6f} | "
+        lines.append(f"| {t['rank']} | {t['name']} | {t['score']:.4f} | {human_bytes(t['peak_memory_bytes'])} | "
                      f"{t['params']:,} | {t['dir']} |")
     return "\n".join(lines) + "\n"
 
@@ -170,18 +170,28 @@ def print_summary(summary, *, stream) -> None:
           f"by ASHA, {len(summary['failed'])} failed", file=stream)
     for f in summary["failed"]:
         print(f"  failed {f['trial_id']}: {f['reason']}", file=stream)
-    print(f"{'':14}{'score':>10}{'accuracy':>10}{'KL':>10}{'ppl':>10}{'memory GB':>12}{'params':>12}", file=stream)
+    print(f"{'':14}{'score':>10}{'accuracy':>10}{'KL':>10}{'ppl':>10}{'memory':>12}{'params':>12}", file=stream)
     named = [("best", summary["best"])] + list(summary["baselines"].items())
     for label, r in named:
         if r:
             print(f"{label:<14}{_f(r.get('score'))}{_f(r.get('proxy_accuracy'))}{_f(r.get('kl_to_teacher'))}"
-                  f"{_f(r.get('perplexity'))}{(r.get('peak_memory_bytes') or 0) / GB:12.6f}{int(r.get('params') or 0):12,}",
+                  f"{_f(r.get('perplexity'))}{human_bytes(r.get('peak_memory_bytes')):>12}{int(r.get('params') or 0):12,}",
                   file=stream)
     if summary.get("gain_over_uniform_l1") is not None:
         print(f"gain over uniform-L1 baseline at the same budget: {summary['gain_over_uniform_l1']:+.4f}", file=stream)
     if summary.get("pareto_front"):
         print(f"Pareto front: {len(summary['pareto_front'])} candidates", file=stream)
     print(top_table(summary), file=stream)
+
+
+def human_bytes(n) -> str:
+    """727,462 -> '710.412 KiB' (binary units, like --budget-gb and the 12 GiB phone): tiny and 7B models read alike."""
+    if n is None:
+        return "-"
+    for unit, scale in (("GiB", 1024**3), ("MiB", 1024**2), ("KiB", 1024)):
+        if abs(n) >= scale:
+            return f"{n / scale:.3f} {unit}"
+    return f"{int(n)} B"
 
 
 def _f(v) -> str:

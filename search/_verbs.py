@@ -50,7 +50,7 @@ def add_launch_args(p):
     p.add_argument("--config", default=None, help="experiment YAML (default: experiments/<model>.yaml)")
     p.add_argument("--experiment", default=None, help="experiment name (default: the model name)")
     p.add_argument("--trials", type=int, default=None)
-    p.add_argument("--budget-gb", type=float, default=None, help="memory budget in GB (default: the device's)")
+    p.add_argument("--budget-gb", type=float, default=None, help="memory budget in GiB (default: the device's)")
     p.add_argument("--device", default=None, help="device profile, e.g. phone-12gb")
     p.add_argument("--runtime", default=None, choices=["llama.cpp", "mlc"])
     p.add_argument("--sampler", default=None, choices=["tpe", "nsga2", "gp", "random"])
@@ -113,7 +113,7 @@ def add_top_args(p):
 def top(args) -> int:
     from pathlib import Path
     from search._paths import ExperimentDir
-    from search._report import COLUMNS, feasible_complete
+    from search._report import feasible_complete, human_bytes
     paths = ExperimentDir.open(Path(args.root), args.experiment)
     if not paths.results.is_file():
         raise ValueError(f"experiment {args.experiment} has no results yet; finish it with `python -m search resume "
@@ -125,10 +125,10 @@ def top(args) -> int:
         _print_json([{**r, "params": json.loads(r.pop("params_json")), "checkpoint": saved.get(r["trial_id"])}
                      for r in ranked])
         return 0
-    print(f"{'rank':<5}{'name':<22}{'score':>9}{'accuracy':>10}{'KL':>9}{'memory GB':>12}  plan / checkpoint")
+    print(f"{'rank':<5}{'name':<22}{'score':>9}{'accuracy':>10}{'KL':>9}{'memory':>12}  plan / checkpoint")
     for i, r in enumerate(ranked, 1):
         print(f"{i:<5}{r['name']:<22}{r['score']:9.4f}{r.get('proxy_accuracy') or 0:10.4f}"
-              f"{r.get('kl_to_teacher') or 0:9.4f}{(r.get('peak_memory_bytes') or 0) / 2**30:12.6f}  "
+              f"{r.get('kl_to_teacher') or 0:9.4f}{human_bytes(r.get('peak_memory_bytes')):>12}  "
               f"{saved.get(r['trial_id'], '(not materialised)')}")
     return 0
 
