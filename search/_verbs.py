@@ -81,7 +81,7 @@ def launch(args) -> int:
     import compress
     compress.load_config(exp.model)                         # unknown / uncached model: same
     from search import _driver
-    name = args.experiment or exp.model.replace("/", "_")
+    name = args.experiment or _free_name(Path(args.root), exp.model.replace("/", "_"))
     if args.full_eval_top < 0:
         raise ValueError("--full-eval-top must be >= 0")
     exp.search.top_k = max(exp.search.top_k, args.full_eval_top)  # full evaluation needs the checkpoints
@@ -90,6 +90,15 @@ def launch(args) -> int:
         from objectives._oc_report import full_eval_top
         full_eval_top(Path(args.root) / name, args.full_eval_top, limit=args.full_eval_limit)
     return status
+
+
+def _free_name(root, base: str) -> str:
+    """Without --experiment, a second launch gets base-2, base-3, ...: an earlier search is never touched."""
+    name, n = base, 1
+    while (root / name).exists() and any((root / name).iterdir()):
+        n += 1
+        name = f"{base}-{n}"
+    return name
 
 
 def add_resume_args(p):

@@ -87,3 +87,14 @@ def test_prune_refuses_to_overwrite(pruned_dir, tmp_path):
     proc = cli("prune", "--plan", str(plan), "--out", str(pruned_dir))
     assert proc.returncode == 2 and "--force" in proc.stderr
     assert sorted(p.name for p in pruned_dir.iterdir()) == before
+
+
+def test_second_launch_without_a_name_gets_a_fresh_experiment(tmp_path):
+    from search._verbs import _free_name
+    assert _free_name(tmp_path, "stories260k") == "stories260k"
+    (tmp_path / "stories260k").mkdir()
+    (tmp_path / "stories260k" / "config.yaml").write_text("model: stories260k\n")
+    (tmp_path / "stories260k-2").mkdir()            # an empty folder is free to use
+    assert _free_name(tmp_path, "stories260k") == "stories260k-2"
+    (tmp_path / "stories260k-2" / "config.yaml").write_text("model: stories260k\n")
+    assert _free_name(tmp_path, "stories260k") == "stories260k-3"
