@@ -93,7 +93,9 @@ def test_kill_then_resume_keeps_completed_trials(tmp_path):
     runs = client.search_runs([client.get_experiment_by_name("kill").experiment_id])
     children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
     finished = [r.data.tags["tune_trial_id"] for r in children if r.info.status == "FINISHED"]
-    assert sorted(finished) == sorted(r["trial_id"] for r in results["trials"])  # one finished run per trial
+    # every trial has a finished run (a trial that finished just before the kill, after Tune's last state
+    # snapshot, is re-run deterministically and may have two)
+    assert set(finished) == {r["trial_id"] for r in results["trials"]}
     assert all(r.info.status in ("FINISHED", "KILLED") for r in children)
 
 
