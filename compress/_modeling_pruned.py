@@ -30,10 +30,9 @@ class RemovedAttention(nn.Module):
     elements as empty, so a 0-head entry would make an attention-free layer 0 report length 0.
     """
 
-    def __init__(self, hidden_size, head_dim, layer_idx, has_bias):
+    def __init__(self, hidden_size, layer_idx, has_bias):
         super().__init__()
         self.layer_idx = layer_idx
-        self.head_dim = head_dim
         self.bias = nn.Parameter(torch.zeros(hidden_size)) if has_bias else None
 
     def forward(self, hidden_states, *args, cache=None, past_key_values=None, **kwargs):
@@ -78,7 +77,7 @@ def reshape_layers(model, config):
         attn = layer.self_attn
         if heads == 0:
             o_bias = getattr(attn, family["o"]).bias is not None
-            layer.self_attn = RemovedAttention(hidden, head_dim, idx, o_bias)
+            layer.self_attn = RemovedAttention(hidden, idx, o_bias)
             if family["post_norm"] is not None:  # sequential block: its input norm only fed attention
                 layer.input_layernorm = nn.Identity()
         else:

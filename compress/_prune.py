@@ -62,7 +62,7 @@ def prune(model: nn.Module, tokenizer, plan: Plan, *, calibration=None, release_
     criterion = get_criterion(plan.importance)
     if criterion.requires:
         if calibration is None:
-            calibration = calibration_tokens(tokenizer, plan)
+            calibration = calibration_tokens(tokenizer, plan.calibration)
         stats = collect_statistics(model, adapter, calibration, criterion.requires)
     else:
         stats = {}
@@ -87,8 +87,9 @@ def _linear_weights(layer) -> list[torch.Tensor]:
     return [p for m in layer.modules() if isinstance(m, nn.Linear) for p in m.parameters(recurse=False)]
 
 
-def calibration_tokens(tokenizer, plan: Plan) -> torch.Tensor:
-    cfg = {**CALIBRATION_DEFAULTS, **plan.calibration}
+def calibration_tokens(tokenizer, calibration: dict | None = None) -> torch.Tensor:
+    """Calibration blocks from bundled C4 (or the hub): a plan's "calibration" settings over the defaults."""
+    cfg = {**CALIBRATION_DEFAULTS, **(calibration or {})}
     docs = texts("c4", split="train", hub=bool(cfg.get("hub", False)))
     rng = torch.Generator().manual_seed(int(cfg["seed"]))
     order = torch.randperm(len(docs), generator=rng).tolist()
@@ -151,7 +152,7 @@ def _prune_attention(adapter, layer, idx, base, shape, target, plan, criterion, 
         return None
     attn_mods = adapter.attention(layer)
     if target.num_attention_heads == 0:
-        layer.self_attn = _stand_in(RemovedAttention, attn_mods["o"], base.hidden_size, base.head_dim, idx)
+        layer.self_attn = _stand_in(RemovedAttention, attn_mods["o"], base.hidden_size, idx)
         if not adapter.parallel_block:
             layer.input_layernorm = nn.Identity()
         return []

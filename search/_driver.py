@@ -34,7 +34,7 @@ def build_setup(exp: experiments.Experiment, paths: ExperimentDir, *, tracking_u
                             min_budget_use=exp.space.min_budget_use,
                             distill_steps=tuple(exp.distill.steps) if exp.distill.enabled else (),
                             distill_lr=tuple(exp.distill.lr))
-    return TrialSetup(model_source=source, spec=spec, profile_name=exp.device, budget_bytes=float(budget),
+    return TrialSetup(model_source=source, base_shapes=base, spec=spec, profile_name=exp.device, budget_bytes=float(budget),
                       rungs=exp.proxy.rungs, tasks=list(exp.proxy.tasks), weights=dict(exp.proxy.weights),
                       teacher_cache=str(paths.teacher_cache), multi=exp.search.multi_objective
                       if exp.search.mode == "multi" else None, tracking_uri=tracking_uri,
@@ -46,8 +46,7 @@ def prepare_teacher(setup: TrialSetup, paths: ExperimentDir) -> dict:
     model, tokenizer = load_on_device(setup.model_source)
     if not paths.teacher_cache.exists():
         objectives.TeacherCache.build(model, tokenizer).save(paths.teacher_cache)
-    plan = compress.Plan.uniform(setup.spec.num_layers, attn_keep=1, mlp_keep=1)
-    ratios = compress.layer_outlier_ratios(model, compress.calibration_tokens(tokenizer, plan))
+    ratios = compress.layer_outlier_ratios(model, compress.calibration_tokens(tokenizer))
     return {"uniform-l1": spaces.uniform_l1(setup.spec), "owl": spaces.owl(setup.spec, ratios)}
 
 

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,17 +36,6 @@ def ensure_parent(uri: str, experiment_name: str, artifact_root: Path, *, tags: 
         return exp_id, run_id
     run = c.create_run(exp_id, run_name=experiment_name, tags=tags)
     return exp_id, run.info.run_id
-
-
-def log_figure(uri: str, run_id: str, figure, name: str) -> None:
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / name
-        figure.savefig(path, dpi=110, bbox_inches="tight")
-        client(uri).log_artifact(run_id, str(path))
-
-
-def log_text(uri: str, run_id: str, text: str, name: str) -> None:
-    client(uri).log_text(run_id, text, name)
 
 
 @dataclass

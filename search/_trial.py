@@ -21,6 +21,7 @@ GB = 1024**3
 class TrialSetup:
     """Everything a trial needs, computed once by the driver and shipped to workers."""
     model_source: str
+    base_shapes: compress.ModelShapes     # the dense model's shapes (read once from its config)
     spec: spaces.SpaceSpec
     profile_name: str
     budget_bytes: float
@@ -38,14 +39,13 @@ class TrialSetup:
     def profile(self):
         return objectives.get_profile(self.profile_name).with_budget(int(self.budget_bytes))
 
-    def memory_of(self, base_shapes):
-        profile = self.profile()
-        return lambda plan: objectives.estimate_memory(plan.realised_shapes(base_shapes), profile).total_bytes
+    def memory_of(self):
+        profile, base = self.profile(), self.base_shapes
+        return lambda plan: objectives.estimate_memory(plan.realised_shapes(base), profile).total_bytes
 
 
 def plan_for(params: dict, setup: TrialSetup) -> compress.Plan:
-    base = compress.shapes_from_config(compress.load_config(setup.model_source))
-    return spaces.params_to_plan(params, setup.spec, memory_of=setup.memory_of(base), budget_bytes=setup.budget_bytes)
+    return spaces.params_to_plan(params, setup.spec, memory_of=setup.memory_of(), budget_bytes=setup.budget_bytes)
 
 
 def load_on_device(source: str, *, training: bool = False):
