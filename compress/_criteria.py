@@ -31,8 +31,13 @@ def get_criterion(name: str) -> Criterion:
     return CRITERIA.get(name)()
 
 
+def _zeros(group: UnitGroup) -> torch.Tensor:
+    """A float64 score accumulator on the device of the group's weights (scores stay with what they rank)."""
+    return torch.zeros(group.n_units, dtype=torch.float64, device=group.couplings[0].module.weight.device)
+
+
 def _sum_over_tensors(group: UnitGroup, fn) -> torch.Tensor:
-    total = torch.zeros(group.n_units, dtype=torch.float64)
+    total = _zeros(group)
     for coupling in group.couplings:
         for param, grad in coupling.tensors():
             total += fn(coupling, param, grad)
@@ -66,14 +71,14 @@ class ActivationAware(Criterion):
     description = "output-projection column norm x calibration activation RMS (Wanda-sp / FLAP)"
 
     def score(self, group):
-        total = torch.zeros(group.n_units, dtype=torch.float64)
+        total = _zeros(group)
         for c in group.couplings:
             if not c.consumer:
                 continue
             if c.act_sq is None:
                 raise ValueError("activation criterion needs calibration activations")
             col_l1 = c.module.weight.detach().double().abs().sum(0)          # [in_features]
-            feature = col_l1 * c.act_sq.double().sqrt()
+            feature = col_l1 * c.act_sq.to(col_l1.device).double().sqrt()
             total += feature[c.index.reshape(-1)].reshape(group.n_units, -1).sum(1)
         return total
 

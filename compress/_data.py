@@ -76,5 +76,5 @@ def token_blocks(tokenizer, docs: list[str], *, seq_len: int, count: int):
     usable = (len(ids) // seq_len) * seq_len
     if usable == 0:
         raise ValueError("not enough text to build one calibration block")
-    blocks = torch.tensor(ids[:usable]).reshape(-1, seq_len)
+    blocks = torch.tensor(ids[:usable], device="cpu").reshape(-1, seq_len)   # host-side; callers move it
     return blocks[:count]

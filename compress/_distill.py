@@ -313,7 +313,7 @@ def _micro_step(engine, teacher, ids, schedule, top_k, layer_map, hooks) -> dict
     kd = kd_loss(s_logits, t_logits, temperature=schedule.temperature, top_k=top_k)
     ce = lm_loss(s_logits, ids)
     loss = schedule.kd_weight * kd + (1 - schedule.kd_weight) * ce
-    hidden = hidden_loss(s_states, t_states, layer_map) if hooks else torch.zeros(())
+    hidden = hidden_loss(s_states, t_states, layer_map) if hooks else torch.zeros((), device=ids.device)
     if hooks:
         loss = loss + schedule.hidden_weight * hidden
     engine.backward(loss)

@@ -45,15 +45,15 @@ class BlockMixer:
         for name in self.names:
             docs = texts(name, split="train", hub=hub, limit=HUB_DOCS if hub else None)
             self.pools[name] = token_blocks(tokenizer, docs, seq_len=seq_len, count=MAX_BLOCKS_PER_SOURCE)
-        self._probs = torch.tensor([self.weights[n] for n in self.names])
-        self._rng = torch.Generator().manual_seed(int(seed))
+        self._probs = torch.tensor([self.weights[n] for n in self.names], device="cpu")
+        self._rng = torch.Generator(device="cpu").manual_seed(int(seed))
 
     def batch(self, batch_size: int) -> torch.Tensor:
         picks = torch.multinomial(self._probs, batch_size, replacement=True, generator=self._rng)
         rows = []
         for pick in picks.tolist():
             pool = self.pools[self.names[pick]]
-            rows.append(pool[torch.randint(len(pool), (1,), generator=self._rng).item()])
+            rows.append(pool[torch.randint(len(pool), (1,), generator=self._rng, device="cpu").item()])
         return torch.stack(rows)
 
     def describe(self) -> dict:

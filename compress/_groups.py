@@ -20,6 +20,7 @@ class Coupling:
     index: torch.Tensor          # [n_units, width] rows (producer) or columns (consumer)
     consumer: bool               # columns of an output projection: its inputs are the units' outputs
     act_sq: torch.Tensor | None = None   # consumers: per-input-feature sum of squared calibration activations
+    grads: dict | None = None            # parameter -> FP32 gradient summed over calibration batches (taylor)
 
     def gather(self, tensor: torch.Tensor) -> torch.Tensor:
         """[n_units, -1] view of the unit slices of `tensor` (a weight, its grad, or a bias)."""
@@ -32,11 +33,11 @@ class Coupling:
         return picked.reshape(self.index.shape[0], -1)
 
     def tensors(self) -> list[tuple[torch.Tensor, torch.Tensor | None]]:
-        """(parameter, grad) pairs of this coupling: weight, then bias if any."""
-        out = [(self.module.weight, self.module.weight.grad)]
-        if self.module.bias is not None:
-            out.append((self.module.bias, self.module.bias.grad))
-        return out
+        """(parameter, grad) pairs of this coupling: weight, then bias if any. The gradient is the FP32
+        sum collected for the criterion (`grads`), else whatever autograd left in .grad."""
+        params = [self.module.weight] + ([self.module.bias] if self.module.bias is not None else [])
+        grads = self.grads or {}
+        return [(p, grads.get(p, p.grad)) for p in params]
 
 
 @dataclass
@@ -47,27 +48,29 @@ class UnitGroup:
     per_bucket: int = 0          # >0: units are selected equally within consecutive buckets of this size
 
 
-def _blocks(n_units: int, width: int) -> torch.Tensor:
-    return torch.arange(n_units * width).reshape(n_units, width)
+def _blocks(n_units: int, width: int, device) -> torch.Tensor:
+    # index tensors live with the weights they index: a CPU index on a GPU weight fails in index_select
+    return torch.arange(n_units * width, device=device).reshape(n_units, width)
 
 
 def attention_group(attn: dict, *, heads: int, kv_heads: int, head_dim: int, unit: str) -> UnitGroup:
     """KV groups (K/V head + its query heads + their o columns), or query heads within groups."""
     per_group = heads // kv_heads
+    device = attn["q"].weight.device
     if unit == "kv_group":
-        q_idx = _blocks(kv_heads, per_group * head_dim)
-        kv_idx = _blocks(kv_heads, head_dim)
+        q_idx = _blocks(kv_heads, per_group * head_dim, device)
+        kv_idx = _blocks(kv_heads, head_dim, device)
         couplings = [Coupling(attn["q"], q_idx, False), Coupling(attn["k"], kv_idx, False),
                      Coupling(attn["v"], kv_idx, False), Coupling(attn["o"], q_idx, True)]
         return UnitGroup("attn", kv_heads, couplings)
-    head_idx = _blocks(heads, head_dim)
+    head_idx = _blocks(heads, head_dim, device)
     couplings = [Coupling(attn["q"], head_idx, False), Coupling(attn["o"], head_idx, True)]
     return UnitGroup("attn", heads, couplings, per_bucket=per_group)
 
 
 def mlp_group(mlp: dict, *, ffn: int) -> UnitGroup:
     """MLP channels: gate/up (fc1) rows and down (fc2) columns, biases included."""
-    idx = torch.arange(ffn).reshape(ffn, 1)
+    idx = torch.arange(ffn, device=mlp["out"].weight.device).reshape(ffn, 1)
     couplings = [Coupling(m, idx, False) for m in mlp["ins"]] + [Coupling(mlp["out"], idx, True)]
     return UnitGroup("mlp", ffn, couplings)
 
@@ -81,10 +84,10 @@ def select_units(group: UnitGroup, scores: torch.Tensor, keep: int) -> torch.Ten
     if group.per_bucket:
         buckets = scores.reshape(-1, group.per_bucket)
         top = buckets.topk(keep, dim=1).indices.sort(dim=1).values
-        offsets = torch.arange(buckets.shape[0]).unsqueeze(1) * group.per_bucket
+        offsets = torch.arange(buckets.shape[0], device=scores.device).unsqueeze(1) * group.per_bucket
         return (top + offsets).reshape(-1)
     return scores.topk(keep).indices.sort().values
 
 
 def kept_indices(coupling: Coupling, units: torch.Tensor) -> torch.Tensor:
-    return coupling.index[units].reshape(-1)
+    return coupling.index[units.to(coupling.index.device)].reshape(-1)

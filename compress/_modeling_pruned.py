@@ -30,10 +30,10 @@ class RemovedAttention(nn.Module):
     elements as empty, so a 0-head entry would make an attention-free layer 0 report length 0.
     """
 
-    def __init__(self, hidden_size, layer_idx, has_bias):
+    def __init__(self, hidden_size, layer_idx, has_bias, device=None, dtype=None):
         super().__init__()
         self.layer_idx = layer_idx
-        self.bias = nn.Parameter(torch.zeros(hidden_size)) if has_bias else None
+        self.bias = nn.Parameter(torch.zeros(hidden_size, device=device, dtype=dtype)) if has_bias else None
 
     def forward(self, hidden_states, *args, cache=None, past_key_values=None, **kwargs):
         cache = cache if cache is not None else past_key_values
@@ -50,9 +50,9 @@ class RemovedAttention(nn.Module):
 class RemovedMLP(nn.Module):
     """Stands in for a removed MLP: returns the output bias (or 0)."""
 
-    def __init__(self, hidden_size, has_bias):
+    def __init__(self, hidden_size, has_bias, device=None, dtype=None):
         super().__init__()
-        self.bias = nn.Parameter(torch.zeros(hidden_size)) if has_bias else None
+        self.bias = nn.Parameter(torch.zeros(hidden_size, device=device, dtype=dtype)) if has_bias else None
 
     def forward(self, hidden_states):
         out = torch.zeros_like(hidden_states)

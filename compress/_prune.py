@@ -21,6 +21,8 @@ from ._release import release
 from ._shapes import LayerShape, ModelShapes, shapes_from_config
 
 CALIBRATION_DEFAULTS = {"samples": 16, "seq_len": 128, "seed": 0}
+CALIBRATION_BATCH = 4          # calibration blocks per forward pass
+INITIAL_LOSS_SCALE = 2.0**12   # taylor on a 16-bit model: halved on overflow until gradients are finite
 
 
 @dataclass
@@ -91,14 +93,18 @@ def calibration_tokens(tokenizer, calibration: dict | None = None) -> torch.Tens
     """Calibration blocks from bundled C4 (or the hub): a plan's "calibration" settings over the defaults."""
     cfg = {**CALIBRATION_DEFAULTS, **(calibration or {})}
     docs = texts("c4", split="train", hub=bool(cfg.get("hub", False)))
-    rng = torch.Generator().manual_seed(int(cfg["seed"]))
-    order = torch.randperm(len(docs), generator=rng).tolist()
+    rng = torch.Generator(device="cpu").manual_seed(int(cfg["seed"]))
+    order = torch.randperm(len(docs), generator=rng, device="cpu").tolist()
     return token_blocks(tokenizer, [docs[i] for i in order], seq_len=int(cfg["seq_len"]), count=int(cfg["samples"]))
 
 
 # ---- score: calibration statistics ------------------------------------------------------------
 def collect_statistics(model, adapter: FamilyAdapter, tokens: torch.Tensor, requires: frozenset) -> dict:
-    """{"act_sq": {module: sum of x^2 per input feature}} and/or parameter .grad filled in."""
+    """{"act_sq": {module: FP32 sum of x^2 per input feature}} and/or {"grads": {param: FP32 grad sum}}.
+
+    Gradients (taylor) are taken batch by batch and summed in FP32 outside autograd: a 16-bit model's own
+    .grad would accumulate in FP16 and under/overflow. Each batch's loss is scaled (dynamic loss scaling,
+    as mixed-precision training does) so small FP16 gradients survive, and unscaled when summed."""
     unknown = set(requires) - {"activations", "gradients"}
     if unknown:
         raise ValueError(f"criterion requires unknown statistics {sorted(unknown)}")
@@ -111,23 +117,50 @@ def collect_statistics(model, adapter: FamilyAdapter, tokens: torch.Tensor, requ
             consumers = [adapter.attention(layer)["o"], adapter.mlp(layer)["out"]]
             for module in consumers:
                 hooks.append(module.register_forward_pre_hook(accumulate_input_square(act_sq, module)))
+    grad_on = "gradients" in requires
+    # only the projections a criterion scores need gradients (not embeddings, norms or the LM head)
+    params = [p for layer in adapter.layers(model) for p in _linear_weights(layer)]
     try:
-        grad_on = "gradients" in requires
         for p in model.parameters():
+            p.requires_grad_(False)
+        for p in params:
             p.requires_grad_(grad_on)
-        with torch.set_grad_enabled(grad_on):
-            device = next(model.parameters()).device
-            for batch in tokens.split(4):
-                batch = batch.to(device)
-                out = model(input_ids=batch, labels=batch if grad_on else None, use_cache=False)
-                if grad_on:
-                    out.loss.backward()
+        device = params[0].device
+        if grad_on:
+            stats["grads"] = _gradient_sums(model, params, tokens, device)
+        else:
+            with torch.no_grad():
+                for batch in tokens.split(CALIBRATION_BATCH):
+                    model(input_ids=batch.to(device), use_cache=False)
     finally:
         for h in hooks:
             h.remove()
-        for p in model.parameters():
+        for p in params:
             p.requires_grad_(False)
+            p.grad = None
     return stats
+
+
+def _gradient_sums(model, params, tokens: torch.Tensor, device) -> dict:
+    half = params[0].dtype in (torch.float16, torch.bfloat16)
+    scale = INITIAL_LOSS_SCALE if half else 1.0
+    sums = {p: torch.zeros_like(p, dtype=torch.float32) for p in params}
+    for batch in tokens.split(CALIBRATION_BATCH):
+        batch = batch.to(device)
+        while True:
+            for p in params:
+                p.grad = None
+            logits = model(input_ids=batch, use_cache=False).logits.float()   # the loss itself in FP32
+            loss = torch.nn.functional.cross_entropy(logits[:, :-1].flatten(0, 1), batch[:, 1:].flatten())
+            (loss * scale).backward()
+            finite = all(p.grad is None or torch.isfinite(p.grad).all() for p in params)
+            if finite or scale <= 1.0:
+                break
+            scale /= 2                                                        # overflow: retry this batch
+        for p in params:
+            if p.grad is not None:
+                sums[p] += p.grad.float() / scale
+    return sums
 
 
 def accumulate_input_square(store: dict, module):
@@ -142,6 +175,7 @@ def _scores(criterion, group: UnitGroup, stats: dict) -> torch.Tensor:
     for c in group.couplings:
         if c.consumer:
             c.act_sq = stats.get("act_sq", {}).get(c.module)
+        c.grads = stats.get("grads")
     return criterion.score(group)
 
 
@@ -193,10 +227,10 @@ def _prune_mlp(adapter, layer, shape, target, criterion, stats) -> list[int] | N
 
 def _stand_in(cls, out_proj: nn.Linear, *args):
     """A removed sub-block: keeps only its output projection's bias (what the zeroed block computes)."""
-    removed = cls(*args, out_proj.bias is not None)
+    removed = cls(*args, out_proj.bias is not None, device=out_proj.weight.device, dtype=out_proj.weight.dtype)
     if out_proj.bias is not None:
         removed.bias.data = out_proj.bias.data.clone()
-    return removed.to(out_proj.weight.dtype)
+    return removed
 
 
 def _cut(owner: nn.Module, group: UnitGroup, names: list[str], units: torch.Tensor) -> None:
@@ -210,9 +244,10 @@ def _slice_linear(linear: nn.Linear, *, rows=None, cols=None) -> nn.Linear:
     """A new, smaller nn.Linear holding only the kept rows / columns (no masking)."""
     weight = linear.weight.data
     if rows is not None:
+        rows = rows.to(weight.device)
         weight = weight.index_select(0, rows)
     if cols is not None:
-        weight = weight.index_select(1, cols)
+        weight = weight.index_select(1, cols.to(weight.device))
     new = nn.Linear(weight.shape[1], weight.shape[0], bias=linear.bias is not None, device="meta")
     new.weight = nn.Parameter(weight.contiguous(), requires_grad=False)
     if linear.bias is not None:

@@ -89,7 +89,7 @@ def _score_on_shared_prompt(model, prompt_ids: list[int], conts: list[list[int]]
         cache.batch_repeat_interleave(len(conts))
         batch = torch.zeros(len(conts), longest - 1, dtype=torch.long, device=device)
         for i, c in enumerate(conts):
-            batch[i, :len(c) - 1] = torch.tensor(c[:-1])
+            batch[i, :len(c) - 1] = torch.tensor(c[:-1], device=device)
         logp = model(input_ids=batch, use_cache=True, **{_cache_kwarg(model): cache}).logits.float().log_softmax(-1)
         for i, c in enumerate(conts):
             if len(c) > 1:
@@ -136,7 +136,7 @@ def _generate_batch(model, tokenizer, queries, budget: int, limit: int) -> list[
     input_ids = torch.full((len(ids), width), pad, dtype=torch.long, device=device)
     mask = torch.zeros((len(ids), width), dtype=torch.long, device=device)
     for i, row in enumerate(ids):
-        input_ids[i, width - len(row):] = torch.tensor(row)
+        input_ids[i, width - len(row):] = torch.tensor(row, device=device)
         mask[i, width - len(row):] = 1
     position = (mask.cumsum(-1) - 1).clamp(min=0)
     stops = [re.compile(q.stop, re.DOTALL) if q.stop else None for q in queries]
