@@ -30,8 +30,12 @@ FORMATS: Registry[ExportFormat] = Registry("export format")
 
 def export_model(model, fmt: str, out, *, force: bool = False) -> Path:
     """Export `model` (registry name or checkpoint directory) to `out` in format `fmt`."""
+    from safetensors import SafetensorError
     spec = FORMATS.get(fmt)              # unknown formats fail first, with a did-you-mean
-    return spec.export(model, out, force=force)
+    try:
+        return spec.export(model, out, force=force)
+    except SafetensorError as err:       # exporters read the weight files directly
+        raise ValueError(f"checkpoint {model} has a corrupt or truncated weight file: {err}") from None
 
 
 def export_hf(model, out, *, force: bool = False) -> Path:

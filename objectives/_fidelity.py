@@ -21,7 +21,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -127,13 +126,9 @@ class TeacherCache:
         payload = {"tokens": self.tokens, "values": self.values, "lse": self.lse, "nll": self.nll,
                    "indices": self.indices, "vocab_size": self.vocab_size, "vocab_hash": self.vocab_hash,
                    "level_blocks": list(self.level_blocks), "meta": dict(self.meta), "format": 1}
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        try:
+        from compress._atomic import atomic_file
+        with atomic_file(path) as tmp:
             torch.save(payload, tmp)
-            os.replace(tmp, path)
-        finally:
-            if tmp.exists():
-                tmp.unlink()
         return path
 
     @classmethod

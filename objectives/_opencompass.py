@@ -48,6 +48,8 @@ import sys
 import time
 from pathlib import Path
 
+from compress._atomic import write_text
+
 from . import _oc_data
 
 # The starting kit ran: opencompass --datasets <these> --hf-type chat
@@ -104,7 +106,7 @@ def run_opencompass(model_dir, *, datasets=COMPETITION_DATASETS, limit: int | No
              "dtype": "float16" if gpu else "float32", "num_gpus": 1 if gpu else 0, "batch_size": batch_size,
              "max_seq_len": int(config.get("max_position_embeddings") or DEFAULT_MAX_SEQ_LEN)}
     cfg_path = run_dir / "eval_config.py"
-    cfg_path.write_text(render_config(sources, model, limit=limit, max_out_len=max_out_len,
+    write_text(cfg_path, render_config(sources, model, limit=limit, max_out_len=max_out_len,
                                       truthfulqa_path=str(_oc_data.truthfulqa_dir(cache)), bbh_subsets=bbh_subsets))
 
     outputs = run_dir / "outputs"

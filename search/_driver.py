@@ -38,7 +38,7 @@ def build_setup(exp: experiments.Experiment, paths: ExperimentDir, *, tracking_u
                       rungs=exp.proxy.rungs, tasks=list(exp.proxy.tasks), weights=dict(exp.proxy.weights),
                       teacher_cache=str(paths.teacher_cache), multi=exp.search.multi_objective
                       if exp.search.mode == "multi" else None, tracking_uri=tracking_uri,
-                      distill=exp.to_dict()["distill"], seed=exp.search.seed)
+                      distill=exp.to_dict()["distill"], seed=exp.search.seed, unsafe_exec=exp.proxy.unsafe_exec)
 
 
 def prepare_teacher(setup: TrialSetup, paths: ExperimentDir) -> dict:

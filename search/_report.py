@@ -6,6 +6,7 @@ import json
 import math
 
 import compress
+from compress._atomic import atomic_file
 from search import _tracking
 from search._trial import GB, load_on_device, plan_for, recover, schedule_for
 
@@ -86,12 +87,10 @@ def materialise(row: dict, rank: int, setup, paths) -> dict:
 
 
 def _write_csv(rows, path) -> None:
-    tmp = path.with_suffix(".tmp")
-    with open(tmp, "w", newline="") as f:
+    with atomic_file(path) as tmp, open(tmp, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(COLUMNS), extrasaction="ignore")
         writer.writeheader()
         writer.writerows(rows)
-    tmp.replace(path)
 
 
 def _log_parent(summary, rows, setup, paths) -> None:

@@ -35,6 +35,7 @@ class TrialSetup:
     parent_run_id: str | None = None
     distill: dict = field(default_factory=dict)
     seed: int = 0
+    unsafe_exec: bool = False             # HumanEval without a sandbox (the user passed --unsafe-exec)
 
     def profile(self):
         return objectives.get_profile(self.profile_name).with_budget(int(self.budget_bytes))
@@ -138,7 +139,8 @@ def run_trial(config: dict, setup: TrialSetup) -> None:
 
 
 def trial_objectives(setup: TrialSetup) -> list:
-    return ["memory", "throughput", "fidelity", objectives.ProxyAccuracyObjective(tasks=tuple(setup.tasks))]
+    proxy = objectives.ProxyAccuracyObjective(tasks=tuple(setup.tasks), unsafe_exec=setup.unsafe_exec)
+    return ["memory", "throughput", "fidelity", proxy]
 
 
 def score_report(metrics: dict, setup: TrialSetup, *, seconds: float) -> dict:

@@ -55,7 +55,8 @@ def test_a_normal_program_passes_and_a_failing_one_fails():
 
 @isolated
 @pytest.mark.parametrize("case", ["read_canary", "delete_canary", "write_project", "read_etc", "connect",
-                                  "memory", "print_100mb", "fill_tmp"])
+                                  "memory", "print_100mb", "fill_tmp",
+                                  "100_processes"])
 def test_hostile_program_is_contained(case, canary, tmp_path):
     listener = socket.socket()
     listener.bind(("127.0.0.1", 0))
@@ -71,6 +72,8 @@ def test_hostile_program_is_contained(case, canary, tmp_path):
         "memory": "x = bytearray(10 * 1024**3)\nx[-1] = 1",
         "print_100mb": "import sys\nsys.stdout.write('x' * 100_000_000)\nsys.stdout.flush()",
         "fill_tmp": "for i in range(200):\n    open(f'/tmp/f{i}', 'wb').write(b'x' * 1_000_000)",
+        "100_processes": "import os, time\nfor _ in range(100):\n    if os.fork() == 0:\n        time.sleep(3)\n"
+                         "        os._exit(0)",
     }
     before = _project_snapshot()
     start = time.perf_counter()
@@ -86,7 +89,8 @@ def test_hostile_program_is_contained(case, canary, tmp_path):
 @isolated
 def test_fork_bomb_is_capped_and_leaves_nothing_behind():
     marker = f"forkbomb-{uuid.uuid4().hex}"
-    program = f"import os, sys\nos.execv(sys.executable, [sys.executable, '-c', 'import os\\nwhile True: os.fork()  # {marker}'])"
+    bomb = f"import os\\nwhile True: os.fork()  # {marker}"
+    program = f"import os, sys\nos.execv(sys.executable, [sys.executable, '-c', '{bomb}'])"
     start = time.perf_counter()
     assert not run_program(program, timeout=2.0)
     assert time.perf_counter() - start < 10
