@@ -125,15 +125,58 @@ def _checked_weights(loader, source: str, name, **kwargs):
         finally:
             hf_logging.set_verbosity(level)
     model, info = _from_hub_or_cache(load, source, name, **kwargs)
+    _refuse_mismatch(source, info.get("mismatched_keys") or [], info.get("missing_keys") or [],
+                     info.get("unexpected_keys") or [])
+    return model
+
+
+def _refuse_mismatch(source, mismatched, missing, unexpected) -> None:
     problems = [f"{key} is {list(saved)} in the weights but {list(wanted)} by config.json"
-                for key, saved, wanted in info.get("mismatched_keys") or []]
-    problems += [f"{key} is missing from the weights" for key in sorted(info.get("missing_keys") or [])]
-    problems += [f"{key} is in the weights but not in the model config.json describes"
-                 for key in sorted(info.get("unexpected_keys") or [])]
+                for key, saved, wanted in sorted(mismatched)]
+    problems += [f"{key} is missing from the weights" for key in sorted(missing)]
+    problems += [f"{key} is in the weights but not in the model config.json describes" for key in sorted(unexpected)]
     if problems:
         more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
         raise ValueError(f"checkpoint {source} does not match its config.json: {problems[0]}{more}")
-    return model
+
+
+def check_checkpoint(name: str | os.PathLike) -> None:
+    """Loadability without loading the weights: every tensor the config implies is in the safetensors
+    files with that shape, and the files are intact. Cheap even for 7B models (headers and a model on
+    the meta device), so a search can refuse a broken checkpoint before it writes anything."""
+    from safetensors import SafetensorError, safe_open
+    from transformers import AutoModelForCausalLM
+    from ._modeling_pruned import PRUNED_CLASSES
+    source = resolve_model(name)
+    config = load_config(name)
+    directory = Path(source) if Path(source).is_dir() else _cached_snapshot(source)
+    files = sorted(directory.glob("*.safetensors")) if directory is not None else []
+    if not files:
+        return          # not a local safetensors checkpoint: loading it is the check
+    saved = {}
+    for path in files:
+        try:
+            with safe_open(path, framework="pt") as f:
+                saved.update({key: tuple(f.get_slice(key).get_shape()) for key in f.keys()})
+        except SafetensorError as err:
+            raise ValueError(f"checkpoint {source} has a corrupt or truncated weight file: {path.name}: "
+                             f"{_first_line(err)}") from None
+    with torch.device("meta"):
+        model = PRUNED_CLASSES[config.model_type](config) if getattr(config, "layer_shapes", None) \
+            else AutoModelForCausalLM.from_config(config)
+    wanted = {key: tuple(t.shape) for key, t in model.state_dict().items()}
+    if getattr(config, "tie_word_embeddings", False):
+        wanted.pop("lm_head.weight", None)         # re-tied from the embeddings on load
+    _refuse_mismatch(source, [(k, saved[k], wanted[k]) for k in wanted.keys() & saved.keys() if saved[k] != wanted[k]],
+                     wanted.keys() - saved.keys(), saved.keys() - wanted.keys() - {"lm_head.weight"})
+
+
+def _cached_snapshot(repo_id: str) -> Path | None:
+    try:
+        from huggingface_hub import snapshot_download
+        return Path(snapshot_download(repo_id, local_files_only=True))
+    except Exception:  # not cached (the hub is not asked): loading the model reports it
+        return None
 
 
 def _first_line(err: BaseException) -> str:

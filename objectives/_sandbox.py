@@ -20,6 +20,7 @@ subprocess with the same rlimits, in their own session, killed by process group 
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import shutil
@@ -94,16 +95,27 @@ def _python_mounts(python: str) -> list[str]:
     return args
 
 
+@functools.lru_cache(maxsize=1)
+def _bwrap_options() -> frozenset:
+    """Options this bwrap knows (--size and --disable-userns are 0.8+; Ubuntu 22.04 ships 0.6)."""
+    try:
+        text = subprocess.run(["bwrap", "--help"], capture_output=True, text=True, timeout=10).stdout
+    except (OSError, subprocess.SubprocessError):
+        return frozenset()
+    return frozenset(word for word in text.split() if word.startswith("--"))
+
+
 def _bwrap_command(python: str, boot: str) -> list[str]:
-    root = os.geteuid() == 0
+    root, known = os.geteuid() == 0, _bwrap_options()
     # As root bwrap runs privileged (no user namespace) and keeps only what the boot code needs to
     # drop to nobody; as a user it needs an unprivileged user namespace.
     namespaces = ["--unshare-ipc", "--unshare-pid", "--unshare-net", "--unshare-uts", "--unshare-cgroup-try"]
-    identity = ["--cap-add", "CAP_SETUID", "--cap-add", "CAP_SETGID"] if root else ["--unshare-user", "--disable-userns"]
+    identity = ["--cap-add", "CAP_SETUID", "--cap-add", "CAP_SETGID"] if root else \
+        ["--unshare-user"] + (["--disable-userns"] if "--disable-userns" in known else [])
+    scratch = (["--size", str(SCRATCH_BYTES)] if "--size" in known else []) + ["--tmpfs", "/tmp"]
     return ["bwrap", *namespaces, *identity, "--die-with-parent", "--new-session", *_system_mounts(),
-            *_python_mounts(python), "--proc", "/proc", "--dev", "/dev",
-            "--perms", "1777", "--size", str(SCRATCH_BYTES), "--tmpfs", "/tmp", "--chdir", "/tmp",
-            "--clearenv", "--setenv", "PATH", "/usr/bin:/bin", "--setenv", "HOME", "/tmp",
+            *_python_mounts(python), "--proc", "/proc", "--dev", "/dev", "--perms", "1777", *scratch,
+            "--chdir", "/tmp", "--clearenv", "--setenv", "PATH", "/usr/bin:/bin", "--setenv", "HOME", "/tmp",
             "--hostname", "sandbox", python, "-I", "-S", "-c", boot]
 
 
@@ -136,6 +148,8 @@ def _run(program: str, *, timeout: float, memory: int, isolated: bool) -> tuple[
             status = None
         finally:
             _kill_tree(proc, info_r)
+            with contextlib.suppress(OSError):
+                proc.stdin.close()
         output.seek(0)
         return status, output.read(4096)
 

@@ -102,7 +102,7 @@ def launch(args) -> int:
     exp = experiments.load_experiment(model=args.model, config=args.config, overrides=overrides,
                                       model_params=_param_count)
     root = Path(args.root)
-    name = args.experiment or _free_name(root, exp.model.replace("/", "_"))
+    name = args.experiment or _free_name(root, _default_name(exp.model))
     paths = ExperimentDir.check_new(root, name)     # an existing experiment is refused, nothing written
     _preflight(exp, paths)
     if exp.origin.startswith("generic"):
@@ -131,7 +131,7 @@ def _preflight(exp, paths) -> None:
     from search import _driver
     from search._report import human_bytes
     objectives.get_profile(exp.device)
-    compress.load_config(exp.model)                          # unknown / uncached / quantized model
+    compress.check_checkpoint(exp.model)      # unknown / uncached / quantized / corrupt / shapes its config denies
     for name in exp.space.criteria:
         compress.CRITERIA.get(name)
     objectives.ProxyWeights.from_dict(exp.proxy.weights)
@@ -155,6 +155,15 @@ def _search_status(paths, status: int) -> int:
         print(f"error: every trial failed ({len(failed)}); first: {failed[0].get('reason')}", file=sys.stderr)
         return 1
     return status
+
+
+def _default_name(model: str) -> str:
+    """The experiment name a model gets without --experiment: a registry name, org_name for a hub id,
+    the folder's name for a local directory (a valid experiment name in every case)."""
+    import re
+    from pathlib import Path
+    base = Path(model).expanduser().name if Path(model).expanduser().is_dir() else model.replace("/", "_")
+    return re.sub(r"[^A-Za-z0-9._-]", "-", base).lstrip("._-")[:100] or "experiment"
 
 
 def _free_name(root, base: str) -> str:

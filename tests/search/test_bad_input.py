@@ -50,6 +50,9 @@ CASES = [
      "does not match its config.json"),
     ("config lies about shapes (prune)", ["prune", "--model", "{lies}", "--plan", "{plan}", "--out", "{out}"],
      "does not match its config.json"),
+    ("truncated safetensors (launch)", ["launch", "--model", "{truncated}", "--root", "{root}"], "corrupt or truncated"),
+    ("config lies about shapes (launch)", ["launch", "--model", "{lies}", "--root", "{root}"],
+     "does not match its config.json"),
     ("config claims more layers than the weights", ["evaluate", "--model", "{extra_layer}", "--tasks", "csqa"],
      "is missing from the weights"),
     ("non-empty --out", ["prune", "--plan", "{plan}", "--out", "{full}"], "not empty; pass --force"),
@@ -182,6 +185,9 @@ def test_every_trial_failed_makes_launch_exit_non_zero(tmp_path, capsys):
 
 def test_unknown_model_gets_a_generic_experiment_sized_by_the_model(tmp_path):
     import experiments
+    from search._verbs import _default_name
+    assert _default_name(str(BUNDLED)) == "stories260k"              # a local folder: its name, a valid one
+    assert _default_name("Qwen/Qwen2-7B-Instruct") == "Qwen_Qwen2-7B-Instruct"
     small = experiments.load_experiment(model=str(BUNDLED), model_params=lambda m: 260_000)
     big = experiments.load_experiment(model="someorg/llama-70b", model_params=lambda m: 70_000_000_000)
     assert small.origin.startswith("generic experiment for a 0.26M-parameter model")
