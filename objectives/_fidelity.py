@@ -21,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import pickle
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -136,7 +137,11 @@ class TeacherCache:
         path = Path(path)
         if not path.is_file():
             raise ValueError(f"teacher cache not found: {path} (build one with TeacherCache.build(...).save(path))")
-        data = torch.load(path, map_location="cpu", weights_only=True)
+        try:
+            data = torch.load(path, map_location="cpu", weights_only=True)
+        except (RuntimeError, OSError, EOFError, ValueError, pickle.UnpicklingError) as err:   # truncated, not ours
+            raise ValueError(f"teacher cache {path} is corrupt, truncated or not a teacher cache "
+                             f"({type(err).__name__}); delete it to rebuild it") from None
         if not isinstance(data, dict) or data.get("format") != 1:
             raise ValueError(f"{path} is not a teacher cache written by this version")
         return cls(tokens=data["tokens"], values=data["values"], indices=data["indices"], lse=data["lse"],
