@@ -141,60 +141,69 @@ def _run(program: str, *, timeout: float, memory: int, isolated: bool) -> tuple[
         finally:
             if info_w is not None:
                 os.close(info_w)
+        init = _sandbox_init(info_r) if info_r is not None else None
         try:
             proc.communicate(program.encode("utf-8"), timeout=timeout)
             status = proc.returncode
         except subprocess.TimeoutExpired:
             status = None
         finally:
-            _kill_tree(proc, info_r)
+            _end(proc, init)
             with contextlib.suppress(OSError):
                 proc.stdin.close()
         output.seek(0)
         return status, output.read(4096)
 
 
-def _kill_tree(proc: subprocess.Popen, info_r: int | None) -> None:
-    """Kill the program and everything it started; return once they are gone. In the sandbox that is
-    the pid namespace's init: when it dies the kernel kills the whole namespace before it is reaped."""
+def _end(proc: subprocess.Popen, init: int | None) -> None:
+    """Return only once the program and everything it started are gone. In the sandbox that is when
+    the pid namespace's init (a pidfd, `init`) has exited: the kernel kills and reaps every process
+    of the namespace first. bwrap itself may exit before that, as soon as the program's status is
+    known, so waiting for bwrap is not enough. At the timeout the init is killed."""
+    import select
     try:
-        if proc.poll() is None and info_r is not None:
-            init = _sandbox_init(info_r, proc.pid)
-            if init is not None:
-                os.kill(init, signal.SIGKILL)
-                try:
-                    proc.wait(timeout=10)        # bwrap exits once its init (and so the namespace) is gone
-                except subprocess.TimeoutExpired:
-                    pass
+        if init is not None:
+            if proc.poll() is None:
+                signal.pidfd_send_signal(init, signal.SIGKILL)
+            select.select([init], [], [], 30.0)          # readable once the init has exited
         if proc.poll() is None:
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.killpg(proc.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-            proc.wait()
+        proc.wait()
     finally:
-        if info_r is not None:
-            os.close(info_r)
+        if init is not None:
+            os.close(init)
 
 
-def _sandbox_init(info_r: int, bwrap_pid: int) -> int | None:
-    """The host pid of the sandbox's init, from bwrap's --info-fd, checked to still be bwrap's child."""
+def _sandbox_init(info_r: int) -> int | None:
+    """A pidfd of the sandbox's pid-namespace init (host pid from bwrap's --info-fd, written before the
+    program starts), checked to be a namespace init; None if bwrap wrote none (it failed to start)."""
     import json
     import select
     data = b""
-    while select.select([info_r], [], [], 1.0)[0]:
-        chunk = os.read(info_r, 4096)
-        if not chunk:
-            break
-        data += chunk
-        if data.rstrip().endswith(b"}"):
-            break
     try:
+        while select.select([info_r], [], [], 30.0)[0]:
+            chunk = os.read(info_r, 4096)
+            if not chunk:
+                break
+            data += chunk
+            if data.rstrip().endswith(b"}"):
+                break
         pid = int(json.loads(data)["child-pid"])
-        ppid = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
-    except (ValueError, KeyError, OSError, IndexError):
+        init = os.pidfd_open(pid)
+    except (ValueError, KeyError, OSError):
         return None
-    return pid if ppid == bwrap_pid else None
+    finally:
+        os.close(info_r)
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+        nspid = next(line.split()[1:] for line in status.splitlines() if line.startswith("NSpid:"))
+    except (OSError, StopIteration):
+        nspid = []
+    if nspid[-1:] != ["1"]:                               # not (or no longer) the namespace's init
+        os.close(init)
+        return None
+    return init
 
 
 @functools.lru_cache(maxsize=1)
