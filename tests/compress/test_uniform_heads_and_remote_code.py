@@ -86,3 +86,13 @@ def test_remote_code_not_written_by_us_is_refused(tmp_path):
     with pytest.raises(ValueError, match="no sha256"):
         compress.check_remote_code(out)
     assert compress.check_remote_code(tmp_path / "nothing-here") is False
+
+
+def test_mlc_export_gets_stock_fields_back(tmp_path):
+    """MLC reads only the stock config fields: the per-layer form of a uniform result is undone there."""
+    _, result, out = _uniform_six_heads("llama", tmp_path)
+    mlc = compress.export_model(out, "mlc", tmp_path / "mlc")
+    config = json.loads((mlc / "hf" / "config.json").read_text())
+    assert (config["num_attention_heads"], config["num_key_value_heads"], config["head_dim"]) == (6, 3, 8)
+    assert config["intermediate_size"] == result.shapes.layers[0].intermediate_size
+    assert "layer_shapes" not in config and "auto_map" not in config
