@@ -50,15 +50,42 @@ def prepare_teacher(setup: TrialSetup, paths: ExperimentDir) -> dict:
     return {"uniform-l1": spaces.uniform_l1(setup.spec), "owl": spaces.owl(setup.spec, ratios)}
 
 
+DEFAULT_DASHBOARD_PORT = 8265
+# Ray Train (data-parallel distillation inside a trial): a trial's worker group may have to wait for
+# GPUs another trial is releasing, and a trial's function thread needs more than Tune's default 2 s
+# to wind its Train run down before the actor is reused.
+WORKER_ENV = {"RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S": "1800", "TUNE_FUNCTION_THREAD_TIMEOUT_S": "120"}
+
+
+def _free_port(preferred: int) -> int:
+    import socket
+    for port in (preferred, 0):
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return s.getsockname()[1]
+    raise OSError("no free port for the Ray dashboard")
+
+
 def start_ray(address: str | None):
+    """Join `address` or start a local cluster. Every Ray worker of the job is told which cluster is
+    ours (RAY_ADDRESS / RAY_API_SERVER_ADDRESS): Ray Train's placement-group cleaner asks the State API
+    whether its controller is alive, and with two clusters on one machine its auto-detection can ask
+    the other one, hear "dead" and remove a live trial's GPUs."""
     import ray
+    env = dict(WORKER_ENV)
     if address:
-        ctx = ray.init(address=address, log_to_driver=False)
+        env["RAY_ADDRESS"] = address
+        ctx = ray.init(address=address, log_to_driver=False, runtime_env={"env_vars": env})
         print(f"joined Ray cluster at {address}", flush=True)
     else:
         os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # local, loopback-only dashboard
+        port = _free_port(DEFAULT_DASHBOARD_PORT)
+        env["RAY_API_SERVER_ADDRESS"] = f"http://127.0.0.1:{port}"
         ctx = ray.init(num_cpus=os.cpu_count(), include_dashboard=True, dashboard_host="127.0.0.1",
-                       log_to_driver=False)
+                       dashboard_port=port, log_to_driver=False, runtime_env={"env_vars": env})
     url = getattr(ctx, "dashboard_url", None)
     print(f"Ray dashboard: http://{url}" if url else "Ray dashboard: not available", flush=True)
     return ray
