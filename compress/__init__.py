@@ -10,7 +10,8 @@ from ._models import (DEFAULT_MODEL, MODELS, ModelSpec, check_checkpoint, check_
 from ._prune import PruneResult, calibration_tokens, prune
 from ._io import check_output_dir, check_remote_code, read_plan_record, save_pruned
 from ._outliers import layer_outlier_ratios
-from ._distill import DistillSchedule, check_fits, distill, estimate_training_memory
+from ._distill import (DistillSchedule, available_memory, check_fits, distill, estimate_for_shapes,
+                       estimate_training_memory, teacher_dtype)
 from ._distill_cli import run_distill
 from ._export import FORMATS, export_hf, export_model
 from ._export_gguf import export_gguf
@@ -22,6 +23,7 @@ __all__ = [
     "DEFAULT_MODEL", "MODELS", "ModelSpec", "check_checkpoint", "check_dtype", "load_config", "load_model", "resolve_model",
     "PruneResult", "calibration_tokens", "prune", "check_output_dir", "check_remote_code", "read_plan_record",
     "save_pruned",
-    "layer_outlier_ratios", "DistillSchedule", "check_fits", "distill", "estimate_training_memory", "run_distill",
+    "layer_outlier_ratios", "DistillSchedule", "available_memory", "check_fits", "distill", "estimate_for_shapes",
+    "estimate_training_memory", "teacher_dtype", "run_distill",
     "FORMATS", "export_hf", "export_model", "export_gguf",
 ]

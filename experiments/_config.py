@@ -56,6 +56,9 @@ class DistillSettings:
     batch_size: int = 8
     zero_stage: int = 0
     precision: str = "fp32"
+    # data-parallel workers per distilling trial (Ray Train, one GPU each on a GPU experiment);
+    # null: resources.gpus_per_trial when it is >= 2, else the trial distils in its own process
+    workers: int | None = None
 
 
 @dataclass(kw_only=True)
@@ -103,7 +106,21 @@ class Experiment:
             raise ValueError("space.criteria needs at least one criterion")
         if self.proxy.rungs < 1:
             raise ValueError("proxy.rungs must be >= 1")
+        workers = self.distill.workers
+        if workers is not None and (not isinstance(workers, int) or isinstance(workers, bool) or workers < 0):
+            raise ValueError(f"distill.workers must be an integer >= 0 or null, got {workers!r}")
+        gpus = self.resources.gpus_per_trial
+        if workers and workers >= 2 and gpus and gpus != workers:
+            raise ValueError(f"distill.workers ({workers}) must equal resources.gpus_per_trial ({gpus}): "
+                             "each data-parallel worker drives one GPU")
         return self
+
+    def distill_workers(self) -> int:
+        """Ray Train workers per distilling trial; 0 or 1: the trial distils in its own process."""
+        if self.distill.workers is not None:
+            return self.distill.workers
+        gpus = self.resources.gpus_per_trial
+        return int(gpus) if gpus >= 2 else 0
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -178,6 +195,8 @@ def load_experiment(*, model: str | None, config: str | None = None, overrides: 
         *parents, leaf = dotted.split(".")
         for key in parents:
             target = target.setdefault(key, {})
+            if not isinstance(target, dict):
+                raise ValueError(f"cannot set {dotted}: {key!r} is not a section")
         target[leaf] = value
     return from_dict(data)
 

@@ -71,6 +71,9 @@ def add_launch_args(p):
     p.add_argument("--rungs", type=int, default=None, help="fidelity levels (ASHA rungs)")
     p.add_argument("--distill", action=argparse.BooleanOptionalAction, default=None, help="distillation in trials")
     p.add_argument("--tracking-uri", default=None, help="MLflow tracking URI (default: sqlite:///<root>/mlflow.db)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="settings",
+                   help="override any experiment setting (VALUE is YAML), e.g. --set distill.seq_len=256 "
+                        "--set resources.gpus_per_trial=0; repeatable, applied after the other flags")
     p.add_argument("--full-eval-top", type=int, default=0, metavar="K",
                    help="after the search, run OpenCompass on the top K candidates and report the proxy-vs-full "
                         "Spearman correlation")
@@ -86,6 +89,21 @@ def _add_unsafe_exec(p):
                         "missing): they then run with resource limits only")
 
 
+def _settings(items: list[str]) -> dict:
+    """--set KEY=VALUE pairs -> {dotted key: YAML value}; the experiment schema rejects unknown keys."""
+    import yaml
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ValueError(f"--set takes KEY=VALUE (e.g. distill.seq_len=256), got {item!r}")
+        try:
+            out[key.strip()] = yaml.safe_load(value)
+        except yaml.YAMLError as err:
+            raise ValueError(f"--set {key}: value {value!r} is not valid YAML ({type(err).__name__})") from None
+    return out
+
+
 def launch(args) -> int:
     import experiments
     from pathlib import Path
@@ -98,7 +116,7 @@ def launch(args) -> int:
                  "search.trials": args.trials, "search.sampler": args.sampler, "search.mode": args.mode,
                  "search.multi_objective": args.versus, "search.workers": args.workers,
                  "proxy.rungs": args.rungs, "distill.enabled": args.distill,
-                 "proxy.unsafe_exec": True if args.unsafe_exec else None}
+                 "proxy.unsafe_exec": True if args.unsafe_exec else None, **_settings(args.settings)}
     exp = experiments.load_experiment(model=args.model, config=args.config, overrides=overrides,
                                       model_params=_param_count)
     root = Path(args.root)
