@@ -13,6 +13,9 @@ from ._distill import DistillSchedule, check_fits, distill, estimate_training_me
 from ._distill_cli import run_distill
 from ._export import FORMATS, export_hf, export_model
 from ._export_gguf import export_gguf
+from ._arch import Arch, build_scratch_model
+from ._tokenizer import load_tokenizer, train_tokenizer
+from ._scratch import ScratchSchedule, train_scratch
 
 __all__ = [
     "Registry", "FamilyAdapter", "family_of", "register_family", "supported_families",
@@ -22,4 +25,5 @@ __all__ = [
     "PruneResult", "calibration_tokens", "prune", "check_output_dir", "read_plan_record", "save_pruned",
     "layer_outlier_ratios", "DistillSchedule", "check_fits", "distill", "estimate_training_memory", "run_distill",
     "FORMATS", "export_hf", "export_model", "export_gguf",
+    "Arch", "build_scratch_model", "load_tokenizer", "train_tokenizer", "ScratchSchedule", "train_scratch",
 ]
