@@ -30,7 +30,7 @@ TRIALS = "trials"
 REFERENCE = "hand-picked"
 DEFAULT_WEIGHTS = {"accuracy": 1.0, "kl": 0.0, "log_ppl_ratio": 0.0, "nats_per_byte": 1.0}
 COLUMNS = ("heldout_nats_per_byte", "c4_nats_per_byte", "alpaca_zh_nats_per_byte", "c4_perplexity",
-           "alpaca_zh_perplexity", "train_tokens", "train_loss", "arch")
+           "alpaca_zh_perplexity", "train_tokens", "train_loss", "trial_seconds", "arch")
 
 
 @dataclass(kw_only=True)

@@ -149,8 +149,8 @@ def params_to_arch(params: dict, spec: ArchSpec, *, memory_of: Callable[[Arch], 
                     hi = mid
             return best
     smallest = smallest_arch(spec)
-    raise ValueError(f"no architecture of the space fits the budget of {budget_bytes / 1e6:.3f} MB: the smallest "
-                     f"({smallest.describe()}) needs {memory_of(smallest) / 1e6:.3f} MB")
+    raise ValueError(f"no architecture of the space fits the budget of {_gib(budget_bytes)}: the smallest "
+                     f"({smallest.describe()}) needs {_gib(memory_of(smallest))}")
 
 
 def _arch_at(c: float, params: dict, spec: ArchSpec, *, vocab: int, tie: bool) -> Arch:
@@ -160,7 +160,7 @@ def _arch_at(c: float, params: dict, spec: ArchSpec, *, vocab: int, tie: bool) -
     kv = max(spec.kv_heads[0], round(c * params["kv_heads"]))
     while kv > 1 and hidden % (kv * params["gqa"]):
         kv -= 1                   # transformers needs the query heads to divide the hidden size
-    mean = c * params["ffn_mult"] * params["hidden"]
+    mean = max(c * params["ffn_mult"] * params["hidden"], spec.ffn_mult[0] * hidden)   # ffn / hidden >= its range
     slope = float(params.get("ffn_slope", 0.0)) if spec.sample_slope else 0.0
     where = [i / (layers - 1) - 0.5 if layers > 1 else 0.0 for i in range(layers)]
     ffn = tuple(max(fm, math.floor(mean * (1 + slope * w) / fm) * fm) for w in where)
@@ -180,10 +180,14 @@ def check_feasible(spec: ArchSpec, *, memory_of: Callable[[Arch], float], budget
     """Refuse (ValueError) a budget that not even the space's smallest architecture fits."""
     smallest = smallest_arch(spec)
     if memory_of(smallest) > budget_bytes:
-        raise ValueError(f"no architecture of the space fits the budget of {budget_bytes / 1e6:.3f} MB: the smallest "
-                         f"({smallest.describe()}) needs {memory_of(smallest) / 1e6:.3f} MB; raise --size-gb or "
+        raise ValueError(f"no architecture of the space fits the budget of {_gib(budget_bytes)}: the smallest "
+                         f"({smallest.describe()}) needs {_gib(memory_of(smallest))}; raise --size-gb or "
                          "lower the space's ranges")
     return smallest
+
+
+def _gib(n: float) -> str:
+    return f"{n / 2**30:.4g} GiB ({int(n):,} bytes)"
 
 
 def schedule_params(params: dict, spec: ArchSpec) -> dict:
