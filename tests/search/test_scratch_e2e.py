@@ -15,8 +15,9 @@ from search._cli import main
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
-def search(*args, root, timeout=400):
-    return subprocess.run([sys.executable, "-m", "search", *args, "--root", str(root)], cwd=REPO, capture_output=True,
+def search(*args, root=None, timeout=400):
+    where = ["--root", str(root)] if root else []
+    return subprocess.run([sys.executable, "-m", "search", *args, *where], cwd=REPO, capture_output=True,
                           text=True, timeout=timeout, env={**os.environ, "OMP_NUM_THREADS": "1"})
 
 
@@ -43,8 +44,7 @@ def test_scratch_search_end_to_end(tmp_path):
                        for f in ("model.safetensors", "tokenizer.json", "plan.json"))
     record = json.loads(open(os.path.join(top[0]["dir"], "plan.json")).read())["realised"]
     assert record["track"] == "scratch" and record["arch"] == top[0]["arch"]
-    gguf = search("export", "--model", top[0]["dir"], "--format", "gguf", "--out", str(tmp_path / "best.gguf"),
-                  root=tmp_path)
+    gguf = search("export", "--model", top[0]["dir"], "--format", "gguf", "--out", str(tmp_path / "best.gguf"))
     assert gguf.returncode == 0 and (tmp_path / "best.gguf").stat().st_size > 0, gguf.stderr[-2000:]
     # MLflow: a parent run, one nested run per trial with its architecture and per-rung metrics
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
