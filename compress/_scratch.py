@@ -129,9 +129,9 @@ class StreamMixer:
 def train_scratch(model, tokenizer, schedule: ScratchSchedule, *, on_report=None, available_bytes: int | None = None):
     """Train `model` in place; return (the model in fp32 on CPU, eval mode; history of reports).
 
-    on_report(step, metrics) runs after each 1/rungs of the optimizer steps (the last call at the last step), on rank 0,
-    with step, tokens (seen so far, all ranks), loss (mean since the last report), lr and seconds; the
-    model is in eval mode meanwhile. Returning True stops training there (on every rank)."""
+    on_report(step, metrics) runs after each 1/rungs of the optimizer steps (the last call at the last step), on rank 0
+    (on every rank under multi-rank ZeRO-3), with step, tokens (seen so far, all ranks), loss (mean since the last
+    report), lr and seconds; the model is in eval mode meanwhile. Rank 0 returning True stops every rank there."""
     if not isinstance(schedule, ScratchSchedule):
         raise ValueError("train_scratch takes a ScratchSchedule (LM loss only; no teacher in Track 2)")
     device_type = "cuda" if torch.cuda.is_available() else "cpu"
@@ -165,6 +165,9 @@ def _train(model, schedule, precision, data, on_report, device_type, rank, world
         torch.device("cpu")
     if device_type == "cuda":
         torch.cuda.set_device(device)
+    if precision == "fp32":
+        model.float()                 # DeepSpeed trains the module's own dtype when no 16-bit mode is on
+    model.to(device)                  # 16-bit modes: DeepSpeed casts it and keeps FP32 masters itself
     model.train().requires_grad_(True)
     optimizer = torch.optim.AdamW(model.parameters(), lr=schedule.lr_at(0), weight_decay=schedule.weight_decay)
     engine, *_ = deepspeed.initialize(model=model, optimizer=optimizer, config=_ds_config(schedule, precision))
@@ -189,7 +192,11 @@ def _train(model, schedule, precision, data, on_report, device_type, rank, world
         history.append(metrics)
         loss_sum, since = 0.0, 0
         engine.eval()
-        stop = bool(on_report(step, dict(metrics))) if (on_report is not None and rank == 0) else False
+        # ZeRO-3 partitions the weights, so every forward is a collective: then every rank calls on_report
+        # (and must run the same forwards); otherwise rank 0 alone. Rank 0 decides (as compress.distill).
+        collective = engine.zero_optimization_stage() == 3 and world > 1
+        stop = bool(on_report(step, dict(metrics))) if (on_report is not None and (rank == 0 or collective)) \
+            else False
         engine.train()
         if _agree(stop, world, device):
             break

@@ -48,6 +48,7 @@ class ScratchExperiment:
     baseline: dict = field(default_factory=dict)
     proxy: ProxySettings = field(default_factory=ProxySettings)
     resources: Resources = field(default_factory=Resources)
+    origin: str = ""                   # which YAML the settings came from
 
     def validate(self) -> "ScratchExperiment":
         validate_common(self)

@@ -20,8 +20,9 @@ import gzip
 import json
 import os
 import shutil
-import tempfile
 from pathlib import Path
+
+from compress._atomic import atomic_dir
 
 LAYOUT_VERSION = 1                      # bump when the layout below changes: cached layouts are rebuilt
 MARKER = ".edgeprune-layout.json"
@@ -88,17 +89,9 @@ def build_layout(cache: str | os.PathLike, *, raw_root: str | os.PathLike | None
     marker = cache / MARKER
     if marker.is_file() and json.loads(marker.read_text()) == wanted:
         return cache
-    cache.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{cache.name}.", dir=cache.parent))
-    try:
+    with atomic_dir(cache, force=True) as tmp:
         _fill(tmp, raw)
         (tmp / MARKER).write_text(json.dumps(wanted))
-        if cache.exists():
-            shutil.rmtree(cache)
-        os.replace(tmp, cache)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return cache
 
 

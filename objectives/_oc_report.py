@@ -13,9 +13,10 @@ from __future__ import annotations
 import csv
 import json
 import math
-import os
 import time
 from pathlib import Path
+
+from compress._atomic import atomic_file, write_json
 
 from ._opencompass import run_opencompass
 
@@ -40,13 +41,11 @@ def write_competition_csv(rows, path) -> Path:
         if unknown:
             raise ValueError(f"unknown competition CSV columns {unknown}; expected {list(COMPETITION_COLUMNS)}")
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    with open(tmp, "w", newline="") as f:
+    with atomic_file(path) as tmp, open(tmp, "w", newline="") as f:
         writer = csv.writer(f, lineterminator="\n")
         writer.writerow(COMPETITION_COLUMNS)
         for row in rows:
             writer.writerow([_cell(row.get(col)) for col in COMPETITION_COLUMNS])
-    os.replace(tmp, path)
     return path
 
 
@@ -140,7 +139,7 @@ def full_eval_top(experiment_dir, k: int, *, limit: int | None = None, data_root
     rho = spearman([c["proxy_score"] for c in scored], [c["average"] for c in scored]) if len(scored) >= 2 else None
     report = {"experiment": str(exp), "k": k, "limit": limit, "max_out_len": max_out_len, "bbh_subsets": bbh_subsets,
               "spearman": rho, "n_correlated": len(scored), "candidates": candidates}
-    (exp / OUT_JSON).write_text(json.dumps(report, indent=2, default=str))
+    write_json(exp / OUT_JSON, report)
     write_competition_csv([c["row"] for c in candidates], exp / OUT_CSV)
     echo(f"[full-eval] Spearman(proxy score, OpenCompass average) = {_fmt(rho)} over {len(scored)} candidates"
          + ("" if rho is not None else " (needs >= 2 scored candidates with distinct values)"))

@@ -16,6 +16,7 @@ from __future__ import annotations
 import time
 
 from ._base import OBJECTIVES, Candidate, EvalContext, Metric, Objective
+from ._sandbox import require_isolation
 from ._scoring import PROGRAM_TIMEOUT, choice_credit, greedy_generate, option_loglikelihoods, run_programs
 from ._tasks import TASKS, Choice, HumanEval, Task, get_task
 
@@ -32,7 +33,7 @@ class ProxyAccuracyObjective(Objective):
     max_fidelity = len(MAX_NEW_TOKENS) - 1
 
     def __init__(self, *, tasks=DEFAULT_TASKS, max_new_tokens=MAX_NEW_TOKENS, data_dir=None,
-                 program_timeout: float = PROGRAM_TIMEOUT):
+                 program_timeout: float = PROGRAM_TIMEOUT, unsafe_exec: bool = False):
         if isinstance(tasks, str):
             tasks = (tasks,)
         tasks = tuple(tasks)
@@ -50,6 +51,9 @@ class ProxyAccuracyObjective(Objective):
         self.max_new_tokens = max_new_tokens
         self.data_dir = data_dir
         self.program_timeout = program_timeout
+        self.unsafe_exec = unsafe_exec   # run HumanEval programs even where they cannot be isolated
+        if "humaneval" in tasks:
+            require_isolation(unsafe_exec)   # refuse before any model work, in one line
         self.last_seconds: dict[str, float] = {}   # per task, from the latest evaluate (for reports)
 
     def metrics(self) -> list[Metric]:
@@ -95,7 +99,7 @@ class ProxyAccuracyObjective(Objective):
                                     max_new_tokens=self.max_new_tokens[fidelity])
             if isinstance(task, HumanEval):
                 passed = run_programs([task.program(items[i], t) for i, t in zip(pending, texts)],
-                                      timeout=self.program_timeout)
+                                      timeout=self.program_timeout, unsafe=self.unsafe_exec)
                 for i, ok in zip(pending, passed):
                     credits[i] = float(ok)
             else:

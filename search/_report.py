@@ -6,6 +6,7 @@ import json
 import math
 
 import compress
+from compress._atomic import atomic_file
 from search import _tracking
 from search._trial import GB, load_on_device, plan_for, recover, schedule_for
 
@@ -82,7 +83,7 @@ def materialise(row: dict, rank: int, setup, paths) -> dict:
     params = json.loads(row["params_json"])
     plan = plan_for(params, setup)
     schedule = schedule_for(params, setup)
-    model, tokenizer = load_on_device(setup.model_source, training=schedule is not None)
+    model, tokenizer = load_on_device(setup.model_source)
     result = compress.prune(model, tokenizer, plan)
     if schedule is not None:  # what the trial scored was the recovered student: save that
         model = recover(model, tokenizer, result, schedule, setup)
@@ -94,13 +95,11 @@ def materialise(row: dict, rank: int, setup, paths) -> dict:
 
 
 def _write_csv(rows, path) -> None:
-    tmp = path.with_suffix(".tmp")
-    with open(tmp, "w", newline="") as f:
-        extra = dict.fromkeys(k for r in rows for k in r if k not in COLUMNS and k != "params_json")
+    extra = dict.fromkeys(k for r in rows for k in r if k not in COLUMNS and k != "params_json")
+    with atomic_file(path) as tmp, open(tmp, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(COLUMNS) + list(extra), extrasaction="ignore")
         writer.writeheader()
         writer.writerows(rows)
-    tmp.replace(path)
 
 
 def _log_parent(summary, rows, setup, paths) -> None:

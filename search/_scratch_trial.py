@@ -47,6 +47,9 @@ class ScratchSetup:
     train: dict                           # fixed engine settings (hub, zero_stage, precision, ...)
     trials_dir: str
     baseline: dict = field(default_factory=dict)
+    unsafe_exec: bool = False             # HumanEval without a sandbox (the user passed --unsafe-exec)
+    # Ray Train workers per trial, read by the driver: 0, training runs in the trial's own process (for now)
+    distill_workers: int = 0
     multi: str | None = None
     tracking_uri: str | None = None
     mlflow_experiment_id: str | None = None
@@ -74,7 +77,7 @@ def build_setup(exp, paths, *, tracking_uri: str | None) -> ScratchSetup:
                                  runtime=exp.runtime)
     weights = {**DEFAULT_WEIGHTS, **exp.proxy.weights}
     objectives.ProxyWeights.from_dict(weights)
-    objectives.ProxyAccuracyObjective(tasks=tuple(exp.proxy.tasks))   # unknown task names fail here
+    objectives.ProxyAccuracyObjective(tasks=tuple(exp.proxy.tasks), unsafe_exec=exp.proxy.unsafe_exec)  # names, sandbox
     root = Path(paths.path) if paths is not None else Path(".")
     setup = ScratchSetup(spec=spec, profile_name=exp.device, budget_bytes=float(budget), dtype=exp.dtype,
                          rungs=exp.proxy.rungs, tasks=list(exp.proxy.tasks), weights=weights,
@@ -82,6 +85,7 @@ def build_setup(exp, paths, *, tracking_uri: str | None) -> ScratchSetup:
                          train={k: getattr(train, k) for k in ("hub", "zero_stage", "precision",
                                                                "gradient_accumulation", "weight_decay")},
                          trials_dir=str(root / TRIALS), baseline=baseline_params(exp.baseline, spec),
+                         unsafe_exec=exp.proxy.unsafe_exec,
                          multi=exp.search.multi_objective if exp.search.mode == "multi" else None,
                          tracking_uri=tracking_uri, seed=exp.search.seed)
     spaces.check_feasible(spec, memory_of=setup.memory_of(), budget_bytes=setup.budget_bytes)
@@ -117,16 +121,18 @@ def arch_for(params: dict, setup: ScratchSetup) -> compress.Arch:
     return spaces.params_to_arch(params, setup.spec, memory_of=setup.memory_of(), budget_bytes=setup.budget_bytes)
 
 
-def schedule_for(params: dict, arch: compress.Arch, setup: ScratchSetup) -> compress.ScratchSchedule:
+def schedule_for(params: dict, arch: compress.Arch, setup: ScratchSetup, *, world: int = 1) -> compress.ScratchSchedule:
+    """The trial's schedule; the token budget counts every data-parallel rank's tokens."""
     sampled = spaces.schedule_params(params, setup.spec)
     return compress.ScratchSchedule.for_tokens(
         sampled["tokens"], seq_len=arch.context, batch_size=sampled["batch_size"], lr=sampled["lr"],
-        warmup=sampled["warmup"], rungs=setup.rungs, mix=sampled["mix"], seed=setup.seed, **setup.train)
+        warmup=sampled["warmup"], rungs=setup.rungs, world_size=world, mix=sampled["mix"], seed=setup.seed,
+        **setup.train)
 
 
-def build_candidate(params: dict, setup: ScratchSetup):
+def build_candidate(params: dict, setup: ScratchSetup, *, world: int = 1):
     arch = arch_for(params, setup)
-    schedule = schedule_for(params, arch, setup)
+    schedule = schedule_for(params, arch, setup, world=world)
     tokenizer = compress.load_tokenizer(setup.tokenizers[arch.vocab])
     model = compress.build_scratch_model(arch, tokenizer=tokenizer, seed=setup.seed)
     return arch, schedule, model, tokenizer
@@ -142,48 +148,15 @@ def record_of(arch: compress.Arch, schedule: compress.ScratchSchedule, setup: Sc
 
 def run_scratch_trial(config: dict, setup: ScratchSetup) -> None:
     """Ray Tune function trainable. Reports once per rung; ASHA may stop it between rungs."""
-    import torch
     from ray import tune
+    from search._trial import _tune_report
 
     trial_id = tune.get_context().get_trial_id()
     params = {k: v for k, v in config.items() if k != "baseline"}
-    run = _tracking.TrialRun.start(setup, trial_id, params, baseline=config.get("baseline", ""))
+    baseline = config.get("baseline", "")
+    run = _tracking.TrialRun.start(setup, trial_id, params, baseline=baseline)
     try:
-        start = time.perf_counter()
-        arch, schedule, model, tokenizer = build_candidate(params, setup)
-        record = record_of(arch, schedule, setup)
-        run.log_record(record, "arch.json")
-        context = objectives.EvalContext(profile=setup.profile(), seed=setup.seed)
-        candidate = objectives.Candidate(shapes=arch.shapes(), model=model, tokenizer=tokenizer)
-        judges = ["memory", "throughput", objectives.HeldoutObjective(sources=setup.spec.datasets),
-                  objectives.ProxyAccuracyObjective(tasks=tuple(setup.tasks))]
-        weights = objectives.ProxyWeights.from_dict(setup.weights)
-        rung, last = 0, {}
-
-        def scored(train: dict) -> dict:
-            nonlocal rung
-            metrics = objectives.evaluate_all(candidate, context, objectives=judges, fidelity=0, weights=weights)
-            report = score_report(metrics, setup, seconds=time.perf_counter() - start)
-            report.update(rung=rung, rungs=setup.rungs, baseline=config.get("baseline", ""), arch=arch.describe(),
-                          train_tokens=train["tokens"], train_loss=train["loss"], lr=train["lr"])
-            run.log_metrics(report, step=rung)
-            rung += 1
-            return report
-
-        def on_report(step: int, train: dict) -> bool:
-            if step == schedule.steps:      # the last rung is scored on the final weights, after training
-                last.update(train)
-            else:
-                tune.report(scored(train))  # ASHA may stop the trial here (SystemExit(0))
-            return False
-
-        candidate.model, _ = compress.train_scratch(model, tokenizer, schedule, on_report=on_report)
-        if torch.cuda.is_available():
-            candidate.model.to("cuda")
-        report = scored(last)
-        compress.save_pruned(candidate.model, tokenizer, Path(setup.trials_dir) / trial_id, summary=record,
-                             force=True, dtype=compress.check_dtype(setup.dtype))
-        tune.report(report)
+        scratch_body(params, setup, run, baseline=baseline, report=_tune_report, trial_id=trial_id)
         run.finish("FINISHED")
     except SystemExit as stop:  # Tune ends a trial the scheduler stopped with sys.exit(0) inside report()
         if stop.code in (0, None):
@@ -194,6 +167,56 @@ def run_scratch_trial(config: dict, setup: ScratchSetup) -> None:
     except BaseException as err:
         run.finish("FAILED", reason=f"{type(err).__name__}: {err}")
         raise
+
+
+def scratch_body(params: dict, setup: ScratchSetup, run, *, baseline: str, report, trial_id: str, rank: int = 0,
+                 world: int = 1):
+    """Build, train and score the trial's model; `report(scores) -> stop?` gets rank 0's scores once per rung.
+
+    The shape of search/_trial.trial_body, so a Ray Train launcher (search/_data_parallel.py) can run it on
+    every worker: train_scratch takes rank / world from the environment, rank 0 logs, reports and saves."""
+    import torch
+    start = time.perf_counter()
+    arch, schedule, model, tokenizer = build_candidate(params, setup, world=world)
+    record = record_of(arch, schedule, setup)
+    if rank == 0:
+        run.log_record(record, "arch.json")
+    context = objectives.EvalContext(profile=setup.profile(), seed=setup.seed)
+    candidate = objectives.Candidate(shapes=arch.shapes(), model=model, tokenizer=tokenizer)
+    judges = ["memory", "throughput", objectives.HeldoutObjective(sources=setup.spec.datasets),
+              objectives.ProxyAccuracyObjective(tasks=tuple(setup.tasks), unsafe_exec=setup.unsafe_exec)]
+    weights = objectives.ProxyWeights.from_dict(setup.weights)
+    rung, last = 0, {}
+
+    def scored(train: dict) -> dict | None:
+        nonlocal rung
+        metrics = objectives.evaluate_all(candidate, context, objectives=judges, fidelity=0, weights=weights)
+        rung += 1
+        if rank != 0:
+            return None
+        scores = score_report(metrics, setup, seconds=time.perf_counter() - start)
+        scores.update(rung=rung - 1, rungs=setup.rungs, baseline=baseline, arch=arch.describe(), world=world,
+                      train_tokens=train["tokens"], train_loss=train["loss"], lr=train["lr"])
+        run.log_metrics(scores, step=rung - 1)
+        return scores
+
+    def on_report(step: int, train: dict) -> bool:
+        if step == schedule.steps:      # the last rung is scored on the final weights, after training
+            last.update(train)
+            return False
+        scores = scored(train)
+        return bool(report(scores)) if scores is not None else False
+
+    candidate.model, _ = compress.train_scratch(model, tokenizer, schedule, on_report=on_report)
+    if rank != 0:
+        return arch, candidate.model
+    if torch.cuda.is_available():
+        candidate.model.to("cuda")
+    scores = scored(last)
+    compress.save_pruned(candidate.model, tokenizer, Path(setup.trials_dir) / trial_id, summary=record, force=True,
+                         dtype=compress.check_dtype(setup.dtype))
+    report(scores)
+    return arch, candidate.model
 
 
 def materialise(row: dict, rank: int, setup: ScratchSetup, paths) -> dict:

@@ -37,7 +37,8 @@ def launch_scratch(args) -> int:
     import compress
     import experiments
     from search import _driver, _scratch_trial
-    from search._verbs import _free_name
+    from search._paths import ExperimentDir
+    from search._verbs import _free_name, _search_status, _settings
     if args.model:
         raise ValueError("Track 2 trains from scratch: --model (a pre-trained model) is not allowed; "
                          "omit it, or use --track prune to compress a model")
@@ -49,8 +50,6 @@ def launch_scratch(args) -> int:
         compress.check_source(name)
     if args.tokens is not None and args.tokens < 1:
         raise ValueError(f"--tokens must be a positive number of training tokens, got {args.tokens}")
-    if args.full_eval_top < 0:
-        raise ValueError("--full-eval-top must be >= 0")
     config = Path(args.config) if args.config else default_config()
     if not args.config:
         print(f"track 2 experiment: {config.relative_to(config.parent.parent)}", flush=True)
@@ -58,16 +57,19 @@ def launch_scratch(args) -> int:
                  "runtime": args.runtime, "dtype": args.dtype, "search.trials": args.trials,
                  "search.sampler": args.sampler, "search.mode": args.mode, "search.multi_objective": args.versus,
                  "search.workers": args.workers, "proxy.rungs": args.rungs,
-                 "train.tokens": [args.tokens] if args.tokens else None, "train.datasets": args.datasets}
+                 "train.tokens": [args.tokens] if args.tokens else None, "train.datasets": args.datasets,
+                 "proxy.unsafe_exec": True if args.unsafe_exec else None, **_settings(args.settings)}
     exp = experiments.load_experiment(model=None, config=str(config), overrides=overrides)
     if getattr(exp, "track", None) != "scratch":
         raise ValueError(f"{config} is not a track 2 experiment (it needs track: scratch)")
-    _scratch_trial.build_setup(exp, None, tracking_uri=None)     # every check; nothing is written yet
     root = Path(args.root)
     name = args.experiment or _free_name(root, "scratch")
+    paths = ExperimentDir.check_new(root, name)                    # an existing experiment is refused
+    _scratch_trial.build_setup(exp, paths, tracking_uri=None)     # every check; nothing is written yet
     exp.search.top_k = max(exp.search.top_k, args.full_eval_top)  # full evaluation needs the checkpoints
     status = _driver.launch(exp, name=name, root=root, tracking_uri=args.tracking_uri, address=args.address)
+    status = _search_status(paths, status)
     if status == 0 and args.full_eval_top:
         from objectives._oc_report import full_eval_top
-        full_eval_top(root / name, args.full_eval_top, limit=args.full_eval_limit)
+        full_eval_top(paths.path, args.full_eval_top, limit=args.full_eval_limit)
     return status

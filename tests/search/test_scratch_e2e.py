@@ -1,6 +1,6 @@
 """Track 2 end to end: `launch --track scratch` trains real models from scratch through Ray Tune + Optuna + ASHA +
-MLflow, saves deployable checkpoints; bad input (foreign data, impossible budgets, quantized dtypes, teachers)
-is one line, exit 2, nothing written."""
+MLflow and saves deployable checkpoints. (Its bad input, foreign data, impossible budgets, quantized dtypes and
+teachers, is in tests/search/test_bad_input.py's CASES table.)"""
 import json
 import os
 import subprocess
@@ -10,7 +10,6 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 import experiments
-from search._cli import main
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -22,7 +21,7 @@ def search(*args, root=None, timeout=400):
 
 
 def test_scratch_search_end_to_end(tmp_path):
-    proc = search("launch", "--track", "scratch", "--trials", "3", "--tokens", "30000", "--workers", "2",
+    proc = search("launch", "--track", "scratch", "--trials", "3", "--tokens", "30000", "--rungs", "2", "--workers", "2",
                   "--experiment", "s2", root=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "track 2 experiment: experiments/scratch-tiny.yaml" in proc.stdout        # no GPU here
@@ -56,29 +55,3 @@ def test_scratch_search_end_to_end(tmp_path):
     # the saved config is a Track 2 experiment again (resume reads it)
     again = experiments.read_experiment(exp / "config.yaml")
     assert isinstance(again, experiments.ScratchExperiment) and again.train.tokens == [30000]
-
-
-@pytest.mark.parametrize("args, message", [
-    (["--datasets", "c4", "wikitext"], "'wikitext' is not allowed"),
-    (["--size-gb", "0.00005"], "no architecture of the space fits"),
-    (["--dtype", "int8"], "no quantization"),
-    (["--distill"], "distillation from a teacher (--distill) is not allowed"),
-    (["--model", "stories260k"], "--model (a pre-trained model) is not allowed"),
-    (["--tokens", "100"], "fewer than the 3 fidelity rungs"),
-])
-def test_bad_input_is_one_line_and_writes_nothing(args, message, tmp_path, capsys):
-    root = tmp_path / "runs"
-    assert main(["launch", "--track", "scratch", *args, "--root", str(root)]) == 2
-    err = capsys.readouterr().err
-    assert err.startswith("error: ") and message in err and len(err.strip().splitlines()) == 1, err
-    assert not root.exists()
-
-
-def test_teacher_in_a_scratch_yaml_and_track2_flags_on_track1_are_refused(tmp_path, capsys):
-    config = tmp_path / "x.yaml"
-    config.write_text("track: scratch\ndistill: {enabled: true}\n")
-    assert main(["launch", "--config", str(config), "--root", str(tmp_path / "runs")]) == 2
-    assert "distillation from a teacher or a pre-trained model is not allowed" in capsys.readouterr().err
-    assert main(["launch", "--tokens", "1000", "--root", str(tmp_path / "runs")]) == 2
-    assert "--tokens applies to --track scratch" in capsys.readouterr().err
-    assert not (tmp_path / "runs").exists()
