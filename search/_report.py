@@ -11,7 +11,7 @@ from search import _tracking
 from search._trial import GB, load_on_device, plan_for, recover, schedule_for
 
 COLUMNS = ("trial_id", "name", "status", "rung", "score", "proxy_accuracy", "kl_to_teacher", "perplexity",
-           "peak_memory_bytes", "decode_tokens_per_s", "params", "kept_fraction", "constraint", "reason")
+           "peak_memory_bytes", "decode_tokens_per_s", "params", "kept_fraction", "distill_step", "distill_world", "constraint", "reason")
 
 
 def collect(grid, setup, paths, *, columns: tuple = ()) -> list[dict]:

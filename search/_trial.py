@@ -54,22 +54,8 @@ def plan_for(params: dict, setup: TrialSetup) -> compress.Plan:
     return spaces.params_to_plan(params, setup.spec, memory_of=setup.memory_of(), budget_bytes=setup.budget_bytes)
 
 
-def device():
-    """This process's accelerator: the GPU Ray gave it (a Train worker's LOCAL_RANK-th), else the CPU."""
-    import os
-    import torch
-    if not torch.cuda.is_available():
-        return torch.device("cpu")
-    local = int(os.environ.get("LOCAL_RANK", "0"))
-    return torch.device("cuda", local if local < torch.cuda.device_count() else 0)
-
-
-def load_on_device(source: str):
-    """FP16 on a GPU (scoring, a distillation student that DeepSpeed casts to BF16 with FP32 masters,
-    a frozen teacher); FP32 on the CPU, where 16-bit matmuls are slow."""
-    where = device()
-    model, tokenizer = compress.load_model(source, dtype="float16" if where.type == "cuda" else "float32")
-    return model.to(where), tokenizer
+device = compress.accelerator
+load_on_device = compress.load_on_device
 
 
 def build_candidate(params: dict, setup: TrialSetup, plan: compress.Plan | None = None):

@@ -322,11 +322,12 @@ def evaluate(args) -> int:
         raise ValueError(f"teacher vocabulary ({compress.load_config(args.teacher).vocab_size} tokens) differs from "
                          f"the candidate's ({vocab}): KL to the teacher needs the same tokenizer")
     judges = ["memory", "throughput", proxy]
-    model, tokenizer = compress.load_model(args.model, dtype="float32")
+    model, tokenizer = compress.load_on_device(args.model)          # FP16 on a GPU, FP32 on the CPU
     context = objectives.EvalContext(profile=profile, data_dir=args.data_dir)
     if args.teacher:
-        teacher, teacher_tok = compress.load_model(args.teacher, dtype="float32")
+        teacher, teacher_tok = compress.load_on_device(args.teacher)
         cache = objectives.TeacherCache.build(teacher, teacher_tok or tokenizer)
+        del teacher                                                  # its logits are cached: free the device
         cache.check_student(model, tokenizer)
         context.teacher_cache = cache
         judges.append("fidelity")
@@ -338,7 +339,8 @@ def evaluate(args) -> int:
                for name, value in values.items()}
     if args.json:
         _print_json({"model": str(args.model), "teacher": args.teacher, "device": profile.name,
-                     "fidelity": args.fidelity, "metrics": metrics})
+                     "accelerator": str(next(model.parameters()).device), "fidelity": args.fidelity,
+                     "metrics": metrics})
         return 0
     for name, m in metrics.items():
         arrow = "higher better" if m["higher_is_better"] else "lower better"
