@@ -175,7 +175,6 @@ def scratch_body(params: dict, setup: ScratchSetup, run, *, baseline: str, repor
 
     The shape of search/_trial.trial_body, so a Ray Train launcher (search/_data_parallel.py) can run it on
     every worker: train_scratch takes rank / world from the environment, rank 0 logs, reports and saves."""
-    import torch
     start = time.perf_counter()
     arch, schedule, model, tokenizer = build_candidate(params, setup, world=world)
     record = record_of(arch, schedule, setup)
@@ -210,8 +209,7 @@ def scratch_body(params: dict, setup: ScratchSetup, run, *, baseline: str, repor
     candidate.model, _ = compress.train_scratch(model, tokenizer, schedule, on_report=on_report)
     if rank != 0:
         return arch, candidate.model
-    if torch.cuda.is_available():
-        candidate.model.to("cuda")
+    candidate.model.to(compress.accelerator())     # train_scratch hands back a CPU model; score where it trained
     scores = scored(last)
     compress.save_pruned(candidate.model, tokenizer, Path(setup.trials_dir) / trial_id, summary=record, force=True,
                          dtype=compress.check_dtype(setup.dtype))

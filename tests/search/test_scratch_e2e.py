@@ -22,6 +22,7 @@ def search(*args, root=None, timeout=400):
 
 def test_scratch_search_end_to_end(tmp_path):
     proc = search("launch", "--track", "scratch", "--trials", "3", "--tokens", "30000", "--rungs", "2", "--workers", "2",
+                  "--set", "proxy.tasks=[csqa, chid]",
                   "--experiment", "s2", root=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "track 2 experiment: experiments/scratch-tiny.yaml" in proc.stdout        # no GPU here
