@@ -15,6 +15,9 @@ from ._distill import (DistillSchedule, available_memory, check_fits, distill, e
 from ._distill_cli import run_distill
 from ._export import FORMATS, export_hf, export_model
 from ._export_gguf import export_gguf
+from ._arch import Arch, build_scratch_model
+from ._tokenizer import load_tokenizer, train_tokenizer
+from ._scratch import ScratchSchedule, train_scratch
 
 __all__ = [
     "Registry", "FamilyAdapter", "family_of", "register_family", "supported_families",
@@ -26,4 +29,5 @@ __all__ = [
     "layer_outlier_ratios", "DistillSchedule", "available_memory", "check_fits", "distill", "estimate_for_shapes",
     "estimate_training_memory", "teacher_dtype", "run_distill",
     "FORMATS", "export_hf", "export_model", "export_gguf",
+    "Arch", "build_scratch_model", "load_tokenizer", "train_tokenizer", "ScratchSchedule", "train_scratch",
 ]

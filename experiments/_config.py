@@ -90,22 +90,11 @@ class Experiment:
     origin: str = ""                   # which YAML (or which generic sizing) the settings came from
 
     def validate(self) -> "Experiment":
-        _choice("search.sampler", self.search.sampler, SAMPLERS)
-        _choice("search.mode", self.search.mode, MODES)
-        _choice("search.multi_objective", self.search.multi_objective, MULTI_SECOND)
-        _choice("runtime", self.runtime, RUNTIMES)
-        for key, value, least in (("trials", self.search.trials, 1), ("workers", self.search.workers, 1),
-                                  ("top_k", self.search.top_k, 0)):
-            if not isinstance(value, int) or value < least:
-                raise ValueError(f"search.{key} (--{key.replace('_', '-')}) must be an integer >= {least}, got {value!r}")
-        if self.budget_gb is not None and self.budget_gb <= 0:
-            raise ValueError(f"budget_gb must be positive, got {self.budget_gb}")
+        validate_common(self)
         if not 0 <= self.space.min_keep < 1:
             raise ValueError(f"space.min_keep must be in [0, 1), got {self.space.min_keep}")
         if not self.space.criteria:
             raise ValueError("space.criteria needs at least one criterion")
-        if self.proxy.rungs < 1:
-            raise ValueError("proxy.rungs must be >= 1")
         workers = self.distill.workers
         if workers is not None and (not isinstance(workers, int) or isinstance(workers, bool) or workers < 0):
             raise ValueError(f"distill.workers must be an integer >= 0 or null, got {workers!r}")
@@ -126,6 +115,22 @@ class Experiment:
         return dataclasses.asdict(self)
 
 
+def validate_common(exp) -> None:
+    """Checks every track's experiment shares (search settings, runtime, budget, rungs)."""
+    _choice("search.sampler", exp.search.sampler, SAMPLERS)
+    _choice("search.mode", exp.search.mode, MODES)
+    _choice("search.multi_objective", exp.search.multi_objective, MULTI_SECOND)
+    _choice("runtime", exp.runtime, RUNTIMES)
+    for key, value, least in (("trials", exp.search.trials, 1), ("workers", exp.search.workers, 1),
+                              ("top_k", exp.search.top_k, 0)):
+        if not isinstance(value, int) or value < least:
+            raise ValueError(f"search.{key} (--{key.replace('_', '-')}) must be an integer >= {least}, got {value!r}")
+    if exp.budget_gb is not None and exp.budget_gb <= 0:
+        raise ValueError(f"budget_gb must be positive, got {exp.budget_gb}")
+    if exp.proxy.rungs < 1:
+        raise ValueError("proxy.rungs must be >= 1")
+
+
 def _choice(name, value, allowed):
     if value not in allowed:
         raise ValueError(f"{name} must be one of {', '.join(allowed)}; got {value!r}")
@@ -135,12 +140,27 @@ _SECTIONS = {"search": SearchSettings, "space": SpaceSettings, "distill": Distil
              "proxy": ProxySettings, "resources": Resources}
 
 
-def from_dict(data: dict) -> Experiment:
+def from_dict(data: dict):
+    """An Experiment (track 1, `track: prune` or no track key) or a ScratchExperiment (`track: scratch`)."""
     data = dict(data or {})
+    track = data.pop("track", "prune")
+    if track == "scratch":
+        from ._scratch_config import scratch_from_dict
+        return scratch_from_dict(data)
+    if track != "prune":
+        raise ValueError(f"track must be prune (track 1: compress a model) or scratch (track 2), got {track!r}")
     unknown = set(data) - {f.name for f in dataclasses.fields(Experiment)}
     if unknown:
         raise ValueError(f"unknown experiment keys {sorted(unknown)}")
-    for key, cls in _SECTIONS.items():
+    parse_sections(data, _SECTIONS)
+    if "model" not in data:
+        raise ValueError("an experiment needs a model")
+    return Experiment(**data).validate()
+
+
+def parse_sections(data: dict, sections: dict) -> None:
+    """Replace each section's mapping in `data` by its settings object; unknown keys are errors."""
+    for key, cls in sections.items():
         section = data.get(key) or {}
         if not isinstance(section, dict):
             raise ValueError(f"experiment section {key!r} must be a mapping")
@@ -148,9 +168,6 @@ def from_dict(data: dict) -> Experiment:
         if bad:
             raise ValueError(f"unknown keys in {key!r}: {sorted(bad)}")
         data[key] = cls(**section)
-    if "model" not in data:
-        raise ValueError("an experiment needs a model")
-    return Experiment(**data).validate()
 
 
 def config_path_for(model_or_path: str) -> Path | None:

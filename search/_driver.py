@@ -3,7 +3,9 @@ from __future__ import annotations
 
 import os
 import sys
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 # Checkpoint Tune's experiment state at every loop step (default: at most every 10 s), so after a
 # killed driver Tune's state and the Optuna DB agree exactly and resume loses no completed trial.
@@ -86,6 +88,36 @@ def _free_port(preferred: int) -> int:
     raise OSError("no free port for the Ray dashboard")
 
 
+def _headline(exp: experiments.Experiment, setup: TrialSetup) -> str:
+    return (f"model {exp.model}, device {exp.device}, budget {human_bytes(setup.budget_bytes)}, {exp.search.trials} "
+            f"trials ({exp.search.sampler}, {exp.search.mode}), runtime {exp.runtime}")
+
+
+@dataclass(frozen=True, kw_only=True)
+class TrialKind:
+    """What a search's trials do. The driver (Tune, Optuna, ASHA, MLflow, progress, report, top-k) is the same
+    for every kind: Track 1 prunes a model (PRUNE, below), Track 2 trains one from scratch (search/_scratch_trial.py)."""
+    setup: Callable          # (exp, paths, *, tracking_uri) -> the setup shipped to every trial
+    prepare: Callable        # (setup, paths) -> {baseline name: params}, enqueued first (launch only)
+    trainable: Callable      # Tune function trainable (config, setup)
+    space: Callable          # setup -> picklable Optuna define-by-run function
+    materialise: Callable    # (row, rank, setup, paths) -> top-k entry, its checkpoint saved
+    headline: Callable       # (exp, setup) -> the launch line's description
+    columns: tuple = ()      # metrics kept in results.json / trials.csv beyond _report.COLUMNS
+    reference: str = "uniform-l1"   # the baseline the best trial's gain is measured against
+
+
+PRUNE = TrialKind(setup=build_setup, prepare=prepare_teacher, trainable=run_trial, space=lambda s: _SpaceFn(s.spec),
+                  materialise=_report.materialise, headline=_headline)
+
+
+def kind_of(exp) -> TrialKind:
+    if getattr(exp, "track", "prune") == "scratch":
+        from search._scratch_trial import SCRATCH
+        return SCRATCH
+    return PRUNE
+
+
 def start_ray(address: str | None):
     """Join `address` or start a local cluster. Every Ray worker of the job is told which cluster is
     ours (RAY_ADDRESS / RAY_API_SERVER_ADDRESS): Ray Train's placement-group cleaner asks the State API
@@ -109,7 +141,7 @@ def start_ray(address: str | None):
 
 
 def make_tuner(exp: experiments.Experiment, setup: TrialSetup, paths: ExperimentDir, baselines: dict | None,
-               *, restore: bool = False):
+               *, restore: bool = False, kind: TrialKind = PRUNE):
     from optuna.storages import RDBStorage
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
@@ -120,7 +152,7 @@ def make_tuner(exp: experiments.Experiment, setup: TrialSetup, paths: Experiment
     # a trial that distils on Ray Train workers only waits for them: they hold the CPUs and GPUs
     trial_resources = {"cpu": TRAIN_DRIVER_CPU} if setup.distill_workers >= 2 else \
         {"cpu": exp.resources.cpus_per_trial, "gpu": exp.resources.gpus_per_trial}
-    trainable = tune.with_resources(tune.with_parameters(run_trial, setup=setup), trial_resources)
+    trainable = tune.with_resources(tune.with_parameters(kind.trainable, setup=setup), trial_resources)
     progress = ProgressPrinter(total=exp.search.trials)
     callbacks = [progress, StateSnapshot(paths.tune)]
     run_config = tune.RunConfig(storage_path=str(paths.path), name="tune", verbose=0, callbacks=callbacks,
@@ -135,7 +167,7 @@ def make_tuner(exp: experiments.Experiment, setup: TrialSetup, paths: Experiment
         second, second_mode = SECOND_OBJECTIVE[setup.multi]
         metric, mode = [metric, second], [mode, second_mode]
     searcher = ConstrainedOptunaSearch(
-        space=_SpaceFn(setup.spec), metric=metric, mode=mode, baselines=baselines, max_t=setup.rungs,
+        space=kind.space(setup), metric=metric, mode=mode, baselines=baselines, max_t=setup.rungs,
         sampler=make_sampler(exp.search.sampler, seed=exp.search.seed),
         storage=RDBStorage(paths.optuna_url), study_name=paths.name)
     scheduler = ASHAScheduler(time_attr="training_iteration", metric="score", mode="max", max_t=setup.rungs,
@@ -160,13 +192,13 @@ class _SpaceFn:
 
 def launch(exp: experiments.Experiment, *, name: str, root: Path, tracking_uri: str | None, address: str | None,
            full_eval_top: int = 0) -> int:
+    kind = kind_of(exp)
     paths = ExperimentDir.create(root, name)   # refuses an existing experiment: nothing is overwritten
     uri = tracking_uri or _tracking.default_tracking_uri(root)
     experiments.save_experiment(exp, paths.config)
-    setup = build_setup(exp, paths, tracking_uri=uri)
-    print(f"experiment {name}: model {exp.model}, device {exp.device}, budget {human_bytes(setup.budget_bytes)}, "
-          f"{exp.search.trials} trials ({exp.search.sampler}, {exp.search.mode}), runtime {exp.runtime}", flush=True)
-    baselines = prepare_teacher(setup, paths)
+    setup = kind.setup(exp, paths, tracking_uri=uri)
+    print(f"experiment {name}: {kind.headline(exp, setup)}", flush=True)
+    baselines = kind.prepare(setup, paths)
     exp_id, parent = _tracking.ensure_parent(uri, name, root / "mlartifacts", tags={"experiment_dir": str(paths.path)})
     setup.mlflow_experiment_id, setup.parent_run_id = exp_id, parent
     paths.write_state({"tracking_uri": uri, "mlflow_experiment_id": exp_id, "parent_run_id": parent,
@@ -179,7 +211,7 @@ def resume(*, name: str, root: Path, address: str | None) -> int:
     paths = ExperimentDir.open(root, name)
     exp = experiments.read_experiment(paths.config)
     state = paths.read_state()
-    setup = build_setup(exp, paths, tracking_uri=state["tracking_uri"])
+    setup = kind_of(exp).setup(exp, paths, tracking_uri=state["tracking_uri"])
     exp_id, parent = _tracking.ensure_parent(state["tracking_uri"], name, root / "mlartifacts", tags={},
                                              run_id=state["parent_run_id"])
     setup.mlflow_experiment_id, setup.parent_run_id = exp_id, parent
@@ -190,11 +222,12 @@ def resume(*, name: str, root: Path, address: str | None) -> int:
 
 
 def _fit_and_report(exp, setup, paths, *, baselines, address, restore) -> int:
+    kind = kind_of(exp)
     start_ray(address)
-    tuner, progress = make_tuner(exp, setup, paths, baselines, restore=restore)
+    tuner, progress = make_tuner(exp, setup, paths, baselines, restore=restore, kind=kind)
     grid = tuner.fit()
-    table = _report.collect(grid, setup, paths)
-    summary = _report.finish(table, exp, setup, paths)
+    table = _report.collect(grid, setup, paths, columns=kind.columns)
+    summary = _report.finish(table, exp, setup, paths, save_top=kind.materialise, reference=kind.reference)
     paths.write_state({**paths.read_state(), "status": "finished"})
     _report.print_summary(summary, stream=sys.stdout)
     return 0

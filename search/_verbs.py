@@ -57,6 +57,9 @@ def _add_common(p):
 
 
 def add_launch_args(p):
+    p.add_argument("--track", default="prune", choices=["prune", "scratch"],
+                   help="prune: compress a pre-trained model (track 1, default); scratch: search and train an "
+                        "architecture from scratch on C4 + Alpaca-zh (track 2)")
     p.add_argument("--model", default=None, help="registry name, HF id or local dir (default: stories260k)")
     p.add_argument("--config", default=None, help="experiment YAML (default: experiments/<model>.yaml)")
     p.add_argument("--experiment", default=None, help="experiment name (default: the model name)")
@@ -70,6 +73,13 @@ def add_launch_args(p):
     p.add_argument("--workers", type=int, default=None, help="concurrent trials")
     p.add_argument("--rungs", type=int, default=None, help="fidelity levels (ASHA rungs)")
     p.add_argument("--distill", action=argparse.BooleanOptionalAction, default=None, help="distillation in trials")
+    scratch = p.add_argument_group("track 2 (--track scratch)")
+    scratch.add_argument("--size-gb", type=float, default=None, help="peak inference memory budget in GiB the "
+                         "architecture must fit (same as --budget-gb; default: the device's)")
+    scratch.add_argument("--tokens", type=int, default=None, help="training tokens per trial (default: the experiment's)")
+    scratch.add_argument("--datasets", nargs="+", default=None, help="training data: c4 and/or alpaca_zh (nothing else "
+                         "is allowed)")
+    scratch.add_argument("--dtype", default=None, help="saved weights: float16 (default) or float32")
     p.add_argument("--tracking-uri", default=None, help="MLflow tracking URI (default: sqlite:///<root>/mlflow.db)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="settings",
                    help="override any experiment setting (VALUE is YAML), e.g. --set distill.seq_len=256 "
@@ -112,6 +122,9 @@ def launch(args) -> int:
         raise ValueError("--full-eval-top must be >= 0")
     if args.full_eval_limit is not None and args.full_eval_limit < 1:
         raise ValueError("--full-eval-limit must be >= 1")
+    from search import _verbs_scratch
+    if _verbs_scratch.is_scratch(args):
+        return _verbs_scratch.launch_scratch(args)
     overrides = {"budget_gb": args.budget_gb, "device": args.device, "runtime": args.runtime,
                  "search.trials": args.trials, "search.sampler": args.sampler, "search.mode": args.mode,
                  "search.multi_objective": args.versus, "search.workers": args.workers,
