@@ -114,6 +114,12 @@ def build_dense(shape: dict, out: Path) -> int:
     return params
 
 
+def pruning_budget_gb(dense: Path) -> float:
+    """A tiny model fits the 12 GiB phone untouched: its modeled peak less 30 % of what pruning can remove."""
+    est = objectives.estimate_memory(compress.shapes_from_config(compress.load_config(dense)), "phone-12gb")
+    return (est.total_bytes - 0.3 * (est.weight_bytes + est.kv_cache_bytes)) / 1024**3
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--shape", choices=sorted(SHAPES), default="qwen2-7b")
@@ -121,6 +127,7 @@ def main(argv=None) -> int:
     ap.add_argument("--work", type=Path, default=Path("/tmp/edgeprune-gpu-trial"))
     ap.add_argument("--time-budget", type=float, default=480, help="seconds; later stages are skipped after it")
     ap.add_argument("--levels", type=int, default=2, help="fidelity rungs to time (0..levels-1)")
+    ap.add_argument("--tasks", nargs="+", default=None, help="proxy tasks (default: the YAML's six)")
     args = ap.parse_args(argv)
     where = compress.accelerator()
     meta = {"benchmark": "gpu_trial", "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "shape": args.shape,
@@ -148,7 +155,10 @@ def run_stages(rec: Recorder, args) -> None:
     free_device()
     exp = experiments.load_experiment(model=str(dense), config=str(Path(__file__).parents[1] / "experiments" /
                                                                    "qwen-7b.yaml"),
-                                      overrides={"proxy.rungs": args.levels, "proxy.unsafe_exec": True})
+                                      # the scoring trial; distillation is timed in its own stage below
+                                      overrides={"proxy.rungs": args.levels, "proxy.unsafe_exec": True,
+                                                 "distill.enabled": False, "proxy.tasks": args.tasks,
+                                                 "budget_gb": pruning_budget_gb(dense) if args.shape == "tiny" else None})
     paths = ExperimentDir.create(args.work, "experiment")
     setup = _driver.build_setup(exp, paths, tracking_uri=None)
     with rec.stage("prepare once per experiment: load + teacher cache + OWL ratios") as s:
@@ -165,25 +175,17 @@ def run_stages(rec: Recorder, args) -> None:
         with rec.stage(f"load FP16 on the device [{criterion}]"):
             model, tokenizer = compress.load_on_device(dense)
         with rec.stage(f"prune [{criterion}]") as s:
-            result = compress.prune(model, tokenizer, dataclasses.replace(plan, importance=criterion))
+            pruned_plan = dataclasses.replace(plan, importance=criterion)
+            result = compress.prune(model, tokenizer, pruned_plan)
             s["params"] = result.params
+    # rung 0, then what matters most (saving, distillation, a whole trial); the long rung 1 last
     context = objectives.EvalContext(profile=setup.profile(), teacher_cache=setup.teacher_cache)
     candidate = objectives.Candidate(shapes=result.shapes, model=model, tokenizer=tokenizer)
     proxy = objectives.ProxyAccuracyObjective(tasks=tuple(setup.tasks), unsafe_exec=True)
-    for level in range(args.levels):
-        with rec.stage(f"proxy accuracy, rung {level}") as s:
-            s.update(proxy.evaluate(candidate, context, level))
-        with rec.stage(f"KL + perplexity, rung {level}") as s:
-            s.update(objectives.evaluate_all(candidate, context, objectives=["fidelity"], fidelity=level, weights=None))
-    with rec.stage("save the top-k FP16 checkpoint"):
-        compress.save_pruned(model, tokenizer, args.work / "top", plan=plan, summary=result.summary())
-    model = candidate = None
-    free_device()
-    with rec.stage("whole level-0 trial: load + prune + proxy rung 0 + KL (trial_body)") as s:
-        reports = []
-        trial_body(owl, dataclasses.replace(setup, rungs=1), _tracking.TrialRun(None, None), baseline="owl",
-                   report=lambda m: reports.append(m) or False)
-        s.update(score=reports[-1]["score"], kl_to_teacher=reports[-1]["kl_to_teacher"])
+    score_rung(rec, proxy, candidate, context, 0)
+    with rec.stage("save the top-k FP16 checkpoint"):     # save_pruned moves the model to the CPU
+        compress.save_pruned(model, tokenizer, args.work / "top", plan=pruned_plan, summary=result.summary())
+    model = candidate = result = None
     free_device()
     # the trial's own student (the 12 GiB plan); if it cannot fit one GPU, a half-size one
     half = compress.Plan.uniform(setup.base_shapes.num_layers, attn_keep=0.5, mlp_keep=0.5, importance="l1")
@@ -191,12 +193,32 @@ def run_stages(rec: Recorder, args) -> None:
         if distill_steps(rec, setup, student_plan, dense, label):
             break
         free_device()
+    free_device()
+    with rec.stage("whole level-0 trial: load + prune + proxy rung 0 + KL (trial_body)") as s:
+        reports = []
+        trial_body(owl, dataclasses.replace(setup, rungs=1), _tracking.TrialRun(None, None), baseline="owl",
+                   report=lambda m: reports.append(m) or False)
+        s.update(score=reports[-1]["score"], kl_to_teacher=reports[-1]["kl_to_teacher"])
+    free_device()
+    if args.levels > 1:
+        model, tokenizer = compress.load_on_device(args.work / "top")   # the saved candidate, 12 GiB plan
+        candidate = objectives.Candidate(shapes=compress.shapes_from_config(model.config), model=model,
+                                         tokenizer=tokenizer)
+        for level in range(1, args.levels):
+            score_rung(rec, proxy, candidate, context, level)
+
+
+def score_rung(rec: Recorder, proxy, candidate, context, level: int) -> None:
+    with rec.stage(f"proxy accuracy, rung {level}") as s:
+        s.update(proxy.evaluate(candidate, context, level))
+    with rec.stage(f"KL + perplexity, rung {level}") as s:
+        s.update(objectives.evaluate_all(candidate, context, objectives=["fidelity"], fidelity=level, weights=None))
 
 
 def distill_steps(rec: Recorder, setup, plan, dense: Path, label: str) -> bool:
     """BF16 DeepSpeed steps of the pruned student against the frozen BF16 teacher, ZeRO stage of the YAML.
     False when the memory estimate refused it (nothing was loaded then)."""
-    schedule = compress.DistillSchedule(**{**DISTILL, "zero_stage": setup.distill.get("zero_stage", 3)})
+    schedule = compress.DistillSchedule(**{**DISTILL, "zero_stage": setup.distill["zero_stage"]})  # the YAML's
     where = compress.accelerator()
     student_shapes = plan.realised_shapes(setup.base_shapes)
     estimate = {g: compress.estimate_for_shapes(student_shapes, setup.base_shapes, schedule, gpus=g,

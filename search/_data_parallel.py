@@ -31,8 +31,10 @@ def scaling_for(setup: TrialSetup):
     return ScalingConfig(num_workers=setup.distill_workers, use_gpu=setup.use_gpu, resources_per_worker=resources)
 
 
-def run(params: dict, setup: TrialSetup, run_record, *, baseline: str, trial_id: str) -> None:
-    """Run the trial on Ray Train workers, relaying rank 0's rung scores to Tune."""
+def run(params: dict, setup: TrialSetup, run_record, *, baseline: str, trial_id: str, body=trial_body) -> None:
+    """Run the trial on Ray Train workers, relaying rank 0's rung scores to Tune. `body` is the trial kind's
+    (params, setup, run, *, baseline, report, rank, world) function: Track 1's trial_body by default,
+    Track 2's scratch_body."""
     from ray import tune
     from ray.train import RunConfig
     from ray.train.torch import TorchConfig, TorchTrainer
@@ -41,7 +43,7 @@ def run(params: dict, setup: TrialSetup, run_record, *, baseline: str, trial_id:
     up, down = Queue(actor_options={"num_cpus": 0}), Queue(actor_options={"num_cpus": 0})
     trainer = TorchTrainer(
         _worker, train_loop_config={"params": params, "setup": setup, "run": run_record, "baseline": baseline,
-                                    "up": up, "down": down},
+                                    "up": up, "down": down, "body": body},
         scaling_config=scaling_for(setup), torch_config=TorchConfig(backend="nccl" if setup.use_gpu else "gloo"),
         run_config=RunConfig(name=f"distill-{trial_id}", storage_path=setup.train_storage))
     outcome: dict = {}
@@ -84,8 +86,8 @@ def _worker(config: dict) -> None:
         up.put(scores)
         return down.get() == STOP
 
-    trial_body(config["params"], config["setup"], config["run"], baseline=config["baseline"], report=relay,
-               rank=rank, world=world)
+    config["body"](config["params"], config["setup"], config["run"], baseline=config["baseline"], report=relay,
+                   rank=rank, world=world)
 
 
 def _first_line(err: BaseException) -> str:

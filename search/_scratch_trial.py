@@ -14,6 +14,7 @@ are moved to top/ (re-trained, deterministically, if a checkpoint is missing).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import time
 from dataclasses import dataclass, field
@@ -48,8 +49,12 @@ class ScratchSetup:
     trials_dir: str
     baseline: dict = field(default_factory=dict)
     unsafe_exec: bool = False             # HumanEval without a sandbox (the user passed --unsafe-exec)
-    # Ray Train workers per trial, read by the driver: 0, training runs in the trial's own process (for now)
+    # data-parallel training: >= 2 Ray Train workers per trial (one GPU each when use_gpu), as Track 1's
+    # distillation (the driver reads these names for both tracks); 0: training runs in the trial's process
     distill_workers: int = 0
+    use_gpu: bool = False
+    cpus_per_worker: float = 1.0
+    train_storage: str | None = None
     multi: str | None = None
     tracking_uri: str | None = None
     mlflow_experiment_id: str | None = None
@@ -87,13 +92,21 @@ def build_setup(exp, paths, *, tracking_uri: str | None) -> ScratchSetup:
                          trials_dir=str(root / TRIALS), baseline=baseline_params(exp.baseline, spec),
                          unsafe_exec=exp.proxy.unsafe_exec,
                          multi=exp.search.multi_objective if exp.search.mode == "multi" else None,
-                         tracking_uri=tracking_uri, seed=exp.search.seed)
+                         tracking_uri=tracking_uri, seed=exp.search.seed, **_parallel(exp.resources))
     spaces.check_feasible(spec, memory_of=setup.memory_of(), budget_bytes=setup.budget_bytes)
     if setup.baseline:
         spaces.check_params(setup.baseline, spec)
         arch_for(setup.baseline, setup)
         schedule_for(setup.baseline, arch_for(setup.baseline, setup), setup)
     return setup
+
+
+def _parallel(resources) -> dict:
+    """resources.gpus_per_trial >= 2: each trial trains data-parallel on that many Ray Train workers."""
+    gpus = resources.gpus_per_trial
+    if gpus < 2:
+        return {}
+    return {"distill_workers": int(gpus), "use_gpu": True, "cpus_per_worker": max(0.25, resources.cpus_per_trial / gpus)}
 
 
 def baseline_params(baseline: dict, spec: spaces.ArchSpec) -> dict:
@@ -156,7 +169,12 @@ def run_scratch_trial(config: dict, setup: ScratchSetup) -> None:
     baseline = config.get("baseline", "")
     run = _tracking.TrialRun.start(setup, trial_id, params, baseline=baseline)
     try:
-        scratch_body(params, setup, run, baseline=baseline, report=_tune_report, trial_id=trial_id)
+        if setup.distill_workers >= 2:
+            from search import _data_parallel
+            _data_parallel.run(params, setup, run, baseline=baseline, trial_id=trial_id,
+                               body=functools.partial(scratch_body, trial_id=trial_id))
+        else:
+            scratch_body(params, setup, run, baseline=baseline, report=_tune_report, trial_id=trial_id)
         run.finish("FINISHED")
     except SystemExit as stop:  # Tune ends a trial the scheduler stopped with sys.exit(0) inside report()
         if stop.code in (0, None):
