@@ -36,6 +36,7 @@ class SearchSettings:
     workers: int = 2
     seed: int = 0
     top_k: int = 3
+    max_failures: int = 3              # retries of a trial whose worker or node died (Tune FailureConfig)
 
 
 @dataclass(kw_only=True)
@@ -92,7 +93,7 @@ class Experiment:
         _choice("search.multi_objective", self.search.multi_objective, MULTI_SECOND)
         _choice("runtime", self.runtime, RUNTIMES)
         for key, value, least in (("trials", self.search.trials, 1), ("workers", self.search.workers, 1),
-                                  ("top_k", self.search.top_k, 0)):
+                                  ("top_k", self.search.top_k, 0), ("max_failures", self.search.max_failures, -1)):
             if not isinstance(value, int) or value < least:
                 raise ValueError(f"search.{key} (--{key.replace('_', '-')}) must be an integer >= {least}, got {value!r}")
         if self.budget_gb is not None and self.budget_gb <= 0:

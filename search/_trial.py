@@ -5,21 +5,27 @@ the current code rather than a pickled copy.
 """
 from __future__ import annotations
 
+import json
 import math
+import tempfile
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
 import compress
 import objectives
 import spaces
-from search import _tracking
+from search import _candidates, _tracking
 
 GB = 1024**3
 
 
 @dataclass(kw_only=True)
 class TrialSetup:
-    """Everything a trial needs, computed once by the driver and shipped to workers."""
+    """Everything a trial needs, computed once by the driver and shipped to workers. Nothing in it is a
+    path on the driver's disk: values computed once travel as `Shipped` object references, results go to
+    the experiment's storage (top_uri) and to MLflow over HTTP."""
     model_source: str
     base_shapes: compress.ModelShapes     # the dense model's shapes (read once from its config)
     spec: spaces.SpaceSpec
@@ -28,7 +34,7 @@ class TrialSetup:
     rungs: int
     tasks: list
     weights: dict
-    teacher_cache: str
+    teacher_cache: Any                    # a search._shipped.Shipped TeacherCache (or a TeacherCache / path)
     multi: str | None = None              # None (single objective) | "memory" | "tokens_per_s"
     tracking_uri: str | None = None
     mlflow_experiment_id: str | None = None
@@ -36,6 +42,8 @@ class TrialSetup:
     distill: dict = field(default_factory=dict)
     seed: int = 0
     unsafe_exec: bool = False             # HumanEval without a sandbox (the user passed --unsafe-exec)
+    top_uri: str | None = None            # the experiment's storage top/ folder: trials save candidates there
+    top_k: int = 0
 
     def profile(self):
         return objectives.get_profile(self.profile_name).with_budget(int(self.budget_bytes))
@@ -93,13 +101,16 @@ def run_trial(config: dict, setup: TrialSetup) -> None:
     from ray import tune
 
     params = {k: v for k, v in config.items() if k != "baseline"}
-    run = _tracking.TrialRun.start(setup, tune.get_context().get_trial_id(), params, baseline=config.get("baseline", ""))
+    trial_id = tune.get_context().get_trial_id()
+    run = _tracking.TrialRun.start(setup, trial_id, params, baseline=config.get("baseline", ""))
+    done = restored_rungs()       # a retried (worker or node lost) or resumed trial goes on after its last rung
     try:
         start = time.perf_counter()
         plan, result, model, tokenizer = build_candidate(params, setup)
         run.log_plan(plan, result)
         profile = setup.profile()
-        context = objectives.EvalContext(profile=profile, teacher_cache=setup.teacher_cache, seed=setup.seed,
+        cache = setup.teacher_cache.get() if hasattr(setup.teacher_cache, "get") else setup.teacher_cache
+        context = objectives.EvalContext(profile=profile, teacher_cache=cache, seed=setup.seed,
                                          extra={"tasks": setup.tasks})
         candidate = objectives.Candidate(shapes=result.shapes, model=model, tokenizer=tokenizer)
         judges = trial_objectives(setup)
@@ -108,6 +119,9 @@ def run_trial(config: dict, setup: TrialSetup) -> None:
 
         def evaluate_and_report(extra: dict | None = None) -> None:
             nonlocal rung
+            if rung < done:       # reported before the trial was interrupted
+                rung += 1
+                return
             was_training = model.training
             model.eval()
             metrics = objectives.evaluate_all(candidate, context, objectives=judges, fidelity=rung, weights=weights)
@@ -115,9 +129,14 @@ def run_trial(config: dict, setup: TrialSetup) -> None:
             report = score_report(metrics, setup, seconds=time.perf_counter() - start)
             report.update(rung=rung, rungs=setup.rungs, baseline=config.get("baseline", ""),
                           kept_fraction=result.params / result.base_params, **(extra or {}))
+            report["node_id"] = ray_node_id()
             run.log_metrics(report, step=rung)
+            if rung == setup.rungs - 1:   # the last rung: a top-k candidate is saved by the trial that made it
+                row = {**report, "trial_id": trial_id, "name": config.get("baseline") or trial_id, "params": params}
+                _candidates.offer(setup, row, lambda folder: compress.save_pruned(
+                    model, tokenizer, folder, plan=plan, summary=result.summary(), force=True))
             rung += 1
-            tune.report(report)  # ASHA may stop the trial here (SystemExit(0))
+            report_with_rung(report, rung)  # ASHA may stop the trial here (SystemExit(0))
 
         schedule = schedule_for(params, setup)
         if schedule is None:
@@ -128,14 +147,41 @@ def run_trial(config: dict, setup: TrialSetup) -> None:
                 {"distill_step": step, "distill_loss": m["loss"]}) or False)
         run.finish("FINISHED")
     except SystemExit as stop:  # Tune ends a trial the scheduler stopped with sys.exit(0) inside report()
-        if stop.code in (0, None):
-            run.finish("FINISHED", tag=("stopped_early", "true"))
+        if stop.code in (0, None):    # after the last rung or stopped early: the driver's table tags which
+            run.finish("FINISHED")
         else:
             run.finish("FAILED", reason=f"SystemExit({stop.code})")
         raise
     except BaseException as err:
         run.finish("FAILED", reason=f"{type(err).__name__}: {err}")
         raise
+
+
+RUNG_FILE = "rung.json"
+
+
+def restored_rungs() -> int:
+    """How many rungs this trial reported before it was interrupted (0 for a fresh trial)."""
+    from ray import tune
+    checkpoint = tune.get_checkpoint()
+    if checkpoint is None:
+        return 0
+    with checkpoint.as_directory() as folder:
+        return int(json.loads((Path(folder) / RUNG_FILE).read_text())["rungs_done"])
+
+
+def report_with_rung(report: dict, rungs_done: int) -> None:
+    """tune.report with a checkpoint of a few bytes: the rung reached. The model is not checkpointed: pruning
+    is deterministic, so a retried trial re-prunes and goes on from the next rung."""
+    from ray import tune
+    with tempfile.TemporaryDirectory(prefix="edgeprune-rung-") as folder:
+        (Path(folder) / RUNG_FILE).write_text(json.dumps({"rungs_done": rungs_done}))
+        tune.report(report, checkpoint=tune.Checkpoint.from_directory(folder))
+
+
+def ray_node_id() -> str:
+    import ray
+    return ray.get_runtime_context().get_node_id() if ray.is_initialized() else ""
 
 
 def trial_objectives(setup: TrialSetup) -> list:
