@@ -92,21 +92,27 @@ class LocalNodes:
         port = free_port("")
         args = ["--head", "--port", str(port), "--dashboard-port", str(free_port("")),
                 "--ray-client-server-port", str(free_port("")), "--include-dashboard", "false"]
-        node = self._start("head", args, num_cpus, extra_env)
-        ip = _node_ip(node.log)
-        self.address = f"{ip}:{port}"
+        node = self._wait(self._spawn("head", args, num_cpus, extra_env))
+        self.address = f"{_node_ip(node.log)}:{port}"
         return self.address
 
     def add_worker(self, *, num_cpus: int = 1, extra_env: dict | None = None) -> Node:
+        return self.add_workers(1, num_cpus=num_cpus, extra_env=extra_env)[0]
+
+    def add_workers(self, count: int, *, num_cpus: int = 1, extra_env: dict | None = None) -> list[Node]:
+        """Start `count` worker nodes at once and wait until each has joined."""
         if not self.address:
             raise RuntimeError("start the head first")
-        return self._start(f"worker{len(self.nodes)}", ["--address", self.address], num_cpus, extra_env)
+        spawned = [self._spawn(f"worker{len(self.nodes)}", ["--address", self.address], num_cpus, extra_env)
+                   for _ in range(count)]
+        return [self._wait(node) for node in spawned]
 
-    def _start(self, name: str, args: list, num_cpus: int, extra_env: dict | None) -> Node:
+    def _spawn(self, name: str, args: list, num_cpus: int, extra_env: dict | None) -> Node:
         temp_dir = self.base / name
         log = self.base / f"{name}.log"
-        ports = ["--dashboard-agent-listen-port", str(free_port("")), "--dashboard-agent-grpc-port", str(free_port("")),
-                 "--runtime-env-agent-port", str(free_port("")), "--metrics-export-port", str(free_port(""))]
+        ports = ["--dashboard-agent-listen-port", str(free_port("")), "--dashboard-agent-grpc-port",
+                 str(free_port("")), "--runtime-env-agent-port", str(free_port("")),
+                 "--metrics-export-port", str(free_port(""))]
         cmd = [self.ray, "start", *args, *ports, "--num-cpus", str(num_cpus), "--temp-dir", str(temp_dir),
                "--disable-usage-stats", "--block"]
         env = {**os.environ, **self.env, **(extra_env or {})}
@@ -114,12 +120,15 @@ class LocalNodes:
             proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
         node = Node(name, temp_dir, proc, log)
         self.nodes.append(node)
+        return node
+
+    def _wait(self, node: Node) -> Node:
         deadline = time.time() + START_TIMEOUT_S
-        while "Ray runtime started" not in log.read_text(errors="replace"):
-            if proc.poll() is not None or time.time() > deadline:
+        while "Ray runtime started" not in node.log.read_text(errors="replace"):
+            if node.proc.poll() is not None or time.time() > deadline:
                 self.stop_node(node)
-                tail = log.read_text(errors="replace")[-2000:]
-                raise RuntimeError(f"`ray start` for {name} failed (see {log}):\n{tail}")
+                tail = node.log.read_text(errors="replace")[-2000:]
+                raise RuntimeError(f"`ray start` for {node.name} failed (see {node.log}):\n{tail}")
             time.sleep(0.5)
         return node
 

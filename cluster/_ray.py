@@ -37,17 +37,21 @@ def check_address(address: str) -> None:
     if not host or not port.isdigit():
         raise ValueError(f"--address {address!r}: expected HOST:PORT of the Ray head (e.g. 10.0.0.5:6379)")
     try:
-        with socket.create_connection((host, int(port)), timeout=PROBE_TIMEOUT_S) as s:
-            s.settimeout(PROBE_TIMEOUT_S)
-            s.sendall(_H2_PREFACE)
-            frame = s.recv(9)
+        conn = socket.create_connection((host, int(port)), timeout=PROBE_TIMEOUT_S)
     except OSError as err:
         reason = err.strerror or type(err).__name__
         raise ValueError(f"--address {address}: no Ray cluster answers there ({reason}); start one with "
                          f"`ray start --head --port {port}` or fix the address") from None
+    with conn:
+        try:
+            conn.settimeout(PROBE_TIMEOUT_S)
+            conn.sendall(_H2_PREFACE)
+            frame = conn.recv(9)
+        except OSError:
+            frame = b""
     if len(frame) < 9 or frame[3] != 0x04:
-        raise ValueError(f"--address {address}: something answers there, but not a Ray head (no gRPC); "
-                         "pass the GCS address `ray start --head` printed")
+        raise ValueError(f"--address {address}: something listens there, but not a Ray head (no gRPC answer); "
+                         "pass the GCS address `ray start --head` printed (HEAD_IP:6379)")
 
 
 def _give_up(address: str) -> None:

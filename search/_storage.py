@@ -82,6 +82,7 @@ class Storage:
             shutil.move(marker, held)                       # everything else first, the marker last
             fs, path = self.fs()
             self.remove(name)
+            fs.create_dir(posixpath.join(path, name), recursive=True)     # a no-op on object stores
             pafs.copy_files(tmp, posixpath.join(path, name), destination_filesystem=fs)
             pafs.copy_files(str(held), posixpath.join(path, name, DONE_MARKER), destination_filesystem=fs)
             held.unlink()
@@ -142,6 +143,7 @@ class Storage:
             write_text(local / name, text)
             return
         fs, path = self.fs()
+        fs.create_dir(path, recursive=True)
         with fs.open_output_stream(posixpath.join(path, name)) as f:     # one PUT: atomic on object stores
             f.write(text.encode())
 

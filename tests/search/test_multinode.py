@@ -61,7 +61,7 @@ def cluster(tmp_path_factory):
     nodes = LocalNodes(short)
     try:
         address = nodes.start_head(num_cpus=0, extra_env={"PYTHONPATH": str(REPO)})
-        workers = [nodes.add_worker(num_cpus=1, extra_env=worker_env) for _ in range(2)]
+        workers = nodes.add_workers(2, num_cpus=1, extra_env=worker_env)
         yield {"nodes": nodes, "address": address, "workers": workers, "base": base, "runs": runs}
     finally:
         nodes.stop()
@@ -86,7 +86,7 @@ def _kill_one_trial_worker(workers, stop: threading.Event, killed: list) -> None
 def test_launch_on_three_nodes(cluster):
     runs, shared = cluster["runs"], cluster["base"] / "shared"
     env = {**os.environ, **cluster["nodes"].env, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
-    cmd = [sys.executable, "-m", "search", "launch", "--trials", "3", "--rungs", "2", "--workers", "2",
+    cmd = [sys.executable, "-m", "search", "launch", "--trials", "2", "--rungs", "2", "--workers", "2",
            "--experiment", "mn", "--root", str(runs), "--storage", str(shared), "--address", cluster["address"]]
     stop, killed = threading.Event(), []
     killer = threading.Thread(target=_kill_one_trial_worker, args=(cluster["workers"], stop, killed), daemon=True)
@@ -107,14 +107,14 @@ def test_launch_on_three_nodes(cluster):
     # every trial ran on a worker node (the head has no CPUs), both workers were used
     results = json.loads((record / "results.json").read_text())
     rows = results["trials"]
-    assert len(rows) == 3 and all(r["status"] in ("complete", "stopped early") for r in rows), rows
+    assert len(rows) == 2 and all(r["status"] in ("complete", "stopped early") for r in rows), rows
     workers = {node.node_id for node in cluster["workers"]}
     assert {r["node_id"] for r in rows} <= workers and len({r["node_id"] for r in rows}) == 2
 
     # the killed worker's trial was retried as the same trial: once in Optuna, once in MLflow
     assert killed and "retried (failure 1)" in proc.stdout, (killed, proc.stdout[-2000:])
     study = optuna.load_study(study_name="mn", storage=f"sqlite:///{record / 'optuna.db'}")
-    assert len(study.trials) == 3 and {t.state.name for t in study.trials} <= {"COMPLETE", "PRUNED"}
+    assert len(study.trials) == 2 and {t.state.name for t in study.trials} <= {"COMPLETE", "PRUNED"}
     assert sorted(t.user_attrs["tune_trial_id"] for t in study.trials) == sorted(r["trial_id"] for r in rows)
     from mlflow.tracking import MlflowClient
     client = MlflowClient(f"sqlite:///{record / 'mlflow.db'}")
