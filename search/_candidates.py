@@ -1,5 +1,6 @@
 """Top candidates: written into the experiment's storage (top/<name>/) by the trials that produced them,
-at their last rung, while the model is still in memory, so nothing is pruned or distilled a second time.
+at their last rung, while the model is still in memory, so nothing is pruned a second time. (Distilling
+trials do not save mid-training: a ZeRO-3 student's parameters are partitioned then; theirs are rebuilt.)
 
 A 7B checkpoint is ~15 GB, so not every trial keeps one: the driver publishes the score a new candidate
 must beat (top/board.json: the k-th best so far) and a trial below it saves nothing; when a trial ends,
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 
 from ray.tune import Callback
 
@@ -53,16 +55,21 @@ def offer(setup, row: dict, save) -> bool:
     if not setup.top_uri or setup.top_k < 1 or not feasible(row):
         return False
     top = Storage(setup.top_uri)
-    board = json.loads(top.read_text(BOARD_FILE) or "{}")
-    threshold = board.get("threshold")
-    if threshold is not None and row["score"] <= threshold:
-        return False
+    try:
+        board = json.loads(top.read_text(BOARD_FILE) or "{}")
+        threshold = board.get("threshold")
+        if threshold is not None and row["score"] <= threshold:
+            return False
 
-    def write(folder):
-        save(folder)
-        (folder / DONE_MARKER).write_text(json.dumps(row, indent=2, default=str))
-    top.put_dir(folder_name(row), write)
-    return True
+        def write(folder):
+            save(folder)
+            (folder / DONE_MARKER).write_text(json.dumps(row, indent=2, default=str))
+        top.put_dir(folder_name(row), write)
+        return True
+    except (OSError, ValueError) as err:   # storage trouble costs the trial nothing: the driver rebuilds it
+        print(f"could not store candidate {folder_name(row)} ({type(err).__name__}: {err}); the driver will "
+              "rebuild it if it makes the top k", file=sys.stderr, flush=True)
+        return False
 
 
 # ---- the driver's side ----------------------------------------------------------------------------

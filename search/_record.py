@@ -169,7 +169,7 @@ class ExperimentRecord:
         """A candidate's checkpoint as a local folder: from this experiment's storage (wherever the run
         directory has moved since), else the folder recorded when it was written."""
         folder = entry.get("folder") or (Path(entry["dir"]).name if entry.get("dir") else None)
-        if folder and self.top.is_complete(folder) or folder and self._legacy_complete(folder):
+        if folder and (self.top.is_complete(folder) or self._legacy_complete(folder)):
             return self.top.get_dir(folder, self.top_cache / folder)
         recorded = Path(entry["dir"]) if entry.get("dir") and "://" not in entry["dir"] else None
         return recorded if recorded and (recorded / "config.json").is_file() else None
@@ -203,24 +203,25 @@ class ExperimentRecord:
     def parent_run_id(self) -> str | None:
         return self.read_state().get("parent_run_id")
 
-    def start_tracking(self, user_uri: str | None, *, host: str):
-        """Start the managed MLflow server (no --tracking-uri), returning at once; `tracking_ready` waits."""
-        if user_uri:
-            self.update_state(tracking_uri=user_uri, tracking_managed=False)
-            return
-        from search._mlflow_server import TrackingServer
-        self._server = TrackingServer.spawn(self.path, host=host)
+    def start_tracking(self, user_uri: str | None, *, host: str) -> None:
+        """Without --tracking-uri, start the experiment's own MLflow server and return at once (it starts while
+        the driver prepares the teacher); `tracking_ready` waits for it."""
+        self.update_state(tracking_managed=user_uri is None, **({"tracking_uri": user_uri} if user_uri else {}))
+        if user_uri is None:
+            from search._mlflow_server import TrackingServer
+            self._server = TrackingServer.spawn(self.path, host=host)
 
     def tracking_ready(self, *, tags: dict | None = None) -> tuple[str, str]:
         """Wait for the server; create (launch) or reopen (resume) the MLflow experiment and parent run."""
         from search import _tracking
-        state = self.read_state()
         if self._server is not None:
             self._server.wait_ready()
         uri = self.tracking_uri
-        exp_id, parent = _tracking.ensure_parent(uri, self.name, tags=tags or {}, run_id=state.get("parent_run_id"))
-        self.update_state(tracking_uri=uri, tracking_managed=self._server is not None or state.get("tracking_managed",
-                          False), mlflow_experiment_id=exp_id, parent_run_id=parent)
+        # a server proxies artifacts (mlflow-artifacts:/); a direct store (sqlite://) keeps them next to it
+        artifacts = None if uri.startswith(("http://", "https://")) else (self.path / "mlartifacts").as_uri()
+        exp_id, parent = _tracking.ensure_parent(uri, self.name, tags=tags or {}, run_id=self.parent_run_id,
+                                                 artifact_location=artifacts)
+        self.update_state(tracking_uri=uri, mlflow_experiment_id=exp_id, parent_run_id=parent)
         return exp_id, parent
 
     def reopen_tracking(self, *, host: str) -> None:

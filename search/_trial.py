@@ -131,7 +131,9 @@ def run_trial(config: dict, setup: TrialSetup) -> None:
                           kept_fraction=result.params / result.base_params, **(extra or {}))
             report["node_id"] = ray_node_id()
             run.log_metrics(report, step=rung)
-            if rung == setup.rungs - 1:   # the last rung: a top-k candidate is saved by the trial that made it
+            # the last rung: a top-k candidate is saved by the trial that made it (not mid-distillation: a
+            # ZeRO-3 student's parameters are partitioned; those candidates are rebuilt by a Ray task)
+            if rung == setup.rungs - 1 and schedule is None:
                 row = {**report, "trial_id": trial_id, "name": config.get("baseline") or trial_id, "params": params}
                 _candidates.offer(setup, row, lambda folder: compress.save_pruned(
                     model, tokenizer, folder, plan=plan, summary=result.summary(), force=True))
