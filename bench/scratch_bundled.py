@@ -59,13 +59,13 @@ def baseline_lr_sweep(lrs) -> list[dict]:
     import experiments
     import objectives
     from search import _scratch_trial
-    from search._paths import ExperimentDir
+    from search._record import ExperimentRecord
     exp = experiments.load_experiment(model=None, config=str(REPO / "experiments" / "scratch-tiny.yaml"))
     root = Path(tempfile.mkdtemp(prefix="edgeprune-scratch-sweep-"))
     try:
-        paths = ExperimentDir(root, "sweep")
-        setup = _scratch_trial.build_setup(exp, paths, tracking_uri=None)
-        _scratch_trial.prepare(setup, paths)
+        record = ExperimentRecord(root, "sweep")
+        setup = _scratch_trial.build_setup(exp, record)
+        _scratch_trial.prepare(setup, record)
         out = []
         for lr in lrs:
             arch, schedule, model, tokenizer = _scratch_trial.build_candidate({**setup.baseline, "lr": lr}, setup)

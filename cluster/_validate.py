@@ -1,28 +1,23 @@
 """Validate a finished search on a device: export its top-k checkpoints to GGUF, run them, and put
 the measured decode / prefill speed and peak memory next to what the search's models predicted.
 
-Writes <experiment>/validation.json (atomically) and, when the experiment has an MLflow parent run
-(state.json: tracking_uri, parent_run_id), logs the measurements there as metrics plus the file.
+`experiment` is the search's experiment record (search/_record.py, passed down: cluster/ sits below search/):
+it resolves the top-k checkpoints (wherever the experiment's storage is, and after its folder moved),
+names validation.json and exports/, and adds the measurements to the experiment's MLflow parent run.
 """
 from __future__ import annotations
 
-import json
 import sys
 import time
 from pathlib import Path
-
-from compress._atomic import write_json
 
 from ._devices import DEFAULT_GEN_TOKENS, DEFAULT_PROMPT_TOKENS, DEFAULT_REPETITIONS, ValidationResult
 
 DEFAULT_TOP = 3
 DEFAULT_DEVICE = "emulated"
-EXPORT_SUBDIR = "exports"
-VALIDATION_FILE = "validation.json"
-GB = 1024**3                     # budget_gb's unit, as the search reads it
 
 
-def validate_experiment(experiment_dir, *, top: int = DEFAULT_TOP, device: str = DEFAULT_DEVICE, profile=None,
+def validate_experiment(experiment, *, top: int = DEFAULT_TOP, device: str = DEFAULT_DEVICE, profile=None,
                         backend_options: dict | None = None, prompt_tokens: int = DEFAULT_PROMPT_TOKENS,
                         gen_tokens: int = DEFAULT_GEN_TOKENS, repetitions: int = DEFAULT_REPETITIONS,
                         on_cluster: bool = False) -> dict:
@@ -31,16 +26,15 @@ def validate_experiment(experiment_dir, *, top: int = DEFAULT_TOP, device: str =
     (adb runs go to a node advertising the `phone` resource)."""
     from compress._export_gguf import export_gguf
     from ._devices import get_backend, validate_on_cluster
-    exp_dir = Path(experiment_dir)
-    entries = _top_entries(exp_dir, top)
-    profile = _profile(exp_dir, profile)
+    entries = experiment.top_entries(top, require_checkpoints=True)
+    profile = experiment.profile(profile)
     options = {**profile_options(device, profile), **(backend_options or {})}
     backend = None if on_cluster else get_backend(device, **options)   # bad names / options fail here
     run_args = dict(prompt_tokens=prompt_tokens, gen_tokens=gen_tokens, repetitions=repetitions)
     candidates = []
     for entry in entries:
         checkpoint = Path(entry["dir"])
-        gguf = exp_dir / EXPORT_SUBDIR / f"{checkpoint.name}.gguf"
+        gguf = experiment.exports / f"{checkpoint.name}.gguf"
         if not _up_to_date(gguf, checkpoint):
             export_gguf(checkpoint, gguf, dtype="f16", force=True)
         if on_cluster:
@@ -50,12 +44,11 @@ def validate_experiment(experiment_dir, *, top: int = DEFAULT_TOP, device: str =
         simulated = simulate(checkpoint, profile, prompt_tokens=prompt_tokens, gen_tokens=gen_tokens)
         candidates.append(_record(entry, gguf, result, simulated))
         print(f"rank {entry.get('rank')}: {_summary_line(result, simulated)}", file=sys.stderr, flush=True)
-    record = {"experiment": exp_dir.name, "device": device, "profile": profile.name,
+    record = {"experiment": experiment.name, "device": device, "profile": profile.name,
               "budget_bytes": profile.memory_budget_bytes, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
               "settings": run_args, "candidates": candidates}
-    path = exp_dir / VALIDATION_FILE
-    write_json(path, record)
-    _log_mlflow(exp_dir, record, path)
+    experiment.write_json(experiment.validation, record)
+    experiment.log_to_parent(metrics=_metrics(record), files=[(experiment.validation, None)])
     return record
 
 
@@ -82,36 +75,6 @@ def simulate(checkpoint: Path, profile, *, prompt_tokens: int, gen_tokens: int) 
             "decode_tokens_per_s_full_context": decode_tokens_per_s(shapes, profile),
             "prefill_tokens_per_s": prefill_tokens_per_s(shapes, profile, prompt_tokens),
             "peak_memory_bytes": memory.total_bytes, "fits": memory.fits}
-
-
-def _top_entries(exp_dir: Path, top: int) -> list[dict]:
-    if not isinstance(top, int) or top < 1:
-        raise ValueError(f"--top must be a positive integer, got {top!r}")
-    path = exp_dir / "results.json"
-    if not path.is_file():
-        raise ValueError(f"{path} not found: validate a finished experiment (its search writes results.json)")
-    entries = (json.loads(path.read_text()).get("summary") or {}).get("top") or []
-    if not entries:
-        raise ValueError(f"{path} lists no top-k checkpoints (search.top_k was 0?)")
-    for entry in entries[:top]:
-        if not (Path(entry.get("dir", "")) / "config.json").is_file():
-            raise ValueError(f"top-k checkpoint {entry.get('dir')!r} (rank {entry.get('rank')}) is missing")
-    return entries[:top]
-
-
-def _profile(exp_dir: Path, profile):
-    from objectives._profiles import get_profile
-    if profile is not None:
-        return get_profile(profile)
-    config = exp_dir / "config.yaml"
-    if not config.is_file():
-        raise ValueError(f"{config} not found; pass a device profile explicitly")
-    import yaml
-    data = yaml.safe_load(config.read_text()) or {}
-    resolved = get_profile(data.get("device") or "phone-12gb")
-    if data.get("budget_gb"):
-        resolved = resolved.with_budget(float(data["budget_gb"]) * GB)
-    return resolved
 
 
 def _up_to_date(gguf: Path, checkpoint: Path) -> bool:
@@ -147,15 +110,9 @@ def _summary_line(result: ValidationResult, simulated: dict) -> str:
             f"(simulated {fmt(simulated['peak_memory_bytes'], 'B')}), {'fits' if result.fits else 'does not fit'}")
 
 
-def _log_mlflow(exp_dir: Path, record: dict, path: Path) -> None:
-    state_path = exp_dir / "state.json"
-    state = json.loads(state_path.read_text()) if state_path.is_file() else {}
-    uri, run_id = state.get("tracking_uri"), state.get("parent_run_id")
-    if not uri or not run_id:
-        return
-    from mlflow.tracking import MlflowClient
-    client = MlflowClient(tracking_uri=uri)
+def _metrics(record: dict) -> dict:
     device = record["device"]
+    metrics = {}
     for cand in record["candidates"]:
         prefix = f"validation_{device}_rank{cand['rank']}"
         values = {"decode_tokens_per_s": cand["measured"]["decode_tokens_per_s"],
@@ -164,7 +121,5 @@ def _log_mlflow(exp_dir: Path, record: dict, path: Path) -> None:
                   "fits": float(cand["measured"]["fits"]),
                   "simulated_decode_tokens_per_s": cand["simulated"]["decode_tokens_per_s"],
                   "simulated_peak_memory_bytes": cand["simulated"]["peak_memory_bytes"]}
-        for key, value in values.items():
-            if value is not None:
-                client.log_metric(run_id, f"{prefix}_{key}", float(value))
-    client.log_artifact(run_id, str(path))
+        metrics.update({f"{prefix}_{key}": float(v) for key, v in values.items() if v is not None})
+    return metrics

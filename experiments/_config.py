@@ -36,6 +36,7 @@ class SearchSettings:
     workers: int = 2
     seed: int = 0
     top_k: int = 3
+    max_failures: int = 3              # retries of a trial whose worker or node died (Tune FailureConfig)
 
 
 @dataclass(kw_only=True)
@@ -122,7 +123,7 @@ def validate_common(exp) -> None:
     _choice("search.multi_objective", exp.search.multi_objective, MULTI_SECOND)
     _choice("runtime", exp.runtime, RUNTIMES)
     for key, value, least in (("trials", exp.search.trials, 1), ("workers", exp.search.workers, 1),
-                              ("top_k", exp.search.top_k, 0)):
+                              ("top_k", exp.search.top_k, 0), ("max_failures", exp.search.max_failures, -1)):
         if not isinstance(value, int) or value < least:
             raise ValueError(f"search.{key} (--{key.replace('_', '-')}) must be an integer >= {least}, got {value!r}")
     if exp.budget_gb is not None and exp.budget_gb <= 0:

@@ -7,16 +7,18 @@ LongBench; the final kit dropped LongBench from the evaluation command, and a tr
 Generate_CSV.py (Probe100/EdgeDeviceLLMCompetition-NEffalg-Track1) has exactly COMPETITION_COLUMNS below.
 opencompass.csv therefore has no name column either: its rows are in rank order, and opencompass.json
 names each row.
+
+`full_eval_top` takes the search's experiment record (search/_record.py, passed down: objectives/ sits below
+search/): it resolves the checkpoints, names the output files and logs to the experiment's MLflow parent run.
 """
 from __future__ import annotations
 
 import csv
-import json
 import math
 import time
 from pathlib import Path
 
-from compress._atomic import atomic_file, write_json
+from compress._atomic import atomic_file
 
 from ._opencompass import run_opencompass
 
@@ -27,8 +29,6 @@ TASK_COLUMNS = COMPETITION_COLUMNS[:6]
 # (torch.cuda.max_memory_allocated / 2**20), and submissions used both. One constant to change.
 MEMORY_UNIT_BYTES = 2**30
 SIGNIFICANT = 6      # digits per CSV cell: Memory-Usage of the bundled model is a few MB, i.e. 0.00279 GB
-RESULTS_FILE, STATE_FILE = "results.json", "state.json"
-OUT_JSON, OUT_CSV, OUT_DIR = "opencompass.json", "opencompass.csv", "opencompass"
 METRIC_PREFIX = "opencompass"
 
 
@@ -95,34 +95,29 @@ def _ranks(values) -> list[float]:
     return ranks
 
 
-def full_eval_top(experiment_dir, k: int, *, limit: int | None = None, data_root=None, max_out_len: int | None = None,
+def full_eval_top(experiment, k: int, *, limit: int | None = None, data_root=None, max_out_len: int | None = None,
                   bbh_subsets=None, device: str = "auto", work_dir=None, echo=print) -> dict:
     """Run OpenCompass on the experiment's top-k checkpoints; write opencompass.json / .csv next to results.json.
 
-    A candidate whose run fails is recorded with its error and left out of the correlation."""
-    exp = Path(experiment_dir).expanduser().resolve()
+    A candidate whose run fails (its checkpoint missing included) is recorded with its error and left out of
+    the correlation."""
     if not isinstance(k, int) or k < 1:
         raise ValueError(f"k must be a positive integer, got {k!r}")
-    if not (exp / RESULTS_FILE).is_file():
-        raise ValueError(f"{exp} has no {RESULTS_FILE}: finish the search first (python -m search resume)")
-    data = json.loads((exp / RESULTS_FILE).read_text())
-    top = (data.get("summary") or {}).get("top") or []
-    if not top:
-        raise ValueError(f"{exp / RESULTS_FILE} lists no top candidates (summary.top is empty)")
-    trials = {t.get("trial_id"): t for t in data.get("trials", [])}
-    work_dir = Path(work_dir) if work_dir else exp / OUT_DIR
+    top = experiment.top_entries(k, require_checkpoints=False)
+    trials = {t.get("trial_id"): t for t in experiment.read_results().get("trials", [])}
+    work_dir = Path(work_dir) if work_dir else experiment.opencompass_dir
     candidates = []
-    for entry in top[:k]:
+    for entry in top:
         trial = trials.get(entry.get("trial_id"), {})
         cand = {"rank": entry.get("rank"), "trial_id": entry.get("trial_id"), "name": entry.get("name"),
-                "dir": _checkpoint_dir(exp, entry.get("dir")), "proxy_score": entry.get("score"),
+                "dir": entry.get("dir"), "proxy_score": entry.get("score"),
                 "throughput": _first(entry, trial, "decode_tokens_per_s"),
                 "peak_memory_bytes": _first(entry, trial, "peak_memory_bytes")}
         echo(f"[full-eval] rank {cand['rank']} {cand['name']}: OpenCompass on {cand['dir']}")
         start = time.perf_counter()
         try:
             if not cand["dir"]:
-                raise ValueError("results.json records no checkpoint directory for this candidate")
+                raise ValueError("the checkpoint of this candidate is missing from the experiment's storage")
             result = run_opencompass(cand["dir"], limit=limit, work_dir=work_dir, data_root=data_root,
                                      max_out_len=max_out_len, bbh_subsets=bbh_subsets, device=device)
             cand.update(scores=result["scores"], average=result["average"], model_class=result["model_class"],
@@ -137,47 +132,28 @@ def full_eval_top(experiment_dir, k: int, *, limit: int | None = None, data_root
 
     scored = [c for c in candidates if c["average"] is not None and c["proxy_score"] is not None]
     rho = spearman([c["proxy_score"] for c in scored], [c["average"] for c in scored]) if len(scored) >= 2 else None
-    report = {"experiment": str(exp), "k": k, "limit": limit, "max_out_len": max_out_len, "bbh_subsets": bbh_subsets,
-              "spearman": rho, "n_correlated": len(scored), "candidates": candidates}
-    write_json(exp / OUT_JSON, report)
-    write_competition_csv([c["row"] for c in candidates], exp / OUT_CSV)
+    report = {"experiment": str(experiment.path), "k": k, "limit": limit, "max_out_len": max_out_len,
+              "bbh_subsets": bbh_subsets, "spearman": rho, "n_correlated": len(scored), "candidates": candidates}
+    experiment.write_json(experiment.opencompass_json, report)
+    write_competition_csv([c["row"] for c in candidates], experiment.opencompass_csv)
     echo(f"[full-eval] Spearman(proxy score, OpenCompass average) = {_fmt(rho)} over {len(scored)} candidates"
          + ("" if rho is not None else " (needs >= 2 scored candidates with distinct values)"))
-    report["mlflow_run_id"] = log_to_parent(exp, report)
+    report["mlflow_run_id"] = experiment.log_to_parent(
+        metrics=parent_metrics(report), files=[(experiment.opencompass_json, METRIC_PREFIX),
+                                               (experiment.opencompass_csv, METRIC_PREFIX)])
     return report
 
 
-def log_to_parent(exp: Path, report: dict) -> str | None:
-    """Per-candidate task scores, averages and the correlation -> the experiment's MLflow parent run."""
-    state_path = exp / STATE_FILE
-    state = json.loads(state_path.read_text()) if state_path.is_file() else {}
-    uri, run_id = state.get("tracking_uri"), state.get("parent_run_id")
-    if not uri or not run_id:
-        return None
-    from mlflow.entities import Metric
-    from mlflow.tracking import MlflowClient
-    now = int(time.time() * 1000)
-    metrics = []
+def parent_metrics(report: dict) -> dict:
+    """Per-candidate task scores, averages and the correlation, as metrics of the experiment's parent run."""
+    metrics = {}
     for c in report["candidates"]:
         values = {**(c.get("scores") or {}), "average": c.get("average")}
-        metrics += [Metric(f"{METRIC_PREFIX}/rank{c['rank']}/{key}", float(v), now, 0)
-                    for key, v in values.items() if isinstance(v, (int, float)) and math.isfinite(v)]
+        metrics.update({f"{METRIC_PREFIX}/rank{c['rank']}/{key}": float(v) for key, v in values.items()
+                        if isinstance(v, (int, float)) and math.isfinite(v)})
     if report["spearman"] is not None:
-        metrics.append(Metric(f"{METRIC_PREFIX}/spearman", float(report["spearman"]), now, 0))
-    client = MlflowClient(tracking_uri=uri)
-    for i in range(0, len(metrics), 900):      # MLflow caps a batch at 1000 metrics
-        client.log_batch(run_id, metrics=metrics[i:i + 900])
-    for name in (OUT_JSON, OUT_CSV):
-        client.log_artifact(run_id, str(exp / name), artifact_path=METRIC_PREFIX)
-    return run_id
-
-
-def _checkpoint_dir(exp: Path, recorded) -> str | None:
-    """The recorded absolute path, or the same folder under this experiment's top/ when the experiment moved."""
-    if not recorded:
-        return None
-    moved = exp / "top" / Path(recorded).name
-    return str(moved) if not Path(recorded).is_dir() and moved.is_dir() else recorded
+        metrics[f"{METRIC_PREFIX}/spearman"] = float(report["spearman"])
+    return metrics
 
 
 def _first(entry: dict, trial: dict, key: str):

@@ -1,30 +1,36 @@
-"""The Tune driver: launch a search, resume an interrupted one. Results land in the experiment dir."""
+"""The Tune driver: launch a search, resume an interrupted one. It owns start-up (Ray, the experiment's
+storage and MLflow server), fault tolerance (trial retries) and hands results to the experiment record."""
 from __future__ import annotations
 
+import dataclasses
+import json
 import os
 import sys
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Callable
 
 # Checkpoint Tune's experiment state at every loop step (default: at most every 10 s), so after a
 # killed driver Tune's state and the Optuna DB agree exactly and resume loses no completed trial.
 os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "0")
 os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+# every rung's tiny checkpoint forces a snapshot by design: Tune's "snapshotting too often" warning is noise
+os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
 
 import compress  # noqa: E402
 import experiments  # noqa: E402
 import objectives  # noqa: E402
 import spaces  # noqa: E402
-from search import _report, _tracking  # noqa: E402
+from cluster import driver_node_ip, start_ray  # noqa: E402
+from search import _report  # noqa: E402
+from search._candidates import SECOND_OBJECTIVE, CandidateKeeper  # noqa: E402
+from search._record import ExperimentRecord  # noqa: E402
 from search._report import human_bytes  # noqa: E402
-from search._paths import ExperimentDir  # noqa: E402
+from search._shipped import Shipped  # noqa: E402
+from search._storage import Storage  # noqa: E402
 from search._trial import GB, TrialSetup, load_on_device, run_trial  # noqa: E402
 
-SECOND_OBJECTIVE = {"memory": ("peak_memory_bytes", "min"), "tokens_per_s": ("decode_tokens_per_s", "max")}
 
-
-def build_setup(exp: experiments.Experiment, paths: ExperimentDir, *, tracking_uri: str) -> TrialSetup:
+def build_setup(exp: experiments.Experiment, record: ExperimentRecord, *, teacher_cache=None) -> TrialSetup:
     source = compress.resolve_model(exp.model)
     config = compress.load_config(exp.model)
     base = compress.shapes_from_config(config)
@@ -43,9 +49,9 @@ def build_setup(exp: experiments.Experiment, paths: ExperimentDir, *, tracking_u
                             distill_lr=tuple(exp.distill.lr))
     return TrialSetup(model_source=source, base_shapes=base, spec=spec, profile_name=exp.device, budget_bytes=float(budget),
                       rungs=exp.proxy.rungs, tasks=list(exp.proxy.tasks), weights=dict(exp.proxy.weights),
-                      teacher_cache=str(paths.teacher_cache), multi=exp.search.multi_objective
-                      if exp.search.mode == "multi" else None, tracking_uri=tracking_uri,
-                      distill=exp.to_dict()["distill"], seed=exp.search.seed, unsafe_exec=exp.proxy.unsafe_exec,
+                      teacher_cache=teacher_cache, multi=exp.search.multi_objective if exp.search.mode == "multi"
+                      else None, distill=exp.to_dict()["distill"], seed=exp.search.seed,
+                      unsafe_exec=exp.proxy.unsafe_exec, top_uri=record.top.uri, top_k=exp.search.top_k,
                       **_parallel_settings(exp))
 
 
@@ -59,33 +65,27 @@ def _parallel_settings(exp: experiments.Experiment) -> dict:
             "cpus_per_worker": max(0.25, exp.resources.cpus_per_trial / workers)}
 
 
-def prepare_teacher(setup: TrialSetup, paths: ExperimentDir) -> dict:
-    """Once per experiment: the teacher's outputs on held-out C4 and the OWL baseline's layer scores."""
+def prepare_teacher(setup: TrialSetup, record: ExperimentRecord, *, baselines: bool) -> dict | None:
+    """Once per experiment: the teacher's outputs on held-out C4 (kept in the run directory for `resume`,
+    shipped to trials through the object store) and the OWL baseline's layer scores."""
     model, tokenizer = load_on_device(setup.model_source)
-    if not paths.teacher_cache.exists():
-        objectives.TeacherCache.build(model, tokenizer).save(paths.teacher_cache)
+    if record.teacher_cache.exists():
+        cache = objectives.TeacherCache.load(record.teacher_cache)
+    else:
+        cache = objectives.TeacherCache.build(model, tokenizer)
+        cache.save(record.teacher_cache)
+    setup.teacher_cache = Shipped.put(cache)
+    if not baselines:
+        return None
     ratios = compress.layer_outlier_ratios(model, compress.calibration_tokens(tokenizer))
     return {"uniform-l1": spaces.uniform_l1(setup.spec), "owl": spaces.owl(setup.spec, ratios)}
 
 
-DEFAULT_DASHBOARD_PORT = 8265
 TRAIN_DRIVER_CPU = 0.01        # a data-parallel trial's own share: it relays reports, its workers compute
 # Ray Train (data-parallel distillation inside a trial): a trial's worker group may have to wait for
 # GPUs another trial is releasing, and a trial's function thread needs more than Tune's default 2 s
 # to wind its Train run down before the actor is reused.
 WORKER_ENV = {"RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S": "1800", "TUNE_FUNCTION_THREAD_TIMEOUT_S": "120"}
-
-
-def _free_port(preferred: int) -> int:
-    import socket
-    for port in (preferred, 0):
-        with socket.socket() as s:
-            try:
-                s.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-            return s.getsockname()[1]
-    raise OSError("no free port for the Ray dashboard")
 
 
 def _headline(exp: experiments.Experiment, setup: TrialSetup) -> str:
@@ -97,18 +97,18 @@ def _headline(exp: experiments.Experiment, setup: TrialSetup) -> str:
 class TrialKind:
     """What a search's trials do. The driver (Tune, Optuna, ASHA, MLflow, progress, report, top-k) is the same
     for every kind: Track 1 prunes a model (PRUNE, below), Track 2 trains one from scratch (search/_scratch_trial.py)."""
-    setup: Callable          # (exp, paths, *, tracking_uri) -> the setup shipped to every trial
-    prepare: Callable        # (setup, paths) -> {baseline name: params}, enqueued first (launch only)
+    setup: Callable          # (exp, record) -> the setup shipped to every trial
+    prepare: Callable        # (setup, record, *, baselines) -> {baseline name: params} (or None), run at launch and resume
     trainable: Callable      # Tune function trainable (config, setup)
     space: Callable          # setup -> picklable Optuna define-by-run function
-    materialise: Callable    # (row, rank, setup, paths) -> top-k entry, its checkpoint saved
+    keep_top: Callable       # (top rows, setup, exp, record) -> top-k entries, their checkpoints in record.top
     headline: Callable       # (exp, setup) -> the launch line's description
     columns: tuple = ()      # metrics kept in results.json / trials.csv beyond _report.COLUMNS
     reference: str = "uniform-l1"   # the baseline the best trial's gain is measured against
 
 
 PRUNE = TrialKind(setup=build_setup, prepare=prepare_teacher, trainable=run_trial, space=lambda s: _SpaceFn(s.spec),
-                  materialise=_report.materialise, headline=_headline)
+                  keep_top=_report.keep_top, headline=_headline)
 
 
 def kind_of(exp) -> TrialKind:
@@ -118,29 +118,7 @@ def kind_of(exp) -> TrialKind:
     return PRUNE
 
 
-def start_ray(address: str | None):
-    """Join `address` or start a local cluster. Every Ray worker of the job is told which cluster is
-    ours (RAY_ADDRESS / RAY_API_SERVER_ADDRESS): Ray Train's placement-group cleaner asks the State API
-    whether its controller is alive, and with two clusters on one machine its auto-detection can ask
-    the other one, hear "dead" and remove a live trial's GPUs."""
-    import ray
-    env = dict(WORKER_ENV)
-    if address:
-        env["RAY_ADDRESS"] = address
-        ctx = ray.init(address=address, log_to_driver=False, runtime_env={"env_vars": env})
-        print(f"joined Ray cluster at {address}", flush=True)
-    else:
-        os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # local, loopback-only dashboard
-        port = _free_port(DEFAULT_DASHBOARD_PORT)
-        env["RAY_API_SERVER_ADDRESS"] = f"http://127.0.0.1:{port}"
-        ctx = ray.init(num_cpus=os.cpu_count(), include_dashboard=True, dashboard_host="127.0.0.1",
-                       dashboard_port=port, log_to_driver=False, runtime_env={"env_vars": env})
-    url = getattr(ctx, "dashboard_url", None)
-    print(f"Ray dashboard: http://{url}" if url else "Ray dashboard: not available", flush=True)
-    return ray
-
-
-def make_tuner(exp: experiments.Experiment, setup: TrialSetup, paths: ExperimentDir, baselines: dict | None,
+def make_tuner(exp: experiments.Experiment, setup: TrialSetup, record: ExperimentRecord, baselines: dict | None,
                *, restore: bool = False, kind: TrialKind = PRUNE):
     from optuna.storages import RDBStorage
     from ray import tune
@@ -154,22 +132,28 @@ def make_tuner(exp: experiments.Experiment, setup: TrialSetup, paths: Experiment
         {"cpu": exp.resources.cpus_per_trial, "gpu": exp.resources.gpus_per_trial}
     trainable = tune.with_resources(tune.with_parameters(kind.trainable, setup=setup), trial_resources)
     progress = ProgressPrinter(total=exp.search.trials)
-    callbacks = [progress, StateSnapshot(paths.tune)]
-    run_config = tune.RunConfig(storage_path=str(paths.path), name="tune", verbose=0, callbacks=callbacks,
-                                failure_config=tune.FailureConfig(max_failures=0))
+    second = SECOND_OBJECTIVE[setup.multi] if setup.multi else None
+    callbacks = [progress, CandidateKeeper(record.top.uri, k=exp.search.top_k, rungs=setup.rungs, second=second)]
+    local_tune = record.tune.local_path         # an object store writes whole objects: nothing to repair there
+    if local_tune is not None:
+        callbacks.append(StateSnapshot(local_tune))
+    # a trial whose worker process or node dies is retried (from its last rung: run_trial's checkpoint),
+    # as the same Tune trial, so Optuna and MLflow see it once
+    run_config = tune.RunConfig(storage_path=record.storage.uri, name="tune", verbose=0, callbacks=callbacks,
+                                failure_config=tune.FailureConfig(max_failures=exp.search.max_failures),
+                                checkpoint_config=tune.CheckpointConfig(num_to_keep=1))
     if restore:
-        for name in repair(paths.tune):
+        for name in repair(local_tune) if local_tune is not None else []:
             print(f"recovered {name} from its last good copy (the driver was killed while writing it)", flush=True)
-        return tune.Tuner.restore(str(paths.tune), trainable=trainable, resume_unfinished=True,
+        return tune.Tuner.restore(record.tune.uri, trainable=trainable, resume_unfinished=True,
                                   resume_errored=False, restart_errored=False, param_space=None), progress
     metric, mode = "score", "max"
     if setup.multi:
-        second, second_mode = SECOND_OBJECTIVE[setup.multi]
-        metric, mode = [metric, second], [mode, second_mode]
+        metric, mode = [metric, second[0]], [mode, second[1]]
     searcher = ConstrainedOptunaSearch(
         space=kind.space(setup), metric=metric, mode=mode, baselines=baselines, max_t=setup.rungs,
         sampler=make_sampler(exp.search.sampler, seed=exp.search.seed),
-        storage=RDBStorage(paths.optuna_url), study_name=paths.name)
+        storage=RDBStorage(record.optuna_url), study_name=record.name)
     scheduler = ASHAScheduler(time_attr="training_iteration", metric="score", mode="max", max_t=setup.rungs,
                               grace_period=1, reduction_factor=2) if setup.rungs > 1 else None
     tune_config = tune.TuneConfig(search_alg=searcher, scheduler=scheduler, num_samples=exp.search.trials,
@@ -190,44 +174,66 @@ class _SpaceFn:
         spaces.define_space(trial, self.spec)
 
 
-def launch(exp: experiments.Experiment, *, name: str, root: Path, tracking_uri: str | None, address: str | None,
-           full_eval_top: int = 0) -> int:
+def _tracking_host(address: str | None) -> str:
+    """Where the MLflow server listens: loopback for a local cluster, else this node's cluster address."""
+    return driver_node_ip() if address else "127.0.0.1"
+
+
+def launch(exp: experiments.Experiment, record: ExperimentRecord, *, storage: Storage | None,
+           tracking_uri: str | None, address: str | None) -> int:
     kind = kind_of(exp)
-    paths = ExperimentDir.create(root, name)   # refuses an existing experiment: nothing is overwritten
-    uri = tracking_uri or _tracking.default_tracking_uri(root)
-    experiments.save_experiment(exp, paths.config)
-    setup = kind.setup(exp, paths, tracking_uri=uri)
-    print(f"experiment {name}: {kind.headline(exp, setup)}", flush=True)
-    baselines = kind.prepare(setup, paths)
-    exp_id, parent = _tracking.ensure_parent(uri, name, root / "mlartifacts", tags={"experiment_dir": str(paths.path)})
-    setup.mlflow_experiment_id, setup.parent_run_id = exp_id, parent
-    paths.write_state({"tracking_uri": uri, "mlflow_experiment_id": exp_id, "parent_run_id": parent,
-                       "status": "running", "address": address})
-    print(f"MLflow: mlflow ui --backend-store-uri {uri}  (parent run {parent})", flush=True)
-    return _fit_and_report(exp, setup, paths, baselines=baselines, address=address, restore=False)
+    start_ray(address, worker_env=WORKER_ENV)       # a wrong --address fails here, before anything is written
+    _note_shared_storage(address, storage)
+    with record.creating(storage_root=storage):     # anything failing inside removes the run directory again
+        record.start_tracking(tracking_uri, host=_tracking_host(address))   # starts while the teacher runs
+        experiments.save_experiment(exp, record.config)
+        setup = kind.setup(exp, record)
+        print(f"experiment {record.name}: {kind.headline(exp, setup)}, storage {record.storage.uri}", flush=True)
+        baselines = kind.prepare(setup, record, baselines=True)
+        _connect_tracking(setup, record, tags={"experiment_dir": str(record.path), "storage": record.storage.uri})
+        record.update_state(status="running", address=address)
+    return _fit_and_report(exp, setup, record, baselines=baselines, restore=False)
 
 
-def resume(*, name: str, root: Path, address: str | None) -> int:
-    paths = ExperimentDir.open(root, name)
-    exp = experiments.read_experiment(paths.config)
-    state = paths.read_state()
-    setup = kind_of(exp).setup(exp, paths, tracking_uri=state["tracking_uri"])
-    exp_id, parent = _tracking.ensure_parent(state["tracking_uri"], name, root / "mlartifacts", tags={},
-                                             run_id=state["parent_run_id"])
-    setup.mlflow_experiment_id, setup.parent_run_id = exp_id, parent
-    if not paths.tune_state_exists():
-        raise ValueError(f"experiment {name} has no Tune state to resume (it stopped before its first trial)")
-    print(f"resuming experiment {name} from {paths.path}", flush=True)
-    return _fit_and_report(exp, setup, paths, baselines=None, address=address, restore=True)
-
-
-def _fit_and_report(exp, setup, paths, *, baselines, address, restore) -> int:
+def resume(record: ExperimentRecord, *, address: str | None) -> int:
+    exp = record.experiment()
     kind = kind_of(exp)
-    start_ray(address)
-    tuner, progress = make_tuner(exp, setup, paths, baselines, restore=restore, kind=kind)
-    grid = tuner.fit()
-    table = _report.collect(grid, setup, paths, columns=kind.columns)
-    summary = _report.finish(table, exp, setup, paths, save_top=kind.materialise, reference=kind.reference)
-    paths.write_state({**paths.read_state(), "status": "finished"})
+    start_ray(address, worker_env=WORKER_ENV)
+    record.reopen_tracking(host=_tracking_host(address))
+    setup = kind.setup(exp, record)
+    kind.prepare(setup, record, baselines=False)
+    _connect_tracking(setup, record, tags={})
+    record.update_state(status="running", address=address)
+    print(f"resuming experiment {record.name} from {record.tune.uri}", flush=True)
+    return _fit_and_report(exp, setup, record, baselines=None, restore=True)
+
+
+def _connect_tracking(setup, record: ExperimentRecord, *, tags: dict) -> None:
+    exp_id, parent = record.tracking_ready(tags=tags)
+    setup.tracking_uri, setup.mlflow_experiment_id, setup.parent_run_id = record.tracking_uri, exp_id, parent
+    # what every trial receives, for the record (it names no path on the driver's disk)
+    shipped = json.dumps({f.name: getattr(setup, f.name) for f in dataclasses.fields(setup)}, indent=2, default=repr)
+    record.log_to_parent(texts={"trial_setup.json": shipped})
+    print(f"MLflow: {record.tracking_uri}  (experiment {record.name}, parent run {parent})", flush=True)
+
+
+def _note_shared_storage(address: str | None, storage: Storage | None) -> None:
+    from cluster import alive_nodes
+    if address and storage is None and len(alive_nodes()) > 1:
+        print("note: no --storage given: trials on other nodes write checkpoints to the same path on their own "
+              "disks; pass --storage on a shared filesystem or a bucket (s3://...) for a multi-node cluster",
+              flush=True)
+
+
+def _fit_and_report(exp, setup, record, *, baselines, restore) -> int:
+    kind = kind_of(exp)
+    try:
+        tuner, progress = make_tuner(exp, setup, record, baselines, restore=restore, kind=kind)
+        grid = tuner.fit()
+        rows = _report.collect(grid, setup, columns=kind.columns)
+        summary = _report.finish(rows, exp, setup, record, keep_top=kind.keep_top, reference=kind.reference)
+        record.update_state(status="finished")
+    finally:
+        record.stop_tracking()
     _report.print_summary(summary, stream=sys.stdout)
     return 0

@@ -53,3 +53,7 @@ class ProgressPrinter(Callback):
 
     def on_trial_error(self, iteration, trials, trial, **info):
         self._line(f"{trial.trial_id} FAILED", trials, failed=trial)
+
+    def on_trial_recover(self, iteration, trials, trial, **info):
+        # its worker process or node died: Tune retries it (FailureConfig) from its last rung
+        self._line(f"{trial.trial_id} retried (failure {trial.num_failures})", trials)

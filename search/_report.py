@@ -1,26 +1,33 @@
-"""After a search: the results table, the gain over the baselines, the Pareto front, the top-k checkpoints."""
+"""After a search: the results table, the gain over the baselines, the Pareto front, the top-k checkpoints,
+MLflow brought in line with the table."""
 from __future__ import annotations
 
 import csv
 import json
 import math
 
-import compress
 from compress._atomic import atomic_file
-from search import _tracking
-from search._trial import GB, load_on_device, plan_for, recover, schedule_for
+from search import _candidates, _tracking
+from search._candidates import SECOND_OBJECTIVE
+from search._trial import GB, plan_for
 
+# what Tune adds to every result (the trial's own report is the rest)
+TUNE_KEYS = {"timestamp", "checkpoint_dir_name", "done", "training_iteration", "trial_id", "date", "time_this_iter_s",
+             "time_total_s", "pid", "hostname", "node_ip", "time_since_restore", "iterations_since_restore",
+             "should_checkpoint"}
 COLUMNS = ("trial_id", "name", "status", "rung", "score", "proxy_accuracy", "kl_to_teacher", "perplexity",
            "peak_memory_bytes", "decode_tokens_per_s", "params", "kept_fraction", "distill_step", "distill_world", "constraint", "reason")
 
 
-def collect(grid, setup, paths, *, columns: tuple = ()) -> list[dict]:
+def collect(grid, setup, *, columns: tuple = ()) -> list[dict]:
     """One row per trial; `columns`: metrics a trial kind keeps beyond COLUMNS."""
     rows = []
-    for result in grid:
+    # a trial that failed before its first report has no metrics: its id comes from Tune's trial list
+    trials = getattr(getattr(grid, "_experiment_analysis", None), "trials", None) or [None] * len(grid)
+    for result, trial in zip(grid, trials):
         metrics = result.metrics or {}
         config = dict(result.config or {})
-        trial_id = metrics.get("trial_id", "?")
+        trial_id = metrics.get("trial_id") or getattr(trial, "trial_id", None) or "?"
         row = {k: metrics.get(k) for k in COLUMNS + tuple(columns) if k in metrics}
         row.update(trial_id=trial_id, name=config.get("baseline") or trial_id,
                    params_json=json.dumps({k: v for k, v in config.items() if k != "baseline"}))
@@ -30,47 +37,58 @@ def collect(grid, setup, paths, *, columns: tuple = ()) -> list[dict]:
             row["status"] = "stopped early"
         else:
             row["status"] = "complete"
+        row["node_id"] = metrics.get("node_id")
+        row["_history"] = _history(result)
         rows.append(row)
     return rows
 
 
+def _history(result) -> list[tuple[int, dict]]:
+    """Every rung the trial reported (retried and resumed trials included), for MLflow's reconciliation."""
+    frame = getattr(result, "metrics_dataframe", None)
+    if frame is None or frame.empty:
+        return []
+    own = [c for c in frame.columns if c not in TUNE_KEYS and not c.startswith("config/")]
+    history = {}
+    for record in frame[own].to_dict("records"):
+        if record.get("rung") is not None and record["rung"] == record["rung"]:      # NaN-safe
+            history[int(record["rung"])] = {k: v for k, v in record.items() if isinstance(v, (int, float))
+                                            and v == v}
+    return sorted(history.items())
+
+
 def feasible_complete(rows: list[dict]) -> list[dict]:
-    return [r for r in rows if r["status"] == "complete" and (r.get("constraint") or 0) <= 0
-            and r.get("score") is not None and math.isfinite(r["score"])]
+    return [r for r in rows if r["status"] == "complete" and _candidates.feasible(r)]
 
 
-def pareto_front(rows: list[dict], second: str, second_mode: str) -> list[dict]:
-    sign = 1 if second_mode == "max" else -1
-    front = [r for r in rows if not any(
-        o["score"] >= r["score"] and sign * o[second] >= sign * r[second] and
-        (o["score"] > r["score"] or sign * o[second] > sign * r[second]) for o in rows)]
-    return sorted(front, key=lambda r: -r["score"])
-
-
-def finish(rows: list[dict], exp, setup, paths, *, save_top=None, reference: str = "uniform-l1") -> dict:
-    """results.json, trials.csv, the top-k checkpoints (saved by `save_top`, default: re-prune with
-    `materialise`) and the MLflow parent run. `reference`: the baseline the best trial's gain is measured against."""
-    save_top = save_top or materialise
+def finish(rows: list[dict], exp, setup, record, *, keep_top=None, reference: str = "uniform-l1") -> dict:
+    """results.json, trials.csv, the top-k checkpoints (`keep_top`, default: Track 1's) and the MLflow parent
+    run. `reference`: the baseline the best trial's gain is measured against."""
+    keep_top = keep_top or globals()["keep_top"]
     ranked = sorted(feasible_complete(rows), key=lambda r: -r["score"])
-    summary = {"experiment": paths.name, "trials": len(rows),
+    public = [{k: v for k, v in r.items() if not k.startswith("_")} for r in rows]
+    summary = {"experiment": record.name, "trials": len(rows),
                "complete": sum(r["status"] == "complete" for r in rows),
                "stopped_early": sum(r["status"] == "stopped early" for r in rows),
                "failed": [{"trial_id": r["trial_id"], "reason": r.get("reason")} for r in rows if r["status"] == "failed"],
                "budget_bytes": setup.budget_bytes, "baselines": {}, "best": ranked[0] if ranked else None}
-    for r in rows:
+    for r in public:
         if r["name"] != r["trial_id"]:   # a named baseline (enqueued first)
             summary["baselines"][r["name"]] = r
+    if summary["best"]:
+        summary["best"] = {k: v for k, v in summary["best"].items() if not k.startswith("_")}
     if summary["best"] and reference in summary["baselines"]:
         base = summary["baselines"][reference].get("score")
         summary[_gain_key(reference)] = summary["best"]["score"] - base if base is not None else None
-    if setup.multi:
-        from search._driver import SECOND_OBJECTIVE
-        summary["pareto_front"] = pareto_front(ranked, *SECOND_OBJECTIVE[setup.multi])
-    top_rows = (summary.get("pareto_front") or ranked)[: exp.search.top_k]
-    summary["top"] = [save_top(r, rank, setup, paths) for rank, r in enumerate(top_rows, start=1)]
-    paths.write_json(paths.results, {"summary": summary, "trials": rows})
-    _write_csv(rows, paths.path / "trials.csv")
-    _log_parent(summary, rows, setup, paths)
+    second = SECOND_OBJECTIVE[setup.multi] if setup.multi else None
+    if second:
+        summary["pareto_front"] = [{k: v for k, v in r.items() if not k.startswith("_")}
+                                   for r in _candidates.pareto_front(ranked, *second)]
+    top_rows = _candidates.selection(rows, k=exp.search.top_k, second=second)
+    summary["top"] = keep_top(top_rows, setup, exp, record)
+    record.write_json(record.results, {"summary": summary, "trials": public})
+    _write_csv(public, record.trials_csv)
+    _log_parent(summary, rows, setup, record)
     return summary
 
 
@@ -78,20 +96,32 @@ def _gain_key(reference: str) -> str:
     return "gain_over_" + reference.replace("-", "_")
 
 
-def materialise(row: dict, rank: int, setup, paths) -> dict:
-    """Re-create the candidate from its parameters (pruning is deterministic) and save it as FP16."""
-    params = json.loads(row["params_json"])
-    plan = plan_for(params, setup)
-    schedule = schedule_for(params, setup)
-    model, tokenizer = load_on_device(setup.model_source)
-    result = compress.prune(model, tokenizer, plan)
-    if schedule is not None:  # what the trial scored was the recovered student: save that
-        model = recover(model, tokenizer, result, schedule, setup)
-    out = paths.top / f"rank{rank}-{row['name'] or row['trial_id']}"
-    compress.save_pruned(model, tokenizer, out, plan=plan, summary=result.summary(), force=True)
-    return {"rank": rank, "trial_id": row["trial_id"], "name": row["name"], "score": row["score"],
-            "peak_memory_bytes": row.get("peak_memory_bytes"), "params": result.params, "dir": str(out),
-            "plan": plan.to_dict()}
+def keep_top(top_rows: list[dict], setup, exp, record) -> list[dict]:
+    """The top candidates' checkpoints in the experiment's storage: the ones their trials wrote, the others
+    rebuilt by Ray tasks on the cluster; every other candidate folder is deleted."""
+    if not top_rows:
+        return []
+    _candidates.materialise_missing(top_rows, setup, exp)
+    top = tidy_top(top_rows, record)
+    entries = []
+    for rank, r in enumerate(top_rows, start=1):
+        folder = _candidates.folder_name(r)
+        plan = plan_for(json.loads(r["params_json"]), setup)
+        entries.append({"rank": rank, "trial_id": r["trial_id"], "name": r["name"], "score": r["score"],
+                        "peak_memory_bytes": r.get("peak_memory_bytes"),
+                        "params": plan.realised_shapes(setup.base_shapes).param_count(),
+                        "folder": folder, "dir": top.child(folder).uri, "plan": plan.to_dict()})
+    return entries
+
+
+def tidy_top(top_rows: list[dict], record):
+    """Delete every candidate folder but the top rows', the board and temporaries; returns the top storage."""
+    top = record.top
+    keep = {_candidates.folder_name(r) for r in top_rows}
+    _candidates.prune_folders(top, keep=keep, finished={name for name in top.list_dirs()})
+    top.remove(_candidates.BOARD_FILE)
+    top.clear_temporaries()
+    return top
 
 
 def _write_csv(rows, path) -> None:
@@ -102,46 +132,40 @@ def _write_csv(rows, path) -> None:
         writer.writerows(rows)
 
 
-def _log_parent(summary, rows, setup, paths) -> None:
+def _log_parent(summary, rows, setup, record) -> None:
     if not setup.tracking_uri:
         return
-    c = _tracking.client(setup.tracking_uri)
-    run_id = setup.parent_run_id
-    if summary["best"]:
-        c.log_metric(run_id, "best_score", summary["best"]["score"])
-    for key, gain in _gains(summary):
-        c.log_metric(run_id, key, gain)
-    c.log_figure(run_id, score_vs_memory_figure(rows, summary, setup), "score_vs_memory.png")
-    c.log_text(run_id, top_table(summary), "top_k.md")
-    c.log_artifact(run_id, str(paths.results))
-    _close_trial_runs(c, run_id, rows)
-    c.set_terminated(run_id, status="FINISHED")
+    counts = _tracking.reconcile(setup.tracking_uri, setup.mlflow_experiment_id, setup.parent_run_id,
+                                 [_trial_for_mlflow(r) for r in rows],
+                                 artifacts=(lambda t: _plan_ops(t, setup)) if hasattr(setup, "base_shapes") else None)
+    repaired = {k: v for k, v in counts.items() if v}
+    if repaired:
+        print(f"MLflow reconciled with the trial table: {repaired}", flush=True)
+    metrics = {"best_score": summary["best"]["score"] if summary["best"] else None, **dict(_gains(summary))}
+    record.log_to_parent(metrics={k: v for k, v in metrics.items() if v is not None},
+                         figures={"score_vs_memory.png": score_vs_memory_figure(rows, summary, setup)},
+                         texts={"top_k.md": top_table(summary)}, files=[(record.results, None)], status="FINISHED")
 
 
-def _close_trial_runs(c, parent_id: str, rows: list[dict]) -> None:
-    """Trials end their own runs, but one stopped or killed between reports cannot always do so in time:
-    the driver's table is authoritative, so it closes what is still open."""
-    by_id = {r["trial_id"]: r for r in rows}
-    exp_id = c.get_run(parent_id).info.experiment_id
-    children = c.search_runs([exp_id], filter_string=f"tags.mlflow.parentRunId = '{parent_id}'")
-    latest = {}
-    for run in children:  # a trial re-run after `resume` has a newer run with the same trial id
-        tid = run.data.tags.get("tune_trial_id")
-        if tid not in latest or run.info.start_time > latest[tid].info.start_time:
-            latest[tid] = run
-    for run in (r for r in children if r.info.status == "RUNNING"):
-        tid = run.data.tags.get("tune_trial_id")
-        row = by_id.get(tid, {})
-        if latest[tid].info.run_id != run.info.run_id:
-            c.set_tag(run.info.run_id, "interrupted", "the driver was killed; the trial was re-run after resume")
-            c.set_terminated(run.info.run_id, status="KILLED")
-        elif row.get("status") == "failed":
-            c.set_tag(run.info.run_id, "failure_reason", row.get("reason") or "unknown")
-            c.set_terminated(run.info.run_id, status="FAILED")
-        else:
-            if row.get("status") == "stopped early":
-                c.set_tag(run.info.run_id, "stopped_early", "true")
-            c.set_terminated(run.info.run_id, status="FINISHED" if row else "KILLED")
+def _trial_for_mlflow(row: dict) -> dict:
+    tags = {"baseline": row["name"] if row["name"] != row["trial_id"] else "",
+            "stopped_early": str(row["status"] == "stopped early").lower()}
+    if row["status"] == "failed":
+        tags["failure_reason"] = row.get("reason") or "unknown"
+    return {"trial_id": row["trial_id"], "name": f"{tags['baseline'] or 'trial'}-{row['trial_id']}",
+            "params": json.loads(row["params_json"]), "history": row.get("_history") or [], "tags": tags,
+            "status": "FAILED" if row["status"] == "failed" else "FINISHED"}
+
+
+def _plan_ops(trial: dict, setup) -> list:
+    """plan.json and the kept-ratio plot of a trial whose own upload never arrived (pruning plans are
+    deterministic: the driver recomputes them from the parameters)."""
+    plan = plan_for(trial["params"], setup)
+    realised = plan.realise(setup.base_shapes)
+    kept = plan.realised_shapes(setup.base_shapes).param_count() / setup.base_shapes.param_count()
+    record = {"plan": plan.to_dict(), "realised": {"layers": [s.__dict__ for s in realised], "kept_fraction": kept}}
+    return [("text", json.dumps(record, indent=2), "plan.json"),
+            ("figure", _tracking.kept_ratio_figure(realised, setup.base_shapes, kept), "kept_ratio.png")]
 
 
 def score_vs_memory_figure(rows, summary, setup):
@@ -166,7 +190,7 @@ def score_vs_memory_figure(rows, summary, setup):
 
 
 def top_table(summary) -> str:
-    lines = ["| rank | name | score | peak memory | params | dir |", "|---|---|---|---|---|---|"]
+    lines = ["| rank | name | score | peak memory | params | checkpoint |", "|---|---|---|---|---|---|"]
     for t in summary["top"]:
         lines.append(f"| {t['rank']} | {t['name']} | {t['score']:.4f} | {human_bytes(t['peak_memory_bytes'])} | "
                      f"{t['params']:,} | {t['dir']} |")

@@ -1,21 +1,29 @@
-"""MLflow: one parent run per experiment (created by the driver), one nested run per trial.
+"""MLflow, the one module that logs to it: one parent run per experiment, one nested run per trial.
 
-The default store is a SQLite file with an absolute URI, created on the driver before any trial
-starts (two processes initialising a fresh SQLite store at once race on its migrations).
+Trials log over HTTP to the experiment's tracking server (search/_mlflow_server.py) from whichever node
+they run on. What they cannot deliver (the server is restarting, the network blinks) waits in a buffer
+and goes out with the next call; a trial that ends before the server is back leaves the rest to the
+driver, which at the end of the search makes MLflow agree with Tune's results (`reconcile`): every trial
+exactly one run, with every rung's metrics, its plan, and its final status. A retried or resumed trial
+finds its run by its Tune trial id instead of opening a second one.
 """
 from __future__ import annotations
 
 import json
 import os
+import sys
 import time
-from dataclasses import dataclass
-from pathlib import Path
+from dataclasses import dataclass, field
 
 os.environ.setdefault("MLFLOW_ENABLE_ASYNC_LOGGING", "false")
-
-
-def default_tracking_uri(root: Path) -> str:
-    return f"sqlite:///{Path(root).resolve() / 'mlflow.db'}"
+os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")   # no "View run" line per trial
+# A dead server must fail a call in seconds, not after MLflow's default minutes of retries: the buffer retries.
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
+FLUSH_GRACE_S = 90          # a finishing trial waits this long for the server before leaving the rest to the driver
+FLUSH_RETRY_S = 3
+TRIAL_TAG, PARENT_TAG = "tune_trial_id", "mlflow.parentRunId"
 
 
 def client(uri: str):
@@ -23,49 +31,90 @@ def client(uri: str):
     return MlflowClient(tracking_uri=uri)
 
 
-def ensure_parent(uri: str, experiment_name: str, artifact_root: Path, *, tags: dict, run_id: str | None = None):
-    """(experiment id, parent run id). Reuses `run_id` (resume) when given."""
+def reachable(uri: str) -> bool:
+    if not uri.startswith(("http://", "https://")):
+        return True
+    from search._mlflow_server import health
+    return health(uri.rstrip("/"))
+
+
+def check_reachable(uri: str) -> None:
+    """A user's --tracking-uri must answer before anything is written: one-line ValueError otherwise."""
+    if not uri.startswith(("http://", "https://")):
+        return
+    from mlflow.environment_variables import MLFLOW_HTTP_REQUEST_MAX_RETRIES
+    old = os.environ.get(MLFLOW_HTTP_REQUEST_MAX_RETRIES.name)
+    os.environ[MLFLOW_HTTP_REQUEST_MAX_RETRIES.name] = "0"
+    try:
+        client(uri).search_experiments(max_results=1)
+    except Exception as err:  # noqa: BLE001 - refused, timed out, 403, 500, not MLflow: all the same to the user
+        detail = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
+        raise ValueError(f"--tracking-uri {uri}: the MLflow server refuses ({detail})") from None
+    finally:
+        if old is None:
+            os.environ.pop(MLFLOW_HTTP_REQUEST_MAX_RETRIES.name, None)
+        else:
+            os.environ[MLFLOW_HTTP_REQUEST_MAX_RETRIES.name] = old
+
+
+def ensure_parent(uri: str, experiment_name: str, *, tags: dict, run_id: str | None = None,
+                  artifact_location: str | None = None):
+    """(experiment id, parent run id). Reuses `run_id` (resume) when given, marking it RUNNING again."""
     c = client(uri)
     exp = c.get_experiment_by_name(experiment_name)
-    if exp is None:
-        exp_id = c.create_experiment(experiment_name, artifact_location=Path(artifact_root).resolve().as_uri())
-    else:
-        exp_id = exp.experiment_id
+    exp_id = exp.experiment_id if exp else c.create_experiment(experiment_name, artifact_location=artifact_location)
     if run_id:
         c.update_run(run_id, status="RUNNING")
         return exp_id, run_id
-    run = c.create_run(exp_id, run_name=experiment_name, tags=tags)
-    return exp_id, run.info.run_id
+    return exp_id, c.create_run(exp_id, run_name=experiment_name, tags=tags).info.run_id
+
+
+def log_parent(uri: str, run_id: str, *, metrics: dict, files=(), texts: dict, figures: dict,
+               status: str | None = None) -> None:
+    from mlflow.entities import Metric
+    c = client(uri)
+    now = int(time.time() * 1000)
+    batch = [Metric(k, float(v), now, 0) for k, v in metrics.items() if isinstance(v, (int, float))]
+    for i in range(0, len(batch), 900):      # MLflow caps a batch at 1000 metrics
+        c.log_batch(run_id, metrics=batch[i:i + 900])
+    for name, fig in figures.items():
+        c.log_figure(run_id, fig, name)
+    for name, text in texts.items():
+        c.log_text(run_id, text, name)
+    for path, folder in files:
+        c.log_artifact(run_id, str(path), artifact_path=folder)
+    if status:
+        c.set_terminated(run_id, status=status)
+
+
+def _run_filter(trial_id: str, parent_id: str) -> str:
+    return f"tags.{TRIAL_TAG} = '{trial_id}' and tags.`{PARENT_TAG}` = '{parent_id}'"
 
 
 @dataclass
 class TrialRun:
-    """A nested MLflow run for one trial. Without a tracking URI it does nothing."""
+    """The nested MLflow run of one trial, logged from the trial's worker, buffered while unreachable.
+    Without a tracking URI it does nothing."""
     uri: str | None
-    run_id: str | None
+    experiment_id: str | None = None
+    parent_id: str | None = None
+    trial_id: str = ""
+    name: str = ""
+    run_id: str | None = None
+    pending: list = field(default_factory=list)
+    _warned: bool = False
 
     @classmethod
     def start(cls, setup, trial_id: str, params: dict, *, baseline: str = "") -> "TrialRun":
-        if not setup.tracking_uri:
-            return cls(None, None)
-        from mlflow.entities import Param
-        c = client(setup.tracking_uri)
-        name = f"{baseline or 'trial'}-{trial_id}"
-        run = c.create_run(setup.mlflow_experiment_id, run_name=name,
-                           tags={"mlflow.parentRunId": setup.parent_run_id, "tune_trial_id": trial_id,
-                                 "baseline": baseline})
-        flat = [Param(k, str(v)[:500]) for k, v in sorted(params.items())]
-        for i in range(0, len(flat), 90):   # MLflow caps a batch at 100 params
-            c.log_batch(run.info.run_id, params=flat[i:i + 90])
-        return cls(setup.tracking_uri, run.info.run_id)
+        run = cls(setup.tracking_uri, setup.mlflow_experiment_id, setup.parent_run_id, trial_id,
+                  f"{baseline or 'trial'}-{trial_id}")
+        run._do(("tags", {"baseline": baseline}), ("params", params))
+        return run
 
     def log_plan(self, plan, result) -> None:
-        if not self.uri:
-            return
-        c = client(self.uri)
         record = {"plan": plan.to_dict(), "realised": result.summary()}
-        c.log_text(self.run_id, json.dumps(record, indent=2), "plan.json")
-        c.log_figure(self.run_id, kept_ratio_figure(result), "kept_ratio.png")
+        figure = kept_ratio_figure(result.realised, result.base_shapes, result.params / result.base_params)
+        self._do(("text", json.dumps(record, indent=2), "plan.json"), ("figure", figure, "kept_ratio.png"))
 
     def log_record(self, record: dict, name: str) -> None:
         """A JSON artifact of the trial (e.g. a Track 2 architecture and schedule)."""
@@ -74,36 +123,149 @@ class TrialRun:
         client(self.uri).log_text(self.run_id, json.dumps(record, indent=2), name)
 
     def log_metrics(self, metrics: dict, *, step: int) -> None:
-        if not self.uri:
-            return
-        from mlflow.entities import Metric
-        now = int(time.time() * 1000)
-        batch = [Metric(k, float(v), now, step) for k, v in metrics.items() if isinstance(v, (int, float))]
-        client(self.uri).log_batch(self.run_id, metrics=batch)
+        self._do(("metrics", metrics, step))
 
     def finish(self, status: str, *, reason: str = "", tag: tuple | None = None) -> None:
+        tags = dict([tag]) if tag else {}
+        if reason:
+            tags["failure_reason"] = reason[:5000]
+        self._do(("tags", tags), ("end", status))
+        deadline = time.time() + FLUSH_GRACE_S
+        while self.pending and time.time() < deadline:
+            time.sleep(FLUSH_RETRY_S)
+            self.flush()
+        if self.pending:
+            print(f"MLflow unreachable: trial {self.trial_id} leaves {len(self.pending)} updates to the driver's "
+                  "reconciliation", file=sys.stderr, flush=True)
+
+    # ---- the buffer --------------------------------------------------------------------------------
+    def _do(self, *ops) -> None:
         if not self.uri:
             return
-        c = client(self.uri)
-        if tag:
-            c.set_tag(self.run_id, *tag)
-        if reason:
-            c.set_tag(self.run_id, "failure_reason", reason[:5000])
-        c.set_terminated(self.run_id, status=status)
+        self.pending.extend(ops)
+        self.flush()
+
+    def flush(self) -> bool:
+        """Send what is pending, in order; keep the rest when the server cannot be reached."""
+        if not self.uri:
+            return True
+        try:
+            c = client(self.uri)
+            if self.run_id is None:
+                self.run_id = _find_or_create(c, self.experiment_id, self.parent_id, self.trial_id, self.name)
+            while self.pending:
+                try:
+                    _apply(c, self.run_id, self.pending[0])
+                except Exception:
+                    if not reachable(self.uri):
+                        raise
+                    # the server answered and refused this one update (not a connectivity problem): drop it
+                    print(f"MLflow refused an update of trial {self.trial_id}: {sys.exc_info()[1]}",
+                          file=sys.stderr, flush=True)
+                self.pending.pop(0)
+            return True
+        except Exception as err:  # noqa: BLE001 - connection refused / reset / timed out: keep it for later
+            if not self._warned:
+                print(f"MLflow unreachable ({type(err).__name__}); trial {self.trial_id} buffers its updates",
+                      file=sys.stderr, flush=True)
+                self._warned = True
+            return False
 
 
-def kept_ratio_figure(result):
+def _find_or_create(c, experiment_id: str, parent_id: str, trial_id: str, name: str) -> str:
+    """A retried or resumed trial continues the run its first attempt opened."""
+    found = c.search_runs([experiment_id], filter_string=_run_filter(trial_id, parent_id),
+                          order_by=["attributes.start_time ASC"], max_results=1)
+    if found:
+        c.update_run(found[0].info.run_id, status="RUNNING")
+        return found[0].info.run_id
+    return c.create_run(experiment_id, run_name=name, tags={PARENT_TAG: parent_id, TRIAL_TAG: trial_id}).info.run_id
+
+
+def _apply(c, run_id: str, op) -> None:
+    from mlflow.entities import Metric, Param, RunTag
+    kind = op[0]
+    if kind == "params":
+        flat = [Param(k, str(v)[:500]) for k, v in sorted(op[1].items())]
+        for i in range(0, len(flat), 90):     # MLflow caps a batch at 100 params
+            c.log_batch(run_id, params=flat[i:i + 90])
+    elif kind == "tags":
+        if op[1]:
+            c.log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in op[1].items()])
+    elif kind == "metrics":
+        now = int(time.time() * 1000)
+        batch = [Metric(k, float(v), now, op[2]) for k, v in op[1].items()
+                 if isinstance(v, (int, float)) and not isinstance(v, bool)]
+        c.log_batch(run_id, metrics=batch)
+    elif kind == "text":
+        c.log_text(run_id, op[1], op[2])
+    elif kind == "figure":
+        c.log_figure(run_id, op[1], op[2])
+    elif kind == "end":
+        c.set_terminated(run_id, status=op[1])
+    else:
+        raise ValueError(f"unknown MLflow update {kind!r}")
+
+
+def reconcile(uri: str, experiment_id: str, parent_id: str, trials: list[dict], *, artifacts=None) -> dict:
+    """Make the parent's nested runs match the trial table: one run per trial id (duplicates and runs of
+    trials Tune never recorded are deleted), every step of `history` logged, params and plan artifacts
+    present, final status set. trials: {trial_id, name, params, tags, history: [(step, metrics)], status}.
+    artifacts(trial) -> [op] for a run that lacks plan.json. Returns counts of what it had to repair."""
+    c = client(uri)
+    counts = dict(created=0, duplicates_removed=0, orphans_removed=0, steps_filled=0, artifacts_filled=0)
+    children = c.search_runs([experiment_id], filter_string=f"tags.`{PARENT_TAG}` = '{parent_id}'",
+                             max_results=50000, order_by=["attributes.start_time ASC"])
+    by_trial: dict[str, list] = {}
+    for run in children:
+        by_trial.setdefault(run.data.tags.get(TRIAL_TAG), []).append(run)
+    wanted = {t["trial_id"] for t in trials}
+    for tid, runs in by_trial.items():
+        if tid not in wanted:                 # asked by a killed driver after Tune's last snapshot: never a trial
+            for run in runs:
+                c.delete_run(run.info.run_id)
+                counts["orphans_removed"] += 1
+    for trial in trials:
+        runs = sorted(by_trial.get(trial["trial_id"], []), key=lambda r: -len(r.data.metrics))
+        for extra in runs[1:]:
+            c.delete_run(extra.info.run_id)
+            counts["duplicates_removed"] += 1
+        if runs:
+            run_id, params = runs[0].info.run_id, runs[0].data.params
+        else:
+            run_id = c.create_run(experiment_id, run_name=trial["name"],
+                                  tags={PARENT_TAG: parent_id, TRIAL_TAG: trial["trial_id"]}).info.run_id
+            params = {}
+            counts["created"] += 1
+        missing = {k: v for k, v in trial["params"].items() if k not in params}
+        if missing:
+            _apply(c, run_id, ("params", missing))
+        logged = {m.step for m in c.get_metric_history(run_id, "score")} if runs else set()
+        for step, metrics in trial["history"]:
+            if step not in logged:
+                _apply(c, run_id, ("metrics", metrics, step))
+                counts["steps_filled"] += 1
+        if artifacts is not None and "plan.json" not in {a.path for a in c.list_artifacts(run_id)}:
+            for op in artifacts(trial):
+                _apply(c, run_id, op)
+            counts["artifacts_filled"] += 1
+        _apply(c, run_id, ("tags", trial.get("tags") or {}))
+        c.set_terminated(run_id, status=trial["status"])
+    return counts
+
+
+def kept_ratio_figure(realised, base_shapes, kept_fraction: float):
     """Per base layer: fraction of attention heads and MLP channels kept (0 = removed)."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    heads0 = result.base_shapes.layers[0].num_attention_heads
-    ffn0 = result.base_shapes.layers[0].intermediate_size
-    layers = range(len(result.realised))
+    heads0 = base_shapes.layers[0].num_attention_heads
+    ffn0 = base_shapes.layers[0].intermediate_size
+    layers = range(len(realised))
     fig, ax = plt.subplots(figsize=(6, 3))
-    ax.bar([i - 0.2 for i in layers], [s.num_attention_heads / heads0 for s in result.realised], 0.4, label="attention")
-    ax.bar([i + 0.2 for i in layers], [s.intermediate_size / ffn0 for s in result.realised], 0.4, label="MLP")
+    ax.bar([i - 0.2 for i in layers], [s.num_attention_heads / heads0 for s in realised], 0.4, label="attention")
+    ax.bar([i + 0.2 for i in layers], [s.intermediate_size / ffn0 for s in realised], 0.4, label="MLP")
     ax.set_xlabel("layer"), ax.set_ylabel("kept fraction"), ax.set_ylim(0, 1.05), ax.legend()
-    ax.set_title(f"kept {result.params / result.base_params:.1%} of parameters")
+    ax.set_title(f"kept {kept_fraction:.1%} of parameters")
     plt.close(fig)
     return fig

@@ -5,21 +5,27 @@ the current code rather than a pickled copy.
 """
 from __future__ import annotations
 
+import json
 import math
+import tempfile
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
 import compress
 import objectives
 import spaces
-from search import _tracking
+from search import _candidates, _tracking
 
 GB = 1024**3
 
 
 @dataclass(kw_only=True)
 class TrialSetup:
-    """Everything a trial needs, computed once by the driver and shipped to workers."""
+    """Everything a trial needs, computed once by the driver and shipped to workers. Nothing in it is a
+    path on the driver's disk: values computed once travel as `Shipped` object references, results go to
+    the experiment's storage (top_uri) and to MLflow over HTTP."""
     model_source: str
     base_shapes: compress.ModelShapes     # the dense model's shapes (read once from its config)
     spec: spaces.SpaceSpec
@@ -28,7 +34,7 @@ class TrialSetup:
     rungs: int
     tasks: list
     weights: dict
-    teacher_cache: str
+    teacher_cache: Any                    # a search._shipped.Shipped TeacherCache (or a TeacherCache / path)
     multi: str | None = None              # None (single objective) | "memory" | "tokens_per_s"
     tracking_uri: str | None = None
     mlflow_experiment_id: str | None = None
@@ -41,6 +47,8 @@ class TrialSetup:
     use_gpu: bool = False
     cpus_per_worker: float = 1.0
     train_storage: str | None = None      # Ray Train run folders (None: Ray's default, ~/ray_results)
+    top_uri: str | None = None            # the experiment's storage top/ folder: trials save candidates there
+    top_k: int = 0
 
     def profile(self):
         return objectives.get_profile(self.profile_name).with_budget(int(self.budget_bytes))
@@ -109,18 +117,20 @@ def run_trial(config: dict, setup: TrialSetup) -> None:
     from ray import tune
 
     params = {k: v for k, v in config.items() if k != "baseline"}
+    trial_id = tune.get_context().get_trial_id()
     baseline = config.get("baseline", "")
-    run = _tracking.TrialRun.start(setup, tune.get_context().get_trial_id(), params, baseline=baseline)
+    run = _tracking.TrialRun.start(setup, trial_id, params, baseline=baseline)
+    done = restored_rungs()       # a retried (worker or node lost) or resumed trial goes on after its last rung
     try:
         if setup.distill_workers >= 2 and schedule_for(params, setup) is not None:
             from search import _data_parallel
-            _data_parallel.run(params, setup, run, baseline=baseline, trial_id=tune.get_context().get_trial_id())
+            _data_parallel.run(params, setup, run, baseline=baseline, trial_id=trial_id)
         else:
-            trial_body(params, setup, run, baseline=baseline, report=_tune_report)
+            trial_body(params, setup, run, baseline=baseline, report=_tune_report, trial_id=trial_id, done=done)
         run.finish("FINISHED")
     except SystemExit as stop:  # Tune ends a trial the scheduler stopped with sys.exit(0) inside report()
-        if stop.code in (0, None):
-            run.finish("FINISHED", tag=("stopped_early", "true"))
+        if stop.code in (0, None):    # after the last rung or stopped early: the driver's table tags which
+            run.finish("FINISHED")
         else:
             run.finish("FAILED", reason=f"SystemExit({stop.code})")
         raise
@@ -130,16 +140,17 @@ def run_trial(config: dict, setup: TrialSetup) -> None:
 
 
 def _tune_report(metrics: dict) -> bool:
-    from ray import tune
-    tune.report(metrics)   # ASHA may stop the trial here (SystemExit(0))
+    report_with_rung(metrics, int(metrics["rung"]) + 1)   # ASHA may stop the trial here (SystemExit(0))
     return False
 
 
-def trial_body(params: dict, setup: TrialSetup, run, *, baseline: str, report, rank: int = 0, world: int = 1):
+def trial_body(params: dict, setup: TrialSetup, run, *, baseline: str, report, rank: int = 0, world: int = 1,
+               trial_id: str = "", done: int = 0):
     """Prune (and distil) the candidate for `params`, scoring it once per fidelity rung; returns
     (plan, prune result, model). `report(metrics) -> stop?` gets rank 0's scores. In a data-parallel
     distillation every rank runs this; only rank 0 logs and reports (under ZeRO-3 every rank also runs
-    the scoring forwards, which are collectives there)."""
+    the scoring forwards, which are collectives there). `done`: rungs reported before the trial was
+    interrupted (a retried or resumed trial), skipped here."""
     start = time.perf_counter()
     plan = plan_for(params, setup)
     schedule = schedule_for(params, setup)
@@ -148,7 +159,8 @@ def trial_body(params: dict, setup: TrialSetup, run, *, baseline: str, report, r
     plan, result, model, tokenizer = build_candidate(params, setup, plan)
     if rank == 0:
         run.log_plan(plan, result)
-    context = objectives.EvalContext(profile=setup.profile(), teacher_cache=setup.teacher_cache, seed=setup.seed,
+    cache = setup.teacher_cache.get() if hasattr(setup.teacher_cache, "get") else setup.teacher_cache
+    context = objectives.EvalContext(profile=setup.profile(), teacher_cache=cache, seed=setup.seed,
                                      extra={"tasks": setup.tasks})
     candidate = objectives.Candidate(shapes=result.shapes, model=model, tokenizer=tokenizer)
     judges = trial_objectives(setup)
@@ -157,6 +169,9 @@ def trial_body(params: dict, setup: TrialSetup, run, *, baseline: str, report, r
 
     def evaluate_and_report(extra: dict | None = None) -> bool:
         nonlocal rung
+        if rung < done:           # reported before the trial was interrupted
+            rung += 1
+            return False
         was_training = model.training
         model.eval()
         metrics = objectives.evaluate_all(candidate, context, objectives=judges, fidelity=rung, weights=weights)
@@ -167,7 +182,14 @@ def trial_body(params: dict, setup: TrialSetup, run, *, baseline: str, report, r
         scores = score_report(metrics, setup, seconds=time.perf_counter() - start)
         scores.update(rung=rung - 1, rungs=setup.rungs, baseline=baseline,
                       kept_fraction=result.params / result.base_params, **(extra or {}))
+        scores["node_id"] = ray_node_id()
         run.log_metrics(scores, step=rung - 1)
+        # the last rung: a top-k candidate is saved by the trial that made it (not mid-distillation: a
+        # ZeRO-3 student's parameters are partitioned; those candidates are rebuilt by a Ray task)
+        if rung == setup.rungs and schedule is None:
+            row = {**scores, "trial_id": trial_id, "name": baseline or trial_id, "params": params}
+            _candidates.offer(setup, row, lambda folder: compress.save_pruned(
+                model, tokenizer, folder, plan=plan, summary=result.summary(), force=True))
         return bool(report(scores))
 
     if schedule is None:
@@ -178,6 +200,33 @@ def trial_body(params: dict, setup: TrialSetup, run, *, baseline: str, report, r
         model = recover(model, tokenizer, result, schedule, setup, on_report=lambda step, m: evaluate_and_report(
             {"distill_step": step, "distill_loss": m["loss"], "distill_world": world}))
     return plan, result, model
+
+
+RUNG_FILE = "rung.json"
+
+
+def restored_rungs() -> int:
+    """How many rungs this trial reported before it was interrupted (0 for a fresh trial)."""
+    from ray import tune
+    checkpoint = tune.get_checkpoint()
+    if checkpoint is None:
+        return 0
+    with checkpoint.as_directory() as folder:
+        return int(json.loads((Path(folder) / RUNG_FILE).read_text())["rungs_done"])
+
+
+def report_with_rung(report: dict, rungs_done: int) -> None:
+    """tune.report with a checkpoint of a few bytes: the rung reached. The model is not checkpointed: pruning
+    is deterministic, so a retried trial re-prunes and goes on from the next rung."""
+    from ray import tune
+    with tempfile.TemporaryDirectory(prefix="edgeprune-rung-") as folder:
+        (Path(folder) / RUNG_FILE).write_text(json.dumps({"rungs_done": rungs_done}))
+        tune.report(report, checkpoint=tune.Checkpoint.from_directory(folder))
+
+
+def ray_node_id() -> str:
+    import ray
+    return ray.get_runtime_context().get_node_id() if ray.is_initialized() else ""
 
 
 def trial_objectives(setup: TrialSetup) -> list:

@@ -80,10 +80,17 @@ def add_launch_args(p):
     scratch.add_argument("--datasets", nargs="+", default=None, help="training data: c4 and/or alpaca_zh (nothing else "
                          "is allowed)")
     scratch.add_argument("--dtype", default=None, help="saved weights: float16 (default) or float32")
-    p.add_argument("--tracking-uri", default=None, help="MLflow tracking URI (default: sqlite:///<root>/mlflow.db)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="settings",
                    help="override any experiment setting (VALUE is YAML), e.g. --set distill.seq_len=256 "
                         "--set resources.gpus_per_trial=0; repeatable, applied after the other flags")
+    p.add_argument("--tracking-uri", default=None,
+                   help="MLflow tracking server (default: launch starts one for the experiment, its store in "
+                        "<root>/NAME/mlflow.db)")
+    p.add_argument("--storage", default=None, metavar="PATH_OR_URI",
+                   help="the experiment's storage: Tune state, trial checkpoints, top candidates (default: the run "
+                        "directory). A multi-node cluster needs a shared filesystem path or a URI such as s3://bucket/dir")
+    p.add_argument("--max-failures", type=int, default=None,
+                   help="retries of a trial whose worker or node died (default: search.max_failures, 3)")
     p.add_argument("--full-eval-top", type=int, default=0, metavar="K",
                    help="after the search, run OpenCompass on the top K candidates and report the proxy-vs-full "
                         "Spearman correlation")
@@ -117,7 +124,8 @@ def _settings(items: list[str]) -> dict:
 def launch(args) -> int:
     import experiments
     from pathlib import Path
-    from search._paths import ExperimentDir
+    from search._record import ExperimentRecord
+    from search._storage import Storage
     if args.full_eval_top < 0:
         raise ValueError("--full-eval-top must be >= 0")
     if args.full_eval_limit is not None and args.full_eval_limit < 1:
@@ -128,23 +136,27 @@ def launch(args) -> int:
     overrides = {"budget_gb": args.budget_gb, "device": args.device, "runtime": args.runtime,
                  "search.trials": args.trials, "search.sampler": args.sampler, "search.mode": args.mode,
                  "search.multi_objective": args.versus, "search.workers": args.workers,
-                 "proxy.rungs": args.rungs, "distill.enabled": args.distill,
+                 "proxy.rungs": args.rungs, "distill.enabled": args.distill, "search.max_failures": args.max_failures,
                  "proxy.unsafe_exec": True if args.unsafe_exec else None, **_settings(args.settings)}
     exp = experiments.load_experiment(model=args.model, config=args.config, overrides=overrides,
                                       model_params=_param_count)
     root = Path(args.root)
     name = args.experiment or _free_name(root, _default_name(exp.model))
-    paths = ExperimentDir.check_new(root, name)     # an existing experiment is refused, nothing written
-    _preflight(exp, paths)
+    storage = Storage.check(args.storage) if args.storage else None     # an unknown filesystem: one line
+    record = ExperimentRecord.check_new(root, name, storage=storage)    # an existing experiment is refused
+    _preflight(exp, record)
+    if args.tracking_uri:
+        from search._tracking import check_reachable
+        check_reachable(args.tracking_uri)                              # a refusing MLflow server: one line
     if exp.origin.startswith("generic"):
         print(f"note: {exp.origin}", flush=True)
     exp.search.top_k = max(exp.search.top_k, args.full_eval_top)  # full evaluation needs the checkpoints
     from search import _driver
-    status = _driver.launch(exp, name=name, root=root, tracking_uri=args.tracking_uri, address=args.address)
-    status = _search_status(paths, status)
+    status = _driver.launch(exp, record, storage=storage, tracking_uri=args.tracking_uri, address=args.address)
+    status = _search_status(record, status)
     if status == 0 and args.full_eval_top:
         from objectives._oc_report import full_eval_top
-        full_eval_top(paths.path, args.full_eval_top, limit=args.full_eval_limit)
+        full_eval_top(record, args.full_eval_top, limit=args.full_eval_limit)
     return status
 
 
@@ -153,7 +165,7 @@ def _param_count(model: str) -> int:
     return compress.shapes_from_config(compress.load_config(model)).param_count()
 
 
-def _preflight(exp, paths) -> None:
+def _preflight(exp, record) -> None:
     """Everything a search can be refused for, checked before anything is written: the model, device,
     criteria, tasks, the sandbox HumanEval needs, and a budget the smallest plan of the space fits."""
     import compress
@@ -167,7 +179,7 @@ def _preflight(exp, paths) -> None:
         compress.CRITERIA.get(name)
     objectives.ProxyWeights.from_dict(exp.proxy.weights)
     objectives.ProxyAccuracyObjective(tasks=tuple(exp.proxy.tasks), unsafe_exec=exp.proxy.unsafe_exec)
-    setup = _driver.build_setup(exp, paths, tracking_uri=None)
+    setup = _driver.build_setup(exp, record)
     target = setup.budget_bytes * (setup.spec.min_budget_use if setup.spec.multi else 1.0)
     need = min(setup.memory_of()(plan) for plan in spaces.smallest_plans(setup.spec, exp.space.criteria[0]))
     if need > target:
@@ -176,11 +188,11 @@ def _preflight(exp, paths) -> None:
                          "fixed overhead); raise --budget-gb")
 
 
-def _search_status(paths, status: int) -> int:
+def _search_status(record, status: int) -> int:
     """Non-zero when the search ran but every trial failed (their reasons are in the summary above)."""
-    if status != 0 or not paths.results.is_file():
+    if status != 0 or not record.results.is_file():
         return status
-    summary = json.loads(paths.results.read_text())["summary"]
+    summary = record.read_results()["summary"]
     failed = summary.get("failed") or []
     if summary.get("trials") and len(failed) == summary["trials"]:
         print(f"error: every trial failed ({len(failed)}); first: {failed[0].get('reason')}", file=sys.stderr)
@@ -213,20 +225,22 @@ def add_resume_args(p):
 
 def resume(args) -> int:
     import objectives
-    from pathlib import Path
-    from search._paths import ExperimentDir
-    paths = ExperimentDir.open(Path(args.root), args.experiment)    # no such experiment: one line
-    if paths.read_state().get("status") == "finished":
+    from search._record import ExperimentRecord
+    record = ExperimentRecord.open(args.root, args.experiment)    # no such experiment: one line
+    if record.status == "finished":
         raise ValueError(f"experiment {args.experiment} has finished; see `python -m search top --experiment "
                          f"{args.experiment}`, or launch a new one")
-    if not paths.tune_state_exists():
+    if not record.tune_state_exists():
         raise ValueError(f"experiment {args.experiment} has no Tune state to resume (it stopped before its first "
                          "trial); launch it again under a new --experiment")
-    import experiments
-    exp = experiments.read_experiment(paths.config)
+    exp = record.experiment()
     objectives.ProxyAccuracyObjective(tasks=tuple(exp.proxy.tasks), unsafe_exec=exp.proxy.unsafe_exec)
+    state = record.read_state()
+    if state.get("tracking_uri") and not state.get("tracking_managed"):
+        from search._tracking import check_reachable
+        check_reachable(state["tracking_uri"])
     from search import _driver
-    return _search_status(paths, _driver.resume(name=args.experiment, root=Path(args.root), address=args.address))
+    return _search_status(record, _driver.resume(record, address=args.address))
 
 
 def add_top_args(p):
@@ -237,16 +251,11 @@ def add_top_args(p):
 
 
 def top(args) -> int:
-    from pathlib import Path
-    from search._paths import ExperimentDir
+    from search._record import ExperimentRecord
     from search._report import feasible_complete, human_bytes
     if args.k < 1:
         raise ValueError(f"--k must be >= 1, got {args.k}")
-    paths = ExperimentDir.open(Path(args.root), args.experiment)
-    if not paths.results.is_file():
-        raise ValueError(f"experiment {args.experiment} has no results yet; finish it with `python -m search resume "
-                         f"--experiment {args.experiment}`")
-    data = json.loads(paths.results.read_text())
+    data = ExperimentRecord.open(args.root, args.experiment).read_results()
     ranked = sorted(feasible_complete(data["trials"]), key=lambda r: -r["score"])[: args.k]
     saved = {t["trial_id"]: t["dir"] for t in data["summary"].get("top", [])}
     if args.json:

@@ -68,15 +68,15 @@ def _backend_options(args) -> dict:
 
 def run_validate(args) -> int:
     from cluster import validate_experiment
-    from search._paths import ExperimentDir
+    from search._record import ExperimentRecord
     if args.top < 1:
         raise ValueError(f"--top must be >= 1, got {args.top}")
     options = _backend_options(args)
-    paths = ExperimentDir.open(args.root, args.experiment)
+    experiment = ExperimentRecord.open(args.root, args.experiment)
     if args.ray and args.address:
-        import ray
-        ray.init(address=args.address, log_to_driver=False)
-    record = validate_experiment(paths.path, top=args.top, device=args.device, profile=args.profile,
+        from cluster import start_ray
+        start_ray(args.address, worker_env={})
+    record = validate_experiment(experiment, top=args.top, device=args.device, profile=args.profile,
                                  backend_options=options, prompt_tokens=args.prompt_tokens,
                                  gen_tokens=args.gen_tokens, repetitions=args.repetitions, on_cluster=args.ray)
     print(f"{'rank':>4}  {'decode tok/s':>12}  {'(simulated)':>11}  {'peak MB':>9}  {'(simulated)':>11}  fits")
@@ -85,7 +85,7 @@ def run_validate(args) -> int:
         print(f"{c['rank']:>4}  {_num(m['decode_tokens_per_s']):>12}  {_num(s['decode_tokens_per_s']):>11}  "
               f"{_num(m['peak_memory_bytes'], 1e6):>9}  {_num(s['peak_memory_bytes'], 1e6):>11}  "
               f"{'yes' if m['fits'] else 'NO'}")
-    print(f"written: {paths.path / 'validation.json'}")
+    print(f"written: {experiment.validation}")
     return 0
 
 

@@ -61,14 +61,12 @@ def add_full_eval_args(p):
 
 
 def run_full_eval(args) -> int:
-    from pathlib import Path
     from objectives._oc_report import full_eval_top
-    exp = Path(args.root) / args.experiment
-    if not exp.is_dir():
-        raise ValueError(f"no experiment {args.experiment!r} in {Path(args.root).resolve()}")
-    report = full_eval_top(exp, args.top, limit=args.limit, data_root=args.data_root, max_out_len=args.max_out_len,
-                           bbh_subsets=args.bbh_subsets, device=args.device)
-    print(f"wrote {exp / 'opencompass.json'} and {exp / 'opencompass.csv'}")
+    from search._record import ExperimentRecord
+    experiment = ExperimentRecord.open(args.root, args.experiment)
+    report = full_eval_top(experiment, args.top, limit=args.limit, data_root=args.data_root,
+                           max_out_len=args.max_out_len, bbh_subsets=args.bbh_subsets, device=args.device)
+    print(f"wrote {experiment.opencompass_json} and {experiment.opencompass_csv}")
     failed = [c for c in report["candidates"] if c["error"]]
     return 1 if failed and len(failed) == len(report["candidates"]) else 0
 

@@ -7,6 +7,7 @@ import pytest
 
 import compress
 from compress import LayerPlan, Plan
+from search._record import ExperimentRecord
 from search._verbs_export import add_export_args, add_validate_args, run_export, run_validate
 
 pytest.importorskip("llama_cpp")
@@ -49,8 +50,8 @@ def test_validate_experiment_writes_measured_next_to_simulated(experiment, mlflo
     from cluster import validate_experiment
     _, exp = experiment
     client, run_id = mlflow_parent
-    record = validate_experiment(exp, top=2, device="emulated", prompt_tokens=16, gen_tokens=8, repetitions=1,
-                                 backend_options={"threads": 1})
+    record = validate_experiment(ExperimentRecord(exp.parent, exp.name), top=2, device="emulated", prompt_tokens=16,
+                                 gen_tokens=8, repetitions=1, backend_options={"threads": 1})
     assert json.loads((exp / "validation.json").read_text()) == json.loads(json.dumps(record, default=str))
     assert record["profile"] == "phone-12gb" and [c["rank"] for c in record["candidates"]] == [1, 2]
     for cand in record["candidates"]:

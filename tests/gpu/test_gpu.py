@@ -90,11 +90,12 @@ def test_prune_on_cuda_fp16_matches_cpu_fp32(family, criterion):
 def _setup(tmp_path, **overrides):
     import experiments
     from search import _driver
-    from search._paths import ExperimentDir
+    from search._record import ExperimentRecord
     exp = experiments.load_experiment(model="stories260k", overrides={"proxy.unsafe_exec": True, **overrides})
-    paths = ExperimentDir.create(tmp_path, "gpu")
-    setup = _driver.build_setup(exp, paths, tracking_uri=None)
-    return setup, _driver.prepare_teacher(setup, paths)
+    record = ExperimentRecord(tmp_path, "gpu")
+    record.path.mkdir()
+    setup = _driver.build_setup(exp, record)
+    return setup, _driver.prepare_teacher(setup, record, baselines=True)
 
 
 @pytest.mark.parametrize("distill", [False, True])

@@ -173,10 +173,13 @@ def test_spearman_matches_scipy_with_ties():
 # ---- full_eval_top (OpenCompass replaced by a stub) ---------------------------------------------------
 def test_full_eval_top_writes_reports_and_logs_to_mlflow(tmp_path, monkeypatch):
     from mlflow.tracking import MlflowClient
+    from search._record import ExperimentRecord
     exp = tmp_path / "exp"
-    (exp / "top").mkdir(parents=True)
-    top = [{"rank": i + 1, "trial_id": f"t{i}", "name": f"c{i}", "dir": str(exp / "top" / f"rank{i + 1}"),
+    top = [{"rank": i + 1, "trial_id": f"t{i}", "name": f"c{i}", "folder": f"rank{i + 1}",
             "score": s, "peak_memory_bytes": 2**30} for i, s in enumerate([0.9, 0.5, 0.7])]
+    for entry in top:                                   # candidate folders as trials write them
+        (exp / "top" / entry["folder"]).mkdir(parents=True)
+        (exp / "top" / entry["folder"] / "candidate.json").write_text("{}")
     trials = [{"trial_id": "t0", "decode_tokens_per_s": 42.0}]
     (exp / "results.json").write_text(json.dumps({"summary": {"top": top}, "trials": trials}))
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
@@ -192,7 +195,7 @@ def test_full_eval_top_writes_reports_and_logs_to_mlflow(tmp_path, monkeypatch):
                 "output_dir": "o", "errors": {}}
 
     monkeypatch.setattr(_oc_report, "run_opencompass", fake_run)
-    report = _oc_report.full_eval_top(exp, 3, limit=2, echo=lambda *_: None)
+    report = _oc_report.full_eval_top(ExperimentRecord(tmp_path, "exp"), 3, limit=2, echo=lambda *_: None)
     assert report["spearman"] == pytest.approx(1.0)
     saved = json.loads((exp / "opencompass.json").read_text())
     assert [c["name"] for c in saved["candidates"]] == ["c0", "c1", "c2"]

@@ -91,6 +91,16 @@ CASES = [
      "already exists"),
     ("track 2 flag on a track 1 launch", ["launch", "--tokens", "1000", "--root", "{root}"],
      "--tokens applies to --track scratch"),
+    ("--address with nothing listening", ["launch", "--address", "{closed_port}", "--root", "{root}"],
+     "no Ray cluster answers there"),
+    ("--address where something else listens", ["launch", "--address", "{silent_port}", "--root", "{root}"],
+     "not a Ray head"),
+    ("--address of Ray Client", ["launch", "--address", "ray://127.0.0.1:10001", "--root", "{root}"],
+     "Ray Client addresses are not supported"),
+    ("--storage with no filesystem installed", ["launch", "--storage", "nofs://bucket/dir", "--root", "{root}"],
+     "no filesystem for nofs:// is installed"),
+    ("--tracking-uri of a server that refuses", ["launch", "--tracking-uri", "http://{closed_port}", "--root",
+                                                  "{root}"], "the MLflow server refuses"),
 ]
 
 
@@ -106,11 +116,18 @@ def _copy_model(dst: Path, edit=None) -> Path:
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
     """Every bad input, built once; tests must leave it exactly as it is."""
+    import socket
     tmp = tmp_path_factory.mktemp("bad_input")
+    closed = socket.socket()                 # bound, never listening: connections are refused
+    closed.bind(("127.0.0.1", 0))
+    silent = socket.socket()                 # listening, never answering: what `ray.init` retries for minutes
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(8)
     files = {"plan": GOOD_PLAN, "plan_l3": {**GOOD_PLAN, "importance": "l3"},
              "plan_3_layers": {"layers": GOOD_PLAN["layers"][:3]},
              "plan_keep_1_5": {"layers": [{"attn_keep": 1.5, "mlp_keep": 0.5}] * 5}}
-    paths = {"tmp": tmp, "out": tmp / "out", "root": tmp / "runs"}
+    paths = {"tmp": tmp, "out": tmp / "out", "root": tmp / "runs",
+             "closed_port": f"127.0.0.1:{closed.getsockname()[1]}", "silent_port": f"127.0.0.1:{silent.getsockname()[1]}"}
     for key, data in files.items():
         paths[key] = tmp / f"{key}.json"
         paths[key].write_text(json.dumps(data))
@@ -142,7 +159,9 @@ def world(tmp_path_factory):
         (paths["root"] / name / "config.yaml").write_text("model: stories260k\ndevice: stories260k-tiny\n")
         if state:
             (paths["root"] / name / "state.json").write_text(json.dumps(state))
-    return paths
+    yield paths
+    closed.close()
+    silent.close()
 
 
 def _snapshot(root: Path) -> dict:
@@ -192,15 +211,15 @@ def test_disk_full_while_saving_leaves_nothing_and_keeps_the_old_checkpoint(worl
 
 
 def test_every_trial_failed_makes_launch_exit_non_zero(tmp_path, capsys):
-    from search._paths import ExperimentDir
+    from search._record import ExperimentRecord
     from search._verbs import _search_status
-    paths = ExperimentDir.create(tmp_path, "x")
+    record = ExperimentRecord(tmp_path, "x")
     summary = {"trials": 2, "failed": [{"trial_id": "a", "reason": "ValueError: boom"}, {"trial_id": "b"}]}
-    paths.write_json(paths.results, {"summary": summary, "trials": []})
-    assert _search_status(paths, 0) == 1
+    record.write_json(record.results, {"summary": summary, "trials": []})
+    assert _search_status(record, 0) == 1
     assert capsys.readouterr().err.strip() == "error: every trial failed (2); first: ValueError: boom"
-    paths.write_json(paths.results, {"summary": {**summary, "failed": summary["failed"][:1]}, "trials": []})
-    assert _search_status(paths, 0) == 0
+    record.write_json(record.results, {"summary": {**summary, "failed": summary["failed"][:1]}, "trials": []})
+    assert _search_status(record, 0) == 0
 
 
 def test_unknown_model_gets_a_generic_experiment_sized_by_the_model(tmp_path):

@@ -1,0 +1,255 @@
+"""The experiment record: the one owner of where an experiment's results live and how to reach them.
+
+    runs/NAME/                   the run directory, on the driver's machine
+      config.yaml  state.json    the resolved experiment; status, storage, MLflow run ids
+      optuna.db  teacher_cache.pt  results.json  trials.csv  validation.json  opencompass.*  exports/
+      mlflow.db  mlartifacts/    the MLflow store a managed tracking server serves (search/_mlflow_server.py)
+    STORAGE/NAME/                the experiment's storage (--storage; default: the run directory itself)
+      tune/                      Tune's experiment state and trial checkpoints
+      top/<candidate>/           FP16 checkpoints of the top candidates, written by the trials themselves
+
+Every verb (launch, resume, top, validate, full-eval) opens the experiment through this class; nothing
+else knows file names. The MLflow parent run belongs to it too: `log_to_parent` is the one way verbs
+add to it (validate and full-eval pass the record down to cluster/ and objectives/).
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import re
+import shutil
+from pathlib import Path
+
+from search._storage import Storage
+
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
+GB = 1024**3
+
+
+class ExperimentRecord:
+    def __init__(self, root, name: str):
+        self.root = Path(root).resolve()         # the runs folder holding every experiment's run directory
+        self.name = name
+        self._server = None                      # a managed MLflow server started by this process
+
+    # ---- the run directory -----------------------------------------------------------------------
+    @property
+    def path(self) -> Path:
+        return self.root / self.name
+
+    config = property(lambda self: self.path / "config.yaml")
+    state_file = property(lambda self: self.path / "state.json")
+    results = property(lambda self: self.path / "results.json")
+    trials_csv = property(lambda self: self.path / "trials.csv")
+    teacher_cache = property(lambda self: self.path / "teacher_cache.pt")
+    validation = property(lambda self: self.path / "validation.json")
+    exports = property(lambda self: self.path / "exports")
+    opencompass_json = property(lambda self: self.path / "opencompass.json")
+    opencompass_csv = property(lambda self: self.path / "opencompass.csv")
+    opencompass_dir = property(lambda self: self.path / "opencompass")
+    top_cache = property(lambda self: self.path / "top-cache")     # local copies of candidates in remote storage
+
+    @property
+    def optuna_url(self) -> str:
+        return f"sqlite:///{(self.path / 'optuna.db').resolve()}"
+
+    # ---- storage -------------------------------------------------------------------------------------
+    @property
+    def storage(self) -> Storage:
+        """This experiment's storage folder; the run directory unless launched with --storage."""
+        uri = self.read_state().get("storage")
+        return Storage(uri) if uri else Storage(str(self.path))
+
+    @property
+    def tune(self) -> Storage:
+        return self.storage.child("tune")
+
+    @property
+    def top(self) -> Storage:
+        return self.storage.child("top")
+
+    def tune_state_exists(self) -> bool:
+        tune = self.tune
+        if tune.local_path is not None:
+            return tune.local_path.is_dir() and any(tune.local_path.glob("experiment_state-*.json"))
+        import pyarrow.fs as pafs
+        fs, path = tune.fs()
+        try:
+            infos = fs.get_file_info(pafs.FileSelector(path))
+        except (FileNotFoundError, OSError):
+            return False
+        return any(Path(i.path).name.startswith("experiment_state-") for i in infos)
+
+    # ---- opening and creating ----------------------------------------------------------------------
+    @classmethod
+    def _checked(cls, root, name: str) -> "ExperimentRecord":
+        if not NAME_RE.match(name or ""):
+            raise ValueError(f"experiment name {name!r}: use letters, digits, '.', '_' or '-'")
+        return cls(root, name)
+
+    @classmethod
+    def check_new(cls, root, name: str, *, storage: Storage | None = None) -> "ExperimentRecord":
+        """The record of a new experiment; refuses an existing one (nothing is created)."""
+        record = cls._checked(root, name)
+        if record.path.exists() and (not record.path.is_dir() or any(record.path.iterdir())):
+            raise ValueError(f"experiment {name!r} already exists in {record.root}; continue it with "
+                             f"`python -m search resume --experiment {name}` or pick another --experiment")
+        if storage is not None and storage.child(name).exists("tune"):
+            raise ValueError(f"storage {storage.uri} already holds an experiment {name!r}; pick another --experiment")
+        return record
+
+    @classmethod
+    def open(cls, root, name: str) -> "ExperimentRecord":
+        record = cls._checked(root, name)
+        if not record.config.is_file():
+            raise ValueError(f"no experiment {name!r} in {record.root}")
+        return record
+
+    @contextlib.contextmanager
+    def creating(self, *, storage_root: Storage | None):
+        """Create the run directory; if setting up fails before the block ends, remove it again (and stop a
+        tracking server started meanwhile), so a refused launch leaves nothing behind."""
+        self.path.mkdir(parents=True, exist_ok=True)
+        state = {"status": "starting"}
+        if storage_root is not None:
+            state["storage"] = storage_root.child(self.name).uri
+        self.write_state(state)
+        try:
+            yield self
+        except BaseException:
+            self.stop_tracking()
+            shutil.rmtree(self.path, ignore_errors=True)
+            raise
+
+    # ---- state -------------------------------------------------------------------------------------
+    def read_state(self) -> dict:
+        return json.loads(self.state_file.read_text()) if self.state_file.is_file() else {}
+
+    def write_state(self, data: dict) -> None:
+        self.write_json(self.state_file, data)
+
+    def update_state(self, **changes) -> dict:
+        state = {**self.read_state(), **changes}
+        self.write_state(state)
+        return state
+
+    def write_json(self, path: Path, data) -> None:
+        from compress._atomic import write_json
+        write_json(path, data)
+
+    @property
+    def status(self) -> str | None:
+        return self.read_state().get("status")
+
+    # ---- results and candidates --------------------------------------------------------------------
+    def read_results(self) -> dict:
+        if not self.results.is_file():
+            raise ValueError(f"experiment {self.name} has no results yet ({self.results} not found); finish it with "
+                             f"`python -m search resume --experiment {self.name}`")
+        return json.loads(self.results.read_text())
+
+    def top_entries(self, k: int, *, require_checkpoints: bool) -> list[dict]:
+        """The k best candidates of results.json, each with `dir`: a local folder holding its checkpoint
+        (downloaded from remote storage once), or None when it is missing (an error if required)."""
+        if not isinstance(k, int) or k < 1:
+            raise ValueError(f"--top must be a positive integer, got {k!r}")
+        entries = (self.read_results().get("summary") or {}).get("top") or []
+        if not entries:
+            raise ValueError(f"{self.results} lists no top-k checkpoints (search.top_k was 0?)")
+        resolved = []
+        for entry in entries[:k]:
+            folder = self.checkpoint_dir(entry)
+            if folder is None and require_checkpoints:
+                raise ValueError(f"top-k checkpoint {entry.get('folder') or entry.get('dir')!r} (rank "
+                                 f"{entry.get('rank')}) is missing from {self.top.uri}")
+            resolved.append({**entry, "dir": str(folder) if folder else None})
+        return resolved
+
+    def checkpoint_dir(self, entry: dict) -> Path | None:
+        """A candidate's checkpoint as a local folder: from this experiment's storage (wherever the run
+        directory has moved since), else the folder recorded when it was written."""
+        folder = entry.get("folder") or (Path(entry["dir"]).name if entry.get("dir") else None)
+        if folder and (self.top.is_complete(folder) or self._legacy_complete(folder)):
+            return self.top.get_dir(folder, self.top_cache / folder)
+        recorded = Path(entry["dir"]) if entry.get("dir") and "://" not in entry["dir"] else None
+        return recorded if recorded and (recorded / "config.json").is_file() else None
+
+    def _legacy_complete(self, folder: str) -> bool:
+        local = self.top.local_path          # checkpoints written before candidate.json existed
+        return local is not None and (local / folder / "config.json").is_file()
+
+    # ---- the experiment's settings -----------------------------------------------------------------
+    def experiment(self):
+        import experiments
+        return experiments.read_experiment(self.config)
+
+    def profile(self, name=None):
+        """A named profile, else the experiment's own device with its budget."""
+        from objectives import get_profile
+        if name is not None:
+            return get_profile(name)
+        if not self.config.is_file():
+            raise ValueError(f"{self.config} not found; pass a device profile explicitly")
+        exp = self.experiment()
+        resolved = get_profile(exp.device or "phone-12gb")
+        return resolved.with_budget(float(exp.budget_gb) * GB) if exp.budget_gb else resolved
+
+    # ---- MLflow ------------------------------------------------------------------------------------
+    @property
+    def tracking_uri(self) -> str | None:
+        return self._server.uri if self._server else self.read_state().get("tracking_uri")
+
+    @property
+    def parent_run_id(self) -> str | None:
+        return self.read_state().get("parent_run_id")
+
+    def start_tracking(self, user_uri: str | None, *, host: str) -> None:
+        """Without --tracking-uri, start the experiment's own MLflow server and return at once (it starts while
+        the driver prepares the teacher); `tracking_ready` waits for it."""
+        self.update_state(tracking_managed=user_uri is None, **({"tracking_uri": user_uri} if user_uri else {}))
+        if user_uri is None:
+            from search._mlflow_server import TrackingServer
+            self._server = TrackingServer.spawn(self.path, host=host)
+
+    def tracking_ready(self, *, tags: dict | None = None) -> tuple[str, str]:
+        """Wait for the server; create (launch) or reopen (resume) the MLflow experiment and parent run."""
+        from search import _tracking
+        if self._server is not None:
+            self._server.wait_ready()
+        uri = self.tracking_uri
+        # a server proxies artifacts (mlflow-artifacts:/); a direct store (sqlite://) keeps them next to it
+        artifacts = None if uri.startswith(("http://", "https://")) else (self.path / "mlartifacts").as_uri()
+        exp_id, parent = _tracking.ensure_parent(uri, self.name, tags=tags or {}, run_id=self.parent_run_id,
+                                                 artifact_location=artifacts)
+        self.update_state(tracking_uri=uri, mlflow_experiment_id=exp_id, parent_run_id=parent)
+        return exp_id, parent
+
+    def reopen_tracking(self, *, host: str) -> None:
+        """`resume`, validate, full-eval: a managed server is started again on the experiment's store."""
+        if self.read_state().get("tracking_managed") and self._server is None:
+            self.start_tracking(None, host=host)
+
+    def stop_tracking(self) -> None:
+        if self._server is not None:
+            self._server.stop()
+            self._server = None
+
+    def log_to_parent(self, *, metrics: dict | None = None, files=(), texts: dict | None = None,
+                      figures: dict | None = None, status: str | None = None) -> str | None:
+        """Add to the experiment's MLflow parent run (starting its managed server for the call if none
+        runs). files: (local path, artifact folder or None). Returns the run id, or None without one."""
+        from search import _tracking
+        if not self.parent_run_id or not self.read_state().get("tracking_uri"):
+            return None
+        started = False
+        if self.read_state().get("tracking_managed") and self._server is None:
+            self.reopen_tracking(host="127.0.0.1")
+            self._server.wait_ready()
+            started = True
+        try:
+            _tracking.log_parent(self.tracking_uri, self.parent_run_id, metrics=metrics or {}, files=files,
+                                 texts=texts or {}, figures=figures or {}, status=status)
+        finally:
+            if started:
+                self.stop_tracking()
+        return self.parent_run_id
