@@ -14,6 +14,8 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
+from objectives._provenance import MEASURED_PHONE
+
 from ._devices import (BACKENDS, DEFAULT_GEN_TOKENS, DEFAULT_PROMPT_TOKENS, DEFAULT_REPETITIONS, DeviceBackend,
                        ValidationResult, check_run_args)
 
@@ -44,6 +46,7 @@ class AdbConfig:
 
 class AdbBackend(DeviceBackend):
     name = "adb"
+    kind = MEASURED_PHONE
 
     def __init__(self, *, config: AdbConfig | None = None, **options):
         self.config = config or AdbConfig(**options)
@@ -68,7 +71,7 @@ class AdbBackend(DeviceBackend):
 
     def bench_args(self, remote_model: str, *, prompt_tokens: int, gen_tokens: int, repetitions: int) -> list[str]:
         args = [f"{self.bin_dir}/{BENCH_BINARY}", "-m", remote_model, "-p", str(prompt_tokens),
-                "-n", str(gen_tokens), "-r", str(repetitions), "-o", "json"]
+                "-n", str(gen_tokens), "-r", str(repetitions), "-fa", "1", "-o", "json"]   # flash attention, as modeled
         if self.config.threads:
             args += ["-t", str(self.config.threads)]
         return args

@@ -39,6 +39,7 @@ class ValidationResult:
 
 class DeviceBackend(ABC):
     name: str = ""
+    kind: str = ""            # what its numbers are: objectives._provenance MEASURED_EMULATED / MEASURED_PHONE
 
     @abstractmethod
     def run(self, gguf_path, *, prompt_tokens: int = DEFAULT_PROMPT_TOKENS, gen_tokens: int = DEFAULT_GEN_TOKENS,
@@ -59,6 +60,12 @@ def check_run_args(gguf_path, prompt_tokens: int, gen_tokens: int, repetitions: 
 
 
 BACKENDS: Registry[type[DeviceBackend]] = Registry("device backend")
+
+
+def kind_of_device(name: str) -> str:
+    """The kind of number a backend measures ("measured-emulated", "measured-phone")."""
+    from . import _adb, _emulated  # noqa: F401 - registering the built-in backends
+    return BACKENDS.get(name).kind
 
 
 def get_backend(name: str, **options) -> DeviceBackend:

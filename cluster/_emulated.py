@@ -27,6 +27,8 @@ import time
 import uuid
 from pathlib import Path
 
+from objectives._provenance import MEASURED_EMULATED
+
 from ._devices import (BACKENDS, DEFAULT_GEN_TOKENS, DEFAULT_PROMPT_TOKENS, DEFAULT_REPETITIONS, DeviceBackend,
                        ValidationResult, check_run_args)
 
@@ -45,6 +47,7 @@ BUFFER_LINE = re.compile(r"(model|KV|compute|output) buffer size\s*=\s*([0-9.]+)
 
 class EmulatedBackend(DeviceBackend):
     name = "emulated"
+    kind = MEASURED_EMULATED
 
     def __init__(self, *, budget_bytes: int | None = None, phone_bandwidth: float | None = None,
                  phone_flops: float | None = None, context_length: int | None = None, batch: int | None = None,
@@ -84,7 +87,7 @@ class EmulatedBackend(DeviceBackend):
         spec = {"model": str(gguf_path.resolve()), "prompt": prompt_tokens, "gen": gen_tokens, "reps": repetitions,
                 "threads": self.threads, "budget": self.budget_bytes, "method": method,
                 "n_ctx": max(self.context_length or 0, prompt_tokens + gen_tokens + 8),
-                "n_batch": min(self.batch or prompt_tokens, prompt_tokens),
+                "n_batch": min(self.batch or prompt_tokens, prompt_tokens), "flash_attn": True,
                 "cgroup": str(cgroup) if cgroup else None, "allowance": self.allowance_bytes,
                 "cgroup_limit": (self.budget_bytes or 0) + CGROUP_SLACK_BYTES}
         try:

@@ -13,6 +13,7 @@ class Metric:
     name: str
     unit: str                 # "bytes", "tokens/s", "nats", "fraction", "count", ...
     higher_is_better: bool
+    kind: str | None = None   # where the number comes from: "simulated" (a model of the device), or measured
 
 
 @dataclass(kw_only=True)

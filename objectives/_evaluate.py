@@ -52,12 +52,13 @@ def evaluate_all(candidate: Candidate, context: EvalContext, *, objectives=DEFAU
 
 
 def describe(objectives=DEFAULT_OBJECTIVES, *, weights: ProxyWeights | None = ProxyWeights()) -> dict[str, dict]:
-    """Metric name -> {"unit", "higher_is_better", "objective"} for everything evaluate_all returns."""
+    """Metric name -> {"unit", "higher_is_better", "objective"} (and "kind" where declared: simulated or
+    measured) for everything evaluate_all returns."""
     out: dict[str, dict] = {}
     for objective in build_objectives(objectives):
         for metric in objective.metrics():
             out[metric.name] = {"unit": metric.unit, "higher_is_better": metric.higher_is_better,
-                                "objective": objective.name}
+                                "objective": objective.name, **({"kind": metric.kind} if metric.kind else {})}
     if weights is not None and all(m in out for m in weights.needs()):
         out[COMPOSITE] = {"unit": "score", "higher_is_better": True, "objective": "composite"}
     return out

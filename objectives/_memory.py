@@ -16,9 +16,11 @@ activations  the buffers live during one prefill chunk of `prefill_chunk` tokens
              keep logits in FP32). Runtimes reuse one compute buffer across layers, so only the widest
              layer counts. This is conservative for plain generation, where only the last prompt
              token's logits are needed, and exact for scoring (perplexity / log-likelihood), which
-             needs every position's logits. Attention scores are not counted: flash-style kernels
-             keep them in tiles.
-overhead     the profile's runtime overhead (runtime, allocator slack; 0 for a bare model).
+             needs every position's logits.
+             Attention scores are not counted: runtimes keep them in tiles (llama.cpp runs with flash
+             attention on, as the validation backends start it).
+overhead     the fixed memory of the profile's active runtime (`DeviceProfile.for_runtime`: code pages,
+             thread pool, allocator and context state), fitted from measurements (`validate --calibrate`).
 """
 from __future__ import annotations
 
@@ -28,6 +30,7 @@ from compress import family_of
 
 from ._base import OBJECTIVES, Candidate, EvalContext, Metric, Objective
 from ._profiles import DeviceProfile, get_profile
+from ._provenance import SIMULATED
 
 LIVE_HIDDEN_BUFFERS = 2        # residual stream + normed input, each chunk x hidden
 LOGITS_BYTES = 4               # FP32 logits, whatever the weight dtype
@@ -102,14 +105,14 @@ class MemoryObjective(Objective):
     max_fidelity = 0
 
     def metrics(self) -> list[Metric]:
-        return [Metric(name="peak_memory_bytes", unit="bytes", higher_is_better=False),
-                Metric(name="weight_bytes", unit="bytes", higher_is_better=False),
-                Metric(name="kv_cache_bytes", unit="bytes", higher_is_better=False),
-                Metric(name="activation_bytes", unit="bytes", higher_is_better=False),
-                Metric(name="overhead_bytes", unit="bytes", higher_is_better=False),
+        return [Metric(name="peak_memory_bytes", unit="bytes", higher_is_better=False, kind=SIMULATED),
+                Metric(name="weight_bytes", unit="bytes", higher_is_better=False, kind=SIMULATED),
+                Metric(name="kv_cache_bytes", unit="bytes", higher_is_better=False, kind=SIMULATED),
+                Metric(name="activation_bytes", unit="bytes", higher_is_better=False, kind=SIMULATED),
+                Metric(name="overhead_bytes", unit="bytes", higher_is_better=False, kind=SIMULATED),
                 Metric(name="memory_budget_bytes", unit="bytes", higher_is_better=True),   # info
-                Metric(name="fits_budget", unit="bool", higher_is_better=True),
-                Metric(name="params", unit="count", higher_is_better=False)]               # info
+                Metric(name="fits_budget", unit="bool", higher_is_better=True, kind=SIMULATED),
+                Metric(name="params", unit="count", higher_is_better=False)]               # info: parameter count
 
     def evaluate(self, candidate: Candidate, context: EvalContext, fidelity: int = 0) -> dict[str, float]:
         est = estimate_memory(candidate.shapes, profile_of(context, self.name))

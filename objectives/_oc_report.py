@@ -6,7 +6,9 @@ writes one row with pandas `to_csv(index=False)` and no model/name column. Its s
 LongBench; the final kit dropped LongBench from the evaluation command, and a track-1 submission's copy of
 Generate_CSV.py (Probe100/EdgeDeviceLLMCompetition-NEffalg-Track1) has exactly COMPETITION_COLUMNS below.
 opencompass.csv therefore has no name column either: its rows are in rank order, and opencompass.json
-names each row.
+names each row. Throughput and Memory-Usage are measured values where `validate` measured the candidate (a
+phone run first, else the emulated one), else the search's simulated ones; two columns after the kit's
+say which (KIND_COLUMNS: simulated / measured-emulated / measured-phone).
 
 `full_eval_top` takes the search's experiment record (search/_record.py, passed down: objectives/ sits below
 search/): it resolves the checkpoints, names the output files and logs to the experiment's MLflow parent run.
@@ -20,11 +22,13 @@ from pathlib import Path
 
 from compress._atomic import atomic_file
 
-from ._opencompass import run_opencompass
+from ._opencompass import ABBR_SEP, run_opencompass
 
 COMPETITION_COLUMNS = ("CommonsenseQA", "BIG-Bench-Hard", "GSM8K", "HumanEval", "CHID", "TruthfulQA",
                        "Throughput", "Memory-Usage")
 TASK_COLUMNS = COMPETITION_COLUMNS[:6]
+KIND_COLUMNS = ("Throughput-Kind", "Memory-Usage-Kind")      # where each efficiency number comes from
+CSV_COLUMNS = COMPETITION_COLUMNS + KIND_COLUMNS
 # Memory-Usage unit. The brief asks for GB; the kit's EvaluateThrougthputAndMemory.py prints MB
 # (torch.cuda.max_memory_allocated / 2**20), and submissions used both. One constant to change.
 MEMORY_UNIT_BYTES = 2**30
@@ -33,28 +37,32 @@ METRIC_PREFIX = "opencompass"
 
 
 def write_competition_csv(rows, path) -> Path:
-    """Rows: mappings with keys from COMPETITION_COLUMNS (missing or None -> empty cell, never a fake 0)."""
+    """Rows: mappings with keys from CSV_COLUMNS (missing or None -> empty cell, never a fake 0)."""
     path = Path(path)
     rows = list(rows)
     for row in rows:
-        unknown = sorted(set(row) - set(COMPETITION_COLUMNS))
+        unknown = sorted(set(row) - set(CSV_COLUMNS))
         if unknown:
-            raise ValueError(f"unknown competition CSV columns {unknown}; expected {list(COMPETITION_COLUMNS)}")
+            raise ValueError(f"unknown competition CSV columns {unknown}; expected {list(CSV_COLUMNS)}")
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_file(path) as tmp, open(tmp, "w", newline="") as f:
         writer = csv.writer(f, lineterminator="\n")
-        writer.writerow(COMPETITION_COLUMNS)
+        writer.writerow(CSV_COLUMNS)
         for row in rows:
-            writer.writerow([_cell(row.get(col)) for col in COMPETITION_COLUMNS])
+            writer.writerow([_cell(row.get(col)) for col in CSV_COLUMNS])
     return path
 
 
-def competition_row(result: dict | None, *, throughput=None, memory_bytes=None) -> dict:
-    """run_opencompass's result (or None after a failure) + efficiency numbers -> one competition CSV row."""
+def competition_row(result: dict | None, numbers: dict) -> dict:
+    """run_opencompass's result (or None after a failure) + the candidate's numbers by kind (the experiment
+    record's `numbers`) -> one competition CSV row: the most real throughput and memory, and their kinds."""
+    from ._provenance import preferred
     scores = (result or {}).get("scores", {})
     row = {task: scores.get(task) for task in TASK_COLUMNS}
+    throughput, row["Throughput-Kind"] = preferred(numbers, "decode_tokens_per_s")
+    memory, row["Memory-Usage-Kind"] = preferred(numbers, "peak_memory_bytes")
     row["Throughput"] = throughput
-    row["Memory-Usage"] = memory_bytes / MEMORY_UNIT_BYTES if memory_bytes is not None else None
+    row["Memory-Usage"] = memory / MEMORY_UNIT_BYTES if memory is not None else None
     return row
 
 
@@ -109,10 +117,9 @@ def full_eval_top(experiment, k: int, *, limit: int | None = None, data_root=Non
     candidates = []
     for entry in top:
         trial = trials.get(entry.get("trial_id"), {})
+        numbers = experiment.numbers({**trial, **{k: v for k, v in entry.items() if v is not None}})
         cand = {"rank": entry.get("rank"), "trial_id": entry.get("trial_id"), "name": entry.get("name"),
-                "dir": entry.get("dir"), "proxy_score": entry.get("score"),
-                "throughput": _first(entry, trial, "decode_tokens_per_s"),
-                "peak_memory_bytes": _first(entry, trial, "peak_memory_bytes")}
+                "dir": entry.get("dir"), "proxy_score": entry.get("score"), "numbers": numbers}
         echo(f"[full-eval] rank {cand['rank']} {cand['name']}: OpenCompass on {cand['dir']}")
         start = time.perf_counter()
         try:
@@ -121,12 +128,13 @@ def full_eval_top(experiment, k: int, *, limit: int | None = None, data_root=Non
             result = run_opencompass(cand["dir"], limit=limit, work_dir=work_dir, data_root=data_root,
                                      max_out_len=max_out_len, bbh_subsets=bbh_subsets, device=device)
             cand.update(scores=result["scores"], average=result["average"], model_class=result["model_class"],
-                        output_dir=result["output_dir"], errors=result["errors"], error=None)
+                        output_dir=result["output_dir"], errors=result["errors"], error=None,
+                        items=result.get("items") or item_counts(result))
         except (RuntimeError, ValueError, OSError) as err:
             result = None
             cand.update(scores={}, average=None, error=str(err).splitlines()[0])
         cand["seconds"] = round(time.perf_counter() - start, 1)
-        cand["row"] = competition_row(result, throughput=cand["throughput"], memory_bytes=cand["peak_memory_bytes"])
+        cand["row"] = competition_row(result, numbers)
         echo(f"[full-eval]   average {_fmt(cand['average'])}  {cand['error'] or ''}".rstrip())
         candidates.append(cand)
 
@@ -156,8 +164,17 @@ def parent_metrics(report: dict) -> dict:
     return metrics
 
 
-def _first(entry: dict, trial: dict, key: str):
-    return entry.get(key) if entry.get(key) is not None else trial.get(key)
+def item_counts(result: dict) -> dict:
+    """Items OpenCompass scored per competition task: the predictions it wrote (one per item)."""
+    import json
+    folder = Path(result.get("output_dir") or "") / "predictions" / str(result.get("model_abbr") or "")
+    counts: dict[str, int] = {}
+    for abbr, task in (result.get("task_of") or {}).items():
+        stem = f"{task}{ABBR_SEP}{abbr}"          # one file per dataset, or stem_0.json, stem_1.json ... when split
+        files = [folder / f"{stem}.json", *folder.glob(f"{stem}_[0-9]*.json")]
+        n = sum(len(json.loads(f.read_text())) for f in files if f.is_file())
+        counts[task] = counts.get(task, 0) + n
+    return counts
 
 
 def _fmt(value) -> str:

@@ -21,15 +21,31 @@ OnePlus 12 (pytorch/executorch, examples/models/llama/README.md; XNNPACK + Kleid
     An Android app additionally shares the 12 GB with the OS; the budget is the competition's limit.
   * context 4096 and a prefill chunk of 512 tokens (llama.cpp's default n_ubatch).
 
-stories260k-tiny: the bundled 260K-parameter model is so small that the phone budget never binds, so
-this profile's budget is 70 % of the dense model's own modeled peak (derivation at the constant), with
-no runtime overhead (1 GiB would dwarf a 1 MB model) and the phone's rates. Its 64-token prefill
-chunk keeps the unprunable logits buffer from dominating a model this small.
+Runtimes. What an inference runtime adds beyond the model's own bytes and bandwidth is the profile's
+per-runtime cost (`runtimes`, selected with `for_runtime`): `overhead_bytes`, memory the runtime holds
+whatever the model (its code pages, thread pool, allocator, context and sampling state), and
+`token_overhead_s`, time per generated token beyond reading the weights and KV cache (graph build,
+kernel dispatch, sampling). Both are what `validate --calibrate` fits from measurements
+(cluster/_calibrate.py) and writes into a user profile file, with the measurements they came from.
+llama.cpp runs with flash attention on (the emulated backend and llama-bench's `-fa 1`), so attention
+scores stay in tiles, as the memory model assumes.
+
+phone-12gb: both runtimes get the ExecuTorch-derived overhead above and no per-token cost; neither
+llama.cpp nor MLC has been measured on a phone here (`validate --device adb --calibrate FILE` fits them).
+
+stories260k-tiny: the bundled model on the emulated device (llama.cpp on this host, numbers at the
+constants below, from bench/calibrate_stories.py). The budget is llama.cpp's fixed memory plus 70 % of
+the dense model's own modeled bytes, so it binds on what the runtime really needs: the dense model does
+not fit and the search must cut about 38 % of the prunable bytes. The phone's rates; a 64-token prefill
+chunk keeps the unprunable logits buffer from dominating a model this small. MLC cannot run on this
+host: its costs are llama.cpp's (not measured).
 """
 from __future__ import annotations
 
+import json
 import math
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
 
 from compress import Registry
 
@@ -41,17 +57,37 @@ PHONE_DECODE_BANDWIDTH = 48e9          # bytes/s, effective BF16/FP16 decode on 
 PHONE_PREFILL_FLOPS = 1.2e11           # FLOP/s, effective CPU prefill on the same phone
 PHONE_OVERHEAD = 1 * GIB               # runtime + allocator beyond weights, KV and activations
 
+RUNTIMES = ("llama.cpp", "mlc")
+
 # Dense stories260k (LlamaConfig hidden 64, 5 layers, 8 heads, 4 KV heads, head_dim 8, ffn 172,
 # vocab 512, tied) in FP16 at context 512 with a 64-token prefill chunk (`_memory.estimate_memory`):
 #   weights      260,032 params x 2                                   =   520,064
 #   KV cache     5 layers x 2 (K,V) x 4 heads x 8 x 512 tokens x 2    =   327,680
 #   activations  64 x 2 x (2 x 64 + max(8x8 + 2x4x8, 2 x 172))        =    60,416
 #   logits       64 x 512 x 4 (FP32)                                  =   131,072
-#   peak                                                              = 1,039,232 bytes
-# Budget = 70 % of that, rounded down: the search must cut about 38 % of the prunable bytes.
-STORIES_DENSE_PEAK = 1_039_232
+#   model bytes                                                       = 1,039,232
+# Budget = llama.cpp's fixed memory + 70 % of the model bytes, rounded down.
+STORIES_DENSE_PEAK = 1_039_232         # the dense model's own bytes (no runtime)
 STORIES_BUDGET_FRACTION = 0.7
-STORIES_BUDGET = 727_462               # floor(0.7 * 1,039,232)
+# llama.cpp on the emulated host (bench/results/stories_calibration.json: `validate --calibrate` on the
+# bundled search's candidates): resident memory beyond the model's bytes, and time per decoded token
+# beyond reading weights and KV cache, projected to the phone like the emulated measurement itself.
+STORIES_LLAMACPP_OVERHEAD = 6_500_000
+STORIES_LLAMACPP_TOKEN_S = 4.0e-5
+STORIES_BUDGET = STORIES_LLAMACPP_OVERHEAD + 727_462    # + floor(0.7 * 1,039,232)
+
+
+@dataclass(frozen=True, kw_only=True)
+class RuntimeCost:
+    """What one inference runtime adds on a device (see the module docstring)."""
+    overhead_bytes: int = 0
+    token_overhead_s: float = 0.0
+
+    def __post_init__(self):
+        if not isinstance(self.overhead_bytes, int) or isinstance(self.overhead_bytes, bool) or self.overhead_bytes < 0:
+            raise ValueError(f"runtime overhead_bytes must be an integer >= 0, got {self.overhead_bytes!r}")
+        if not isinstance(self.token_overhead_s, (int, float)) or not 0 <= self.token_overhead_s < math.inf:
+            raise ValueError(f"runtime token_overhead_s must be a number >= 0, got {self.token_overhead_s!r}")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -61,11 +97,14 @@ class DeviceProfile:
     context_length: int                    # tokens the KV cache holds (the worst case is scored)
     decode_bandwidth_bytes_per_s: float    # effective, as achieved by a real decode loop
     compute_flops_per_s: float             # effective prefill rate
-    runtime_overhead_bytes: int            # runtime / allocator bytes beyond weights, KV, activations
+    runtime_overhead_bytes: int            # the active runtime's bytes beyond weights, KV, activations
     prefill_chunk: int                     # tokens per prefill step (sizes the activation buffers)
     bytes_per_weight: int = 2              # FP16 (the rules forbid quantization); also the compute dtype
     kv_bytes_per_value: int = 2            # FP16 KV cache
     description: str = ""
+    runtime: str = "llama.cpp"             # the active runtime (runtime_overhead_bytes, token_overhead_s are its)
+    token_overhead_s: float = 0.0          # the active runtime's seconds per decoded token beyond memory traffic
+    runtimes: dict = field(default_factory=dict)   # runtime name -> RuntimeCost
 
     def __post_init__(self):
         for field in ("memory_budget_bytes", "context_length", "prefill_chunk", "bytes_per_weight",
@@ -80,6 +119,30 @@ class DeviceProfile:
         if not isinstance(self.runtime_overhead_bytes, int) or self.runtime_overhead_bytes < 0:
             raise ValueError(f"device profile {self.name!r}: runtime_overhead_bytes must be an integer >= 0, "
                              f"got {self.runtime_overhead_bytes!r}")
+        if not isinstance(self.token_overhead_s, (int, float)) or not 0 <= self.token_overhead_s < math.inf:
+            raise ValueError(f"device profile {self.name!r}: token_overhead_s must be a number >= 0, "
+                             f"got {self.token_overhead_s!r}")
+        # to_dict() / a profile file hold the costs as plain mappings
+        object.__setattr__(self, "runtimes", {k: RuntimeCost(**v) if isinstance(v, dict) else v
+                                              for k, v in (self.runtimes or {}).items()})
+        for name, cost in self.runtimes.items():
+            if name not in RUNTIMES or not isinstance(cost, RuntimeCost):
+                raise ValueError(f"device profile {self.name!r}: runtimes maps one of {', '.join(RUNTIMES)} to its "
+                                 f"costs, got {name!r}: {cost!r}")
+
+    def for_runtime(self, runtime: str) -> "DeviceProfile":
+        """The same device running `runtime` (its fixed memory and per-token cost become the active ones)."""
+        if runtime not in RUNTIMES:
+            raise ValueError(f"unknown runtime {runtime!r}; known: {', '.join(RUNTIMES)}")
+        cost = self.runtimes.get(runtime)
+        if cost is None:
+            return replace(self, runtime=runtime)
+        return replace(self, runtime=runtime, runtime_overhead_bytes=cost.overhead_bytes,
+                       token_overhead_s=float(cost.token_overhead_s))
+
+    def with_runtime_cost(self, runtime: str, cost: RuntimeCost, **changes) -> "DeviceProfile":
+        """A copy whose `runtime` costs are `cost` (and other fields `changes`), active for that runtime."""
+        return replace(self, runtimes={**self.runtimes, runtime: cost}, **changes).for_runtime(runtime)
 
     def with_budget(self, budget_bytes: int | float) -> "DeviceProfile":
         """The same device with another memory budget (e.g. an experiment's `budget_gb`)."""
@@ -90,22 +153,59 @@ class DeviceProfile:
     def to_dict(self) -> dict:
         return asdict(self)
 
+    @classmethod
+    def from_dict(cls, data: dict) -> "DeviceProfile":
+        known = {f for f in cls.__dataclass_fields__}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"device profile: unknown fields {unknown}")
+        return cls(**data)
+
+
+def _profile(*, costs: dict, runtime: str = "llama.cpp", **fields) -> DeviceProfile:
+    return DeviceProfile(runtime_overhead_bytes=0, runtimes=costs, **fields).for_runtime(runtime)
+
 
 PROFILES: Registry[DeviceProfile] = Registry("device profile")
-PROFILES.add("phone-12gb", DeviceProfile(
+PROFILES.add("phone-12gb", _profile(
     name="phone-12gb", memory_budget_bytes=12 * GIB, context_length=4096,
-    decode_bandwidth_bytes_per_s=PHONE_DECODE_BANDWIDTH, compute_flops_per_s=PHONE_PREFILL_FLOPS,
-    runtime_overhead_bytes=PHONE_OVERHEAD, prefill_chunk=512,
+    decode_bandwidth_bytes_per_s=PHONE_DECODE_BANDWIDTH, compute_flops_per_s=PHONE_PREFILL_FLOPS, prefill_chunk=512,
+    costs={r: RuntimeCost(overhead_bytes=PHONE_OVERHEAD) for r in RUNTIMES},
     description="12 GB Snapdragon 8 Gen 3 phone (OnePlus 12 class), FP16, 4096-token context"))
-PROFILES.add("stories260k-tiny", DeviceProfile(
+PROFILES.add("stories260k-tiny", _profile(
     name="stories260k-tiny", memory_budget_bytes=STORIES_BUDGET, context_length=512,
-    decode_bandwidth_bytes_per_s=PHONE_DECODE_BANDWIDTH, compute_flops_per_s=PHONE_PREFILL_FLOPS,
-    runtime_overhead_bytes=0, prefill_chunk=64,
-    description="bundled stories260k: budget = 70 % of the dense model's modeled peak, phone rates"))
+    decode_bandwidth_bytes_per_s=PHONE_DECODE_BANDWIDTH, compute_flops_per_s=PHONE_PREFILL_FLOPS, prefill_chunk=64,
+    costs={r: RuntimeCost(overhead_bytes=STORIES_LLAMACPP_OVERHEAD, token_overhead_s=STORIES_LLAMACPP_TOKEN_S)
+           for r in RUNTIMES},
+    description="bundled stories260k on the emulated device: budget = llama.cpp's fixed memory + 70 % of the "
+                "dense model's bytes, phone rates"))
 
 
-def get_profile(name: str | DeviceProfile) -> DeviceProfile:
-    """A registered profile by name (did-you-mean on typos); a DeviceProfile passes through."""
+PROFILE_FILE_SUFFIX = ".json"
+
+
+def get_profile(name) -> DeviceProfile:
+    """A registered profile by name (did-you-mean on typos), or a user profile file (`validate --calibrate`
+    writes one: a path ending in .json); a DeviceProfile passes through."""
     if isinstance(name, DeviceProfile):
         return name
+    if isinstance(name, (str, Path)) and str(name).endswith(PROFILE_FILE_SUFFIX):
+        return read_profile_file(name)
     return PROFILES.get(name)
+
+
+def read_profile_file(path) -> DeviceProfile:
+    """A user profile: {"profile": {DeviceProfile fields}, "calibration": [...]} (cluster/_calibrate.py)."""
+    path = Path(path).expanduser()
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise ValueError(f"device profile file {path} not found") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ValueError(f"device profile file {path}: not a readable JSON profile ({type(err).__name__})") from None
+    if not isinstance(data, dict) or not isinstance(data.get("profile"), dict):
+        raise ValueError(f"device profile file {path}: expected an object with a 'profile' section")
+    try:
+        return DeviceProfile.from_dict(data["profile"])
+    except TypeError as err:
+        raise ValueError(f"device profile file {path}: {err}") from None

@@ -1,7 +1,9 @@
 """Decode and prefill speed on a device profile, from shapes alone (a roofline with effective rates).
 
 decode   batch-1 generation is memory-bound: every token reads each weight once and the whole KV cache,
-             decode tok/s = decode bandwidth / (weight bytes read + KV bytes at the context)
+         plus what the runtime spends per token whatever the model (graph build, dispatch, sampling:
+         the profile's `token_overhead_s` for its runtime; it dominates for a sub-MB model),
+             decode s/token = token overhead + (weight bytes read + KV bytes at the context) / decode bandwidth
          weight bytes read = all weights, less the input embedding table of an untied model (a decode
          step gathers one row of it; a tied table is read in full as the LM head). The KV term uses
          the full context (the slowest token of a long generation), so the score is a worst case.
@@ -19,6 +21,7 @@ from compress import family_of
 from ._base import OBJECTIVES, Candidate, EvalContext, Metric, Objective
 from ._memory import kv_cache_bytes, profile_of
 from ._profiles import DeviceProfile, get_profile
+from ._provenance import SIMULATED
 
 
 def decode_bytes_per_token(shapes, profile: DeviceProfile, context: int | None = None) -> int:
@@ -31,7 +34,9 @@ def decode_bytes_per_token(shapes, profile: DeviceProfile, context: int | None =
 
 def decode_tokens_per_s(shapes, profile: DeviceProfile | str, context: int | None = None) -> float:
     profile = get_profile(profile)
-    return profile.decode_bandwidth_bytes_per_s / decode_bytes_per_token(shapes, profile, context)
+    seconds = profile.token_overhead_s + decode_bytes_per_token(shapes, profile, context) / \
+        profile.decode_bandwidth_bytes_per_s
+    return 1.0 / seconds
 
 
 def matmul_params(shapes) -> int:
@@ -66,8 +71,8 @@ class ThroughputObjective(Objective):
     max_fidelity = 0
 
     def metrics(self) -> list[Metric]:
-        return [Metric(name="decode_tokens_per_s", unit="tokens/s", higher_is_better=True),
-                Metric(name="prefill_tokens_per_s", unit="tokens/s", higher_is_better=True)]
+        return [Metric(name="decode_tokens_per_s", unit="tokens/s", higher_is_better=True, kind=SIMULATED),
+                Metric(name="prefill_tokens_per_s", unit="tokens/s", higher_is_better=True, kind=SIMULATED)]
 
     def evaluate(self, candidate: Candidate, context: EvalContext, fidelity: int = 0) -> dict[str, float]:
         profile = profile_of(context, self.name)

@@ -25,6 +25,8 @@ VERBS = {
                     _verbs_opencompass.add_opencompass_args, _verbs_opencompass.run_opencompass_verb),
     "full-eval": ("OpenCompass on a search's top-k and the proxy-vs-full rank correlation",
                   _verbs_opencompass.add_full_eval_args, _verbs_opencompass.run_full_eval),
+    "submit": ("the competition bundle of a search's top-k: checkpoints, GGUF, MLC, CSV, README; then checks it",
+               _verbs_export.add_submit_args, _verbs_export.run_submit),
 }
 
 

@@ -213,8 +213,21 @@ def _connect_tracking(setup, record: ExperimentRecord, *, tags: dict) -> None:
     setup.tracking_uri, setup.mlflow_experiment_id, setup.parent_run_id = record.tracking_uri, exp_id, parent
     # what every trial receives, for the record (it names no path on the driver's disk)
     shipped = json.dumps({f.name: getattr(setup, f.name) for f in dataclasses.fields(setup)}, indent=2, default=repr)
-    record.log_to_parent(texts={"trial_setup.json": shipped})
+    record.log_to_parent(texts={"trial_setup.json": shipped}, files=[(record.config, None)],
+                         params=configuration(record.experiment(), setup))
     print(f"MLflow: {record.tracking_uri}  (experiment {record.name}, parent run {parent})", flush=True)
+
+
+def configuration(exp, setup) -> dict:
+    """The search's settings as the parent run's MLflow params (config.yaml beside them has the rest)."""
+    proxy = exp.proxy
+    return {"track": getattr(exp, "track", "prune"), "model": getattr(exp, "model", None) or "(from scratch)",
+            "device": exp.device, "runtime": exp.runtime, "budget": human_bytes(setup.budget_bytes),
+            "budget_bytes": int(setup.budget_bytes), "trials": exp.search.trials, "rungs": proxy.rungs,
+            "sampler": exp.search.sampler, "mode": exp.search.mode, "seed": exp.search.seed,
+            "workers": exp.search.workers, "top_k": exp.search.top_k, "proxy_tasks": ",".join(proxy.tasks),
+            "criteria": ",".join(getattr(getattr(exp, "space", None), "criteria", ()) or ()) or "-",
+            "distill": bool(getattr(getattr(exp, "distill", None), "enabled", False))}
 
 
 def _note_shared_storage(address: str | None, storage: Storage | None) -> None:

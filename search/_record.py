@@ -2,7 +2,7 @@
 
     runs/NAME/                   the run directory, on the driver's machine
       config.yaml  state.json    the resolved experiment; status, storage, MLflow run ids
-      optuna.db  teacher_cache.pt  results.json  trials.csv  validation.json  opencompass.*  exports/
+      optuna.db  teacher_cache.pt  results.json  trials.csv  validation-<device>.json  opencompass.*  exports/
       mlflow.db  mlartifacts/    the MLflow store a managed tracking server serves (search/_mlflow_server.py)
     STORAGE/NAME/                the experiment's storage (--storage; default: the run directory itself)
       tune/                      Tune's experiment state and trial checkpoints
@@ -42,12 +42,15 @@ class ExperimentRecord:
     results = property(lambda self: self.path / "results.json")
     trials_csv = property(lambda self: self.path / "trials.csv")
     teacher_cache = property(lambda self: self.path / "teacher_cache.pt")
-    validation = property(lambda self: self.path / "validation.json")
     exports = property(lambda self: self.path / "exports")
     opencompass_json = property(lambda self: self.path / "opencompass.json")
     opencompass_csv = property(lambda self: self.path / "opencompass.csv")
     opencompass_dir = property(lambda self: self.path / "opencompass")
     top_cache = property(lambda self: self.path / "top-cache")     # local copies of candidates in remote storage
+
+    def validation_file(self, device: str) -> Path:
+        """One per device (emulated, adb): a phone run never overwrites an emulated one."""
+        return self.path / f"validation-{device}.json"
 
     @property
     def optuna_url(self) -> str:
@@ -165,6 +168,26 @@ class ExperimentRecord:
             resolved.append({**entry, "dir": str(folder) if folder else None})
         return resolved
 
+    def numbers(self, row: dict) -> dict:
+        """The memory and speed numbers of one trial (a results.json row or top entry), by kind: the search's
+        `simulated` ones, and `measured-emulated` / `measured-phone` where `validate` ran it (with the device
+        file they came from). objectives.preferred(numbers, quantity) picks the most real one."""
+        from objectives._provenance import QUANTITIES, SIMULATED
+        out = {SIMULATED: {q: row.get(q) for q in QUANTITIES if row.get(q) is not None}}
+        for path in sorted(self.path.glob("validation-*.json")):
+            data = json.loads(path.read_text())
+            for cand in data.get("candidates", []):
+                if cand.get("trial_id") == row.get("trial_id"):
+                    m = cand["measured"]
+                    out[m["kind"]] = {**{q: m.get(q) for q in QUANTITIES}, "fits": m.get("fits"),
+                                      "device": data.get("device"), "profile": data.get("profile"),
+                                      "settings": data.get("settings"), "created": data.get("created"),
+                                      "simulated_at_same_context": {q: cand["simulated"].get(q) for q in QUANTITIES}}
+        return out
+
+    def trial_row(self, trial_id: str) -> dict:
+        return next((t for t in self.read_results().get("trials", []) if t.get("trial_id") == trial_id), {})
+
     def checkpoint_dir(self, entry: dict) -> Path | None:
         """A candidate's checkpoint as a local folder: from this experiment's storage (wherever the run
         directory has moved since), else the folder recorded when it was written."""
@@ -183,15 +206,17 @@ class ExperimentRecord:
         import experiments
         return experiments.read_experiment(self.config)
 
-    def profile(self, name=None):
-        """A named profile, else the experiment's own device with its budget."""
+    def profile(self, name=None, *, runtime: str | None = None):
+        """A named profile (or profile file), else the experiment's own device with its budget; for `runtime`
+        (default: the experiment's)."""
         from objectives import get_profile
+        exp = self.experiment() if self.config.is_file() else None
+        runtime = runtime or getattr(exp, "runtime", None) or "llama.cpp"
         if name is not None:
-            return get_profile(name)
-        if not self.config.is_file():
+            return get_profile(name).for_runtime(runtime)
+        if exp is None:
             raise ValueError(f"{self.config} not found; pass a device profile explicitly")
-        exp = self.experiment()
-        resolved = get_profile(exp.device or "phone-12gb")
+        resolved = get_profile(exp.device or "phone-12gb").for_runtime(runtime)
         return resolved.with_budget(float(exp.budget_gb) * GB) if exp.budget_gb else resolved
 
     # ---- MLflow ------------------------------------------------------------------------------------
@@ -235,7 +260,8 @@ class ExperimentRecord:
             self._server = None
 
     def log_to_parent(self, *, metrics: dict | None = None, files=(), texts: dict | None = None,
-                      figures: dict | None = None, status: str | None = None) -> str | None:
+                      figures: dict | None = None, status: str | None = None, params: dict | None = None,
+                      tags: dict | None = None) -> str | None:
         """Add to the experiment's MLflow parent run (starting its managed server for the call if none
         runs). files: (local path, artifact folder or None). Returns the run id, or None without one."""
         from search import _tracking
@@ -248,7 +274,8 @@ class ExperimentRecord:
             started = True
         try:
             _tracking.log_parent(self.tracking_uri, self.parent_run_id, metrics=metrics or {}, files=files,
-                                 texts=texts or {}, figures=figures or {}, status=status)
+                                 texts=texts or {}, figures=figures or {}, status=status, params=params or {},
+                                 tags=tags or {})
         finally:
             if started:
                 self.stop_tracking()

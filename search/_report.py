@@ -9,6 +9,7 @@ import math
 from compress._atomic import atomic_file
 from search import _candidates, _tracking
 from search._candidates import SECOND_OBJECTIVE
+from search._plots import kept_ratio_figure, score_vs_memory_figure
 from search._trial import GB, plan_for
 
 # what Tune adds to every result (the trial's own report is the rest)
@@ -16,7 +17,9 @@ TUNE_KEYS = {"timestamp", "checkpoint_dir_name", "done", "training_iteration", "
              "time_total_s", "pid", "hostname", "node_ip", "time_since_restore", "iterations_since_restore",
              "should_checkpoint"}
 COLUMNS = ("trial_id", "name", "status", "rung", "score", "proxy_accuracy", "kl_to_teacher", "perplexity",
-           "peak_memory_bytes", "decode_tokens_per_s", "params", "kept_fraction", "distill_step", "distill_world", "constraint", "reason")
+           "peak_memory_bytes", "decode_tokens_per_s", "prefill_tokens_per_s", "params", "kept_fraction",
+           "distill_step", "distill_world", "constraint", "reason")
+TASK_SUFFIXES = ("_accuracy", "_items")    # the proxy's per-task accuracy and item count (kept with the row)
 
 
 def collect(grid, setup, *, columns: tuple = ()) -> list[dict]:
@@ -29,6 +32,7 @@ def collect(grid, setup, *, columns: tuple = ()) -> list[dict]:
         config = dict(result.config or {})
         trial_id = metrics.get("trial_id") or getattr(trial, "trial_id", None) or "?"
         row = {k: metrics.get(k) for k in COLUMNS + tuple(columns) if k in metrics}
+        row.update({k: v for k, v in metrics.items() if k.endswith(TASK_SUFFIXES) and k not in row})
         row.update(trial_id=trial_id, name=config.get("baseline") or trial_id,
                    params_json=json.dumps({k: v for k, v in config.items() if k != "baseline"}))
         if result.error is not None:
@@ -86,10 +90,18 @@ def finish(rows: list[dict], exp, setup, record, *, keep_top=None, reference: st
                                    for r in _candidates.pareto_front(ranked, *second)]
     top_rows = _candidates.selection(rows, k=exp.search.top_k, second=second)
     summary["top"] = keep_top(top_rows, setup, exp, record)
-    record.write_json(record.results, {"summary": summary, "trials": public})
+    record.write_json(record.results, {"summary": summary, "trials": public, "number_kinds": number_kinds(public)})
     _write_csv(public, record.trials_csv)
     _log_parent(summary, rows, setup, record)
     return summary
+
+
+def number_kinds(rows: list[dict]) -> dict:
+    """What each efficiency number of results.json is: every one a search writes is simulated (measurements
+    live in validation-<device>.json, and `top` / `submit` put them side by side)."""
+    from objectives._provenance import SIMULATED, simulated_metrics
+    present = {k for r in rows for k in r}
+    return {k: SIMULATED for k in sorted((simulated_metrics() | {"constraint"}) & present)}
 
 
 def _gain_key(reference: str) -> str:
@@ -108,6 +120,7 @@ def keep_top(top_rows: list[dict], setup, exp, record) -> list[dict]:
         folder = _candidates.folder_name(r)
         plan = plan_for(json.loads(r["params_json"]), setup)
         entries.append({"rank": rank, "trial_id": r["trial_id"], "name": r["name"], "score": r["score"],
+                        "proxy_accuracy": r.get("proxy_accuracy"), "kl_to_teacher": r.get("kl_to_teacher"),
                         "peak_memory_bytes": r.get("peak_memory_bytes"),
                         "params": plan.realised_shapes(setup.base_shapes).param_count(),
                         "folder": folder, "dir": top.child(folder).uri, "plan": plan.to_dict()})
@@ -141,20 +154,26 @@ def _log_parent(summary, rows, setup, record) -> None:
     repaired = {k: v for k, v in counts.items() if v}
     if repaired:
         print(f"MLflow reconciled with the trial table: {repaired}", flush=True)
-    metrics = {"best_score": summary["best"]["score"] if summary["best"] else None, **dict(_gains(summary))}
+    metrics = {"best_score": summary["best"]["score"] if summary["best"] else None, **dict(_gains(summary)),
+               "trials_complete": summary["complete"], "trials_stopped_early": summary["stopped_early"],
+               "trials_failed": len(summary["failed"])}
+    ranked = sorted(feasible_complete(rows), key=lambda r: -r["score"])
+    figure = score_vs_memory_figure(rows, top=summary["top"], budget_bytes=setup.budget_bytes,
+                                    front=_candidates.pareto_front(ranked, "peak_memory_bytes", "min"),
+                                    title=f"{record.name}: proxy score vs simulated peak memory "
+                                          f"({summary['trials']} trials)")
     record.log_to_parent(metrics={k: v for k, v in metrics.items() if v is not None},
-                         figures={"score_vs_memory.png": score_vs_memory_figure(rows, summary, setup)},
-                         texts={"top_k.md": top_table(summary)}, files=[(record.results, None)], status="FINISHED")
+                         figures={"score_vs_memory.png": figure}, texts={"top_k.md": top_table(summary)},
+                         files=[(record.results, None)], status="FINISHED")
 
 
 def _trial_for_mlflow(row: dict) -> dict:
-    tags = {"baseline": row["name"] if row["name"] != row["trial_id"] else "",
-            "stopped_early": str(row["status"] == "stopped early").lower()}
-    if row["status"] == "failed":
-        tags["failure_reason"] = row.get("reason") or "unknown"
-    return {"trial_id": row["trial_id"], "name": f"{tags['baseline'] or 'trial'}-{row['trial_id']}",
-            "params": json.loads(row["params_json"]), "history": row.get("_history") or [], "tags": tags,
-            "status": "FAILED" if row["status"] == "failed" else "FINISHED"}
+    baseline = row["name"] if row["name"] != row["trial_id"] else ""
+    reason = (row.get("reason") or "unknown") if row["status"] == "failed" else None
+    return {"trial_id": row["trial_id"], "name": f"{baseline or 'trial'}-{row['trial_id']}",
+            "params": json.loads(row["params_json"]), "history": row.get("_history") or [],
+            "tags": _tracking.trial_tags(baseline=baseline, outcome=row["status"], reason=reason),
+            "status": _tracking.OUTCOME_STATUS.get(row["status"], "FINISHED")}
 
 
 def _plan_ops(trial: dict, setup) -> list:
@@ -165,36 +184,22 @@ def _plan_ops(trial: dict, setup) -> list:
     kept = plan.realised_shapes(setup.base_shapes).param_count() / setup.base_shapes.param_count()
     record = {"plan": plan.to_dict(), "realised": {"layers": [s.__dict__ for s in realised], "kept_fraction": kept}}
     return [("text", json.dumps(record, indent=2), "plan.json"),
-            ("figure", _tracking.kept_ratio_figure(realised, setup.base_shapes, kept), "kept_ratio.png")]
-
-
-def score_vs_memory_figure(rows, summary, setup):
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    fig, ax = plt.subplots(figsize=(6, 4))
-    done = [r for r in rows if r.get("score") is not None and r.get("peak_memory_bytes")]
-    ax.scatter([r["peak_memory_bytes"] / GB for r in done], [r["score"] for r in done], s=14, c="tab:blue",
-               label="trials")
-    for name, r in summary["baselines"].items():
-        if r.get("score") is not None:
-            ax.scatter([r["peak_memory_bytes"] / GB], [r["score"]], marker="*", s=160, label=name)
-    front = summary.get("pareto_front")
-    if front:
-        pts = sorted((r["peak_memory_bytes"] / GB, r["score"]) for r in front)
-        ax.plot(*zip(*pts), "k--", lw=1, label="Pareto front")
-    ax.axvline(setup.budget_bytes / GB, color="r", lw=1, label="budget")
-    ax.set_xlabel("simulated peak memory (GB)"), ax.set_ylabel("proxy score"), ax.legend(fontsize=7)
-    plt.close(fig)
-    return fig
+            ("figure", kept_ratio_figure(realised, setup.base_shapes, kept), "kept_ratio.png")]
 
 
 def top_table(summary) -> str:
-    lines = ["| rank | name | score | peak memory | params | checkpoint |", "|---|---|---|---|---|---|"]
+    """The top k in Markdown: name (baseline name or trial id), score, accuracy, KL, simulated memory."""
+    lines = ["| rank | name | score | proxy accuracy | KL to teacher | peak memory (simulated) | parameters | "
+             "checkpoint |", "|---|---|---|---|---|---|---|---|"]
     for t in summary["top"]:
-        lines.append(f"| {t['rank']} | {t['name']} | {t['score']:.4f} | {human_bytes(t['peak_memory_bytes'])} | "
-                     f"{t['params']:,} | {t['dir']} |")
+        lines.append(f"| {t['rank']} | {t['name']} | {t['score']:.4f} | {_cell(t.get('proxy_accuracy'))} | "
+                     f"{_cell(t.get('kl_to_teacher'))} | {human_bytes(t['peak_memory_bytes'])} | {t['params']:,} | "
+                     f"`{t.get('folder') or t['dir']}` |")
     return "\n".join(lines) + "\n"
+
+
+def _cell(v) -> str:
+    return f"{v:.4f}" if isinstance(v, (int, float)) else "-"
 
 
 def print_summary(summary, *, stream) -> None:
@@ -202,12 +207,13 @@ def print_summary(summary, *, stream) -> None:
           f"by ASHA, {len(summary['failed'])} failed", file=stream)
     for f in summary["failed"]:
         print(f"  failed {f['trial_id']}: {f['reason']}", file=stream)
-    print(f"{'':14}{'score':>10}{'accuracy':>10}{'KL':>10}{'ppl':>10}{'memory':>12}{'params':>12}", file=stream)
+    print(f"{'':14}{'score':>10}{'accuracy':>10}{'KL':>10}{'ppl':>10}{'memory (sim.)':>14}{'params':>12}",
+          file=stream)
     named = [("best", summary["best"])] + list(summary["baselines"].items())
     for label, r in named:
         if r:
             print(f"{label:<14}{_f(r.get('score'))}{_f(r.get('proxy_accuracy'))}{_f(r.get('kl_to_teacher'))}"
-                  f"{_f(r.get('perplexity'))}{human_bytes(r.get('peak_memory_bytes')):>12}{int(r.get('params') or 0):12,}",
+                  f"{_f(r.get('perplexity'))}{human_bytes(r.get('peak_memory_bytes')):>14}{int(r.get('params') or 0):12,}",
                   file=stream)
     for key, gain in _gains(summary):
         name = {"uniform_l1": "uniform-L1"}.get(key.removeprefix("gain_over_"), key.removeprefix("gain_over_"))

@@ -63,7 +63,7 @@ class ScratchSetup:
     seed: int = 0
 
     def profile(self):
-        base = objectives.get_profile(self.profile_name).with_budget(int(self.budget_bytes))
+        base = objectives.get_profile(self.profile_name).for_runtime(self.spec.runtime).with_budget(int(self.budget_bytes))
         return dataclasses.replace(base, bytes_per_weight=compress.check_dtype(self.dtype).itemsize)
 
     def memory_of(self):
@@ -267,7 +267,8 @@ def keep_top(top_rows: list[dict], setup: ScratchSetup, exp, record) -> list[dic
             top.put_dir(folder, write)
             shutil.rmtree(saved, ignore_errors=True)          # moved: the checkpoint lives in top/ now
         entries.append({"rank": rank, "trial_id": row["trial_id"], "name": row["name"], "score": row["score"],
-                        "peak_memory_bytes": row.get("peak_memory_bytes"), "params": arch.params(),
+                        "proxy_accuracy": row.get("proxy_accuracy"), "peak_memory_bytes": row.get("peak_memory_bytes"),
+                        "params": arch.params(),
                         "folder": folder, "dir": top.child(folder).uri, "arch": arch.to_dict(), "plan": None})
     tidy_top(top_rows, record)
     return entries

@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import logging
+import warnings
 
 import optuna
 from optuna.trial import TrialState
@@ -34,10 +35,19 @@ def make_sampler(name: str, *, seed: int):
     raise ValueError(f"unknown sampler {name!r}; known: tpe, nsga2, gp, random")
 
 
+REALISED_ATTRS = {"kept_attn_L": "realised_attn_keep", "kept_mlp_L": "realised_mlp_keep"}
+
+
 class ConstrainedOptunaSearch(OptunaSearch):
     def __init__(self, *args, baselines: dict | None = None, max_t: int = 1, **kwargs):
         super().__init__(*args, **kwargs)
         self._max_t = max_t
+        # optuna-dashboard and study.trials_dataframe() name the objectives instead of "Objective 0"
+        names = [self.metric] if isinstance(self.metric, str) else list(self.metric or [])
+        if names and self._ot_study.metric_names is None:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                self._ot_study.set_metric_names(names)
         if baselines and not self._ot_study.trials:   # a fresh study: baselines first, once
             for name, params in baselines.items():
                 self._ot_study.enqueue_trial(params, user_attrs={"baseline": name})
@@ -69,6 +79,8 @@ class ConstrainedOptunaSearch(OptunaSearch):
         ot_trial = self._ot_trials[trial_id]
         if result and CONSTRAINT_KEY in result:
             ot_trial.set_constraint(CONSTRAINT_KEY, float(result[CONSTRAINT_KEY]))
+        for key, value in realised_plan(result or {}).items():
+            ot_trial.set_user_attr(key, value)
         iteration = (result or {}).get("training_iteration", 0)
         stopped_early = result and not error and isinstance(self.metric, str) and iteration < self._max_t \
             and result.get(self.metric) is not None
@@ -90,3 +102,15 @@ class ConstrainedOptunaSearch(OptunaSearch):
             if frozen._trial_id not in known:  # asked after the last checkpoint by a killed driver
                 storage.set_trial_state_values(frozen._trial_id, state=TrialState.FAIL)
                 log.info("failed orphan trial %d left RUNNING by an interrupted driver", frozen.number)
+
+
+def realised_plan(result: dict) -> dict:
+    """The trial's realised plan as Optuna user attributes: per-layer kept fractions and the parameter share."""
+    attrs = {}
+    for prefix, name in REALISED_ATTRS.items():
+        values = [result[k] for k in sorted(k for k in result if k.startswith(prefix))]
+        if values:
+            attrs[name] = [round(float(v), 4) for v in values]
+    if result.get("kept_fraction") is not None:
+        attrs["kept_fraction"] = round(float(result["kept_fraction"]), 6)
+    return attrs

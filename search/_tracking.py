@@ -24,6 +24,51 @@ os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
 FLUSH_GRACE_S = 90          # a finishing trial waits this long for the server before leaving the rest to the driver
 FLUSH_RETRY_S = 3
 TRIAL_TAG, PARENT_TAG = "tune_trial_id", "mlflow.parentRunId"
+# MLflow 3 opens an experiment on its GenAI (traces) view unless told it is model training: this experiment
+# tag (the UI's experiment-kind selector writes the same) makes it open on the runs table
+EXPERIMENT_KIND_TAG, TRAINING_KIND = "mlflow.experimentKind", "custom_model_development"
+# how MLflow names what a trial reports (the trial's own names stay in Tune, results.json and trials.csv)
+RENAMED = {"params": "param_count"}             # a metric called "params" reads like MLflow's Parameters tab
+DROPPED = {"composite_score"}                  # the same number as "score"
+OUTCOME_STATUS = {"complete": "FINISHED", "stopped early": "KILLED", "failed": "FAILED"}
+
+
+def mlflow_metrics(report: dict) -> dict:
+    """A trial's report as MLflow metrics: numbers only, labelled by kind (simulated/peak_memory_bytes),
+    no duplicates, no name that reads like MLflow's own Parameters."""
+    from objectives._provenance import label
+    out = {}
+    for key, value in report.items():
+        if key in DROPPED or not isinstance(value, (int, float)) or isinstance(value, bool):
+            continue
+        out[label(RENAMED.get(key, key))] = value
+    return out
+
+
+def mlflow_params(params: dict) -> dict:
+    """Sampled parameters as MLflow params; per-layer pruning shares say they are shares, not keep ratios
+    (a share of 0.86 may keep 0.64: the plan scales every share onto the budget; kept_* metrics say what was)."""
+    return {_share_name(k): v for k, v in params.items()}
+
+
+def _share_name(key: str) -> str:
+    head, _, index = key.partition("_")
+    if head in ("attn", "mlp") and (not index or index.isdigit()):
+        return f"{head}_share{'_' + index if index else ''}"
+    return key
+
+
+def trial_tags(*, baseline: str = "", outcome: str | None = None, reason: str | None = None) -> dict:
+    """Tags of a trial run: its baseline name only when it is one, its outcome (complete / stopped early by
+    ASHA / failed) once the driver knows it, and stopped_early only on trials that were."""
+    tags = {"baseline": baseline} if baseline else {}
+    if outcome is not None:
+        tags["outcome"] = outcome
+        if outcome == "stopped early":
+            tags["stopped_early"] = "true"
+    if reason:
+        tags["failure_reason"] = reason[:5000]
+    return tags
 
 
 def client(uri: str):
@@ -62,7 +107,8 @@ def ensure_parent(uri: str, experiment_name: str, *, tags: dict, run_id: str | N
     """(experiment id, parent run id). Reuses `run_id` (resume) when given, marking it RUNNING again."""
     c = client(uri)
     exp = c.get_experiment_by_name(experiment_name)
-    exp_id = exp.experiment_id if exp else c.create_experiment(experiment_name, artifact_location=artifact_location)
+    exp_id = exp.experiment_id if exp else c.create_experiment(experiment_name, artifact_location=artifact_location,
+                                                               tags={EXPERIMENT_KIND_TAG: TRAINING_KIND})
     if run_id:
         c.update_run(run_id, status="RUNNING")
         return exp_id, run_id
@@ -70,13 +116,18 @@ def ensure_parent(uri: str, experiment_name: str, *, tags: dict, run_id: str | N
 
 
 def log_parent(uri: str, run_id: str, *, metrics: dict, files=(), texts: dict, figures: dict,
-               status: str | None = None) -> None:
+               status: str | None = None, params: dict | None = None, tags: dict | None = None) -> None:
     from mlflow.entities import Metric
     c = client(uri)
     now = int(time.time() * 1000)
     batch = [Metric(k, float(v), now, 0) for k, v in metrics.items() if isinstance(v, (int, float))]
     for i in range(0, len(batch), 900):      # MLflow caps a batch at 1000 metrics
         c.log_batch(run_id, metrics=batch[i:i + 900])
+    if params:
+        logged = c.get_run(run_id).data.params   # a param is written once: resume logs only new keys
+        _apply(c, run_id, ("params", {k: v for k, v in params.items() if k not in logged}))
+    if tags:
+        _apply(c, run_id, ("tags", tags))
     for name, fig in figures.items():
         c.log_figure(run_id, fig, name)
     for name, text in texts.items():
@@ -108,10 +159,11 @@ class TrialRun:
     def start(cls, setup, trial_id: str, params: dict, *, baseline: str = "") -> "TrialRun":
         run = cls(setup.tracking_uri, setup.mlflow_experiment_id, setup.parent_run_id, trial_id,
                   f"{baseline or 'trial'}-{trial_id}")
-        run._do(("tags", {"baseline": baseline}), ("params", params))
+        run._do(("tags", trial_tags(baseline=baseline)), ("params", mlflow_params(params)))
         return run
 
     def log_plan(self, plan, result) -> None:
+        from search._plots import kept_ratio_figure
         record = {"plan": plan.to_dict(), "realised": result.summary()}
         figure = kept_ratio_figure(result.realised, result.base_shapes, result.params / result.base_params)
         self._do(("text", json.dumps(record, indent=2), "plan.json"), ("figure", figure, "kept_ratio.png"))
@@ -123,13 +175,11 @@ class TrialRun:
         client(self.uri).log_text(self.run_id, json.dumps(record, indent=2), name)
 
     def log_metrics(self, metrics: dict, *, step: int) -> None:
-        self._do(("metrics", metrics, step))
+        self._do(("metrics", mlflow_metrics(metrics), step))
 
-    def finish(self, status: str, *, reason: str = "", tag: tuple | None = None) -> None:
-        tags = dict([tag]) if tag else {}
-        if reason:
-            tags["failure_reason"] = reason[:5000]
-        self._do(("tags", tags), ("end", status))
+    def finish(self, status: str, *, reason: str = "") -> None:
+        """The trial's own end; the driver sets the outcome (complete / stopped early / failed) afterwards."""
+        self._do(("tags", trial_tags(reason=reason)), ("end", status))
         deadline = time.time() + FLUSH_GRACE_S
         while self.pending and time.time() < deadline:
             time.sleep(FLUSH_RETRY_S)
@@ -237,13 +287,13 @@ def reconcile(uri: str, experiment_id: str, parent_id: str, trials: list[dict], 
                                   tags={PARENT_TAG: parent_id, TRIAL_TAG: trial["trial_id"]}).info.run_id
             params = {}
             counts["created"] += 1
-        missing = {k: v for k, v in trial["params"].items() if k not in params}
+        missing = {k: v for k, v in mlflow_params(trial["params"]).items() if k not in params}
         if missing:
             _apply(c, run_id, ("params", missing))
         logged = {m.step for m in c.get_metric_history(run_id, "score")} if runs else set()
         for step, metrics in trial["history"]:
             if step not in logged:
-                _apply(c, run_id, ("metrics", metrics, step))
+                _apply(c, run_id, ("metrics", mlflow_metrics(metrics), step))
                 counts["steps_filled"] += 1
         if artifacts is not None and "plan.json" not in {a.path for a in c.list_artifacts(run_id)}:
             for op in artifacts(trial):
@@ -252,20 +302,3 @@ def reconcile(uri: str, experiment_id: str, parent_id: str, trials: list[dict], 
         _apply(c, run_id, ("tags", trial.get("tags") or {}))
         c.set_terminated(run_id, status=trial["status"])
     return counts
-
-
-def kept_ratio_figure(realised, base_shapes, kept_fraction: float):
-    """Per base layer: fraction of attention heads and MLP channels kept (0 = removed)."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    heads0 = base_shapes.layers[0].num_attention_heads
-    ffn0 = base_shapes.layers[0].intermediate_size
-    layers = range(len(realised))
-    fig, ax = plt.subplots(figsize=(6, 3))
-    ax.bar([i - 0.2 for i in layers], [s.num_attention_heads / heads0 for s in realised], 0.4, label="attention")
-    ax.bar([i + 0.2 for i in layers], [s.intermediate_size / ffn0 for s in realised], 0.4, label="MLP")
-    ax.set_xlabel("layer"), ax.set_ylabel("kept fraction"), ax.set_ylim(0, 1.05), ax.legend()
-    ax.set_title(f"kept {kept_fraction:.1%} of parameters")
-    plt.close(fig)
-    return fig

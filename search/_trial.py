@@ -51,7 +51,8 @@ class TrialSetup:
     top_k: int = 0
 
     def profile(self):
-        return objectives.get_profile(self.profile_name).with_budget(int(self.budget_bytes))
+        """The device running the search's runtime (its fixed memory and per-token cost), at the budget."""
+        return objectives.get_profile(self.profile_name).for_runtime(self.spec.runtime).with_budget(int(self.budget_bytes))
 
     def memory_of(self):
         profile, base = self.profile(), self.base_shapes
@@ -59,7 +60,8 @@ class TrialSetup:
 
 
 def plan_for(params: dict, setup: TrialSetup) -> compress.Plan:
-    return spaces.params_to_plan(params, setup.spec, memory_of=setup.memory_of(), budget_bytes=setup.budget_bytes)
+    return spaces.params_to_plan(params, setup.spec, memory_of=setup.memory_of(), budget_bytes=setup.budget_bytes,
+                                 fixed_bytes=setup.profile().runtime_overhead_bytes)
 
 
 device = compress.accelerator
@@ -165,6 +167,7 @@ def trial_body(params: dict, setup: TrialSetup, run, *, baseline: str, report, r
     candidate = objectives.Candidate(shapes=result.shapes, model=model, tokenizer=tokenizer)
     judges = trial_objectives(setup)
     weights = objectives.ProxyWeights.from_dict(setup.weights)
+    kept = kept_metrics(result)
     rung = 0
 
     def evaluate_and_report(extra: dict | None = None) -> bool:
@@ -181,7 +184,7 @@ def trial_body(params: dict, setup: TrialSetup, run, *, baseline: str, report, r
             return False
         scores = score_report(metrics, setup, seconds=time.perf_counter() - start)
         scores.update(rung=rung - 1, rungs=setup.rungs, baseline=baseline,
-                      kept_fraction=result.params / result.base_params, **(extra or {}))
+                      kept_fraction=result.params / result.base_params, **kept, **(extra or {}))
         scores["node_id"] = ray_node_id()
         run.log_metrics(scores, step=rung - 1)
         # the last rung: a top-k candidate is saved by the trial that made it (not mid-distillation: a
@@ -200,6 +203,18 @@ def trial_body(params: dict, setup: TrialSetup, run, *, baseline: str, report, r
         model = recover(model, tokenizer, result, schedule, setup, on_report=lambda step, m: evaluate_and_report(
             {"distill_step": step, "distill_loss": m["loss"], "distill_world": world}))
     return plan, result, model
+
+
+KEPT_PREFIXES = ("kept_attn_L", "kept_mlp_L")
+
+
+def kept_metrics(result) -> dict:
+    """The realised plan, per layer: the fraction of attention heads and of MLP channels kept (the sampled
+    parameters are shares; these are what the plan kept once scaled onto the budget)."""
+    from search._plots import kept_ratios
+    attn, mlp = kept_ratios(result.realised, result.base_shapes)
+    return {**{f"{KEPT_PREFIXES[0]}{i:02d}": a for i, a in enumerate(attn)},
+            **{f"{KEPT_PREFIXES[1]}{i:02d}": m for i, m in enumerate(mlp)}}
 
 
 RUNG_FILE = "rung.json"

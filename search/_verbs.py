@@ -180,7 +180,8 @@ def _preflight(exp, record) -> None:
     objectives.ProxyWeights.from_dict(exp.proxy.weights)
     objectives.ProxyAccuracyObjective(tasks=tuple(exp.proxy.tasks), unsafe_exec=exp.proxy.unsafe_exec)
     setup = _driver.build_setup(exp, record)
-    target = setup.budget_bytes * (setup.spec.min_budget_use if setup.spec.multi else 1.0)
+    target = spaces.memory_target(setup.budget_bytes, setup.spec.min_budget_use if setup.spec.multi else 1.0,
+                                  setup.profile().runtime_overhead_bytes)
     need = min(setup.memory_of()(plan) for plan in spaces.smallest_plans(setup.spec, exp.space.criteria[0]))
     if need > target:
         raise ValueError(f"the memory budget ({human_bytes(target)}) is below the smallest plan this search can "
@@ -251,23 +252,38 @@ def add_top_args(p):
 
 
 def top(args) -> int:
+    """The best candidates; memory and decode speed labelled by kind (simulated; measured-emulated /
+    measured-phone next to it once `validate` ran the candidate)."""
+    from objectives import SIMULATED, preferred
     from search._record import ExperimentRecord
     from search._report import feasible_complete, human_bytes
     if args.k < 1:
         raise ValueError(f"--k must be >= 1, got {args.k}")
-    data = ExperimentRecord.open(args.root, args.experiment).read_results()
+    record = ExperimentRecord.open(args.root, args.experiment)
+    data = record.read_results()
     ranked = sorted(feasible_complete(data["trials"]), key=lambda r: -r["score"])[: args.k]
     saved = {t["trial_id"]: t["dir"] for t in data["summary"].get("top", [])}
+    numbers = {r["trial_id"]: record.numbers(r) for r in ranked}
     if args.json:
-        _print_json([{**r, "params": json.loads(r.pop("params_json")), "checkpoint": saved.get(r["trial_id"])}
-                     for r in ranked])
+        _print_json([{**r, "params": json.loads(r.pop("params_json")), "checkpoint": saved.get(r["trial_id"]),
+                      "numbers": numbers[r["trial_id"]]} for r in ranked])
         return 0
-    print(f"{'rank':<5}{'name':<22}{'score':>9}{'accuracy':>10}{'KL':>9}{'memory':>12}  plan / checkpoint")
+    print(f"{'rank':<5}{'name':<22}{'score':>9}{'accuracy':>10}{'KL':>9}{'memory':>12}{'decode tok/s':>14}  "
+          f"{'(kind)':<19}{'sim. memory':>12}{'sim. tok/s':>12}  checkpoint")
     for i, r in enumerate(ranked, 1):
+        n = numbers[r["trial_id"]]
+        memory, kind = preferred(n, "peak_memory_bytes")
+        decode, _ = preferred(n, "decode_tokens_per_s")
+        sim = n[SIMULATED]
         print(f"{i:<5}{r['name']:<22}{r['score']:9.4f}{r.get('proxy_accuracy') or 0:10.4f}"
-              f"{r.get('kl_to_teacher') or 0:9.4f}{human_bytes(r.get('peak_memory_bytes')):>12}  "
+              f"{r.get('kl_to_teacher') or 0:9.4f}{human_bytes(memory):>12}{_rate(decode):>14}  {kind or '-':<19}"
+              f"{human_bytes(sim.get('peak_memory_bytes')):>12}{_rate(sim.get('decode_tokens_per_s')):>12}  "
               f"{saved.get(r['trial_id'], '(not materialised)')}")
     return 0
+
+
+def _rate(value) -> str:
+    return "-" if value is None else f"{value:,.0f}"
 
 
 # ---- distill ------------------------------------------------------------------------------------

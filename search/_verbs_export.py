@@ -35,7 +35,11 @@ def add_validate_args(p):
     p.add_argument("--top", type=int, default=3, help="validate the K best checkpoints (default 3)")
     p.add_argument("--device", default="emulated", help="emulated (llama.cpp on this host, capped) or adb (a phone)")
     p.add_argument("--root", default=DEFAULT_ROOT, help="folder holding experiments (default: runs)")
-    p.add_argument("--profile", default=None, help="device profile (default: the experiment's)")
+    p.add_argument("--profile", default=None, help="device profile name or profile file (default: the experiment's)")
+    p.add_argument("--calibrate", default=None, metavar="FILE.json",
+                   help="fit llama.cpp's fixed memory and per-token cost (and bandwidth) from these measurements and "
+                        "write them into this profile file (created from the profile used, else updated), with the "
+                        "measurements; use it as --device FILE.json at launch")
     p.add_argument("--prompt-tokens", type=int, default=64)
     p.add_argument("--gen-tokens", type=int, default=32)
     p.add_argument("--repetitions", type=int, default=3)
@@ -78,16 +82,47 @@ def run_validate(args) -> int:
         start_ray(args.address, worker_env={})
     record = validate_experiment(experiment, top=args.top, device=args.device, profile=args.profile,
                                  backend_options=options, prompt_tokens=args.prompt_tokens,
-                                 gen_tokens=args.gen_tokens, repetitions=args.repetitions, on_cluster=args.ray)
-    print(f"{'rank':>4}  {'decode tok/s':>12}  {'(simulated)':>11}  {'peak MB':>9}  {'(simulated)':>11}  fits")
+                                 gen_tokens=args.gen_tokens, repetitions=args.repetitions, on_cluster=args.ray,
+                                 calibrate=args.calibrate)
+    kind = record["kind"]
+    print(f"{'':5}{'decode tok/s':>28}{'peak memory MB':>30}")
+    print(f"{'rank':<5}{kind:>18}{'simulated':>10}{kind:>20}{'simulated':>10}  fits ({kind} / simulated)")
     for c in record["candidates"]:
         m, s = c["measured"], c["simulated"]
-        print(f"{c['rank']:>4}  {_num(m['decode_tokens_per_s']):>12}  {_num(s['decode_tokens_per_s']):>11}  "
-              f"{_num(m['peak_memory_bytes'], 1e6):>9}  {_num(s['peak_memory_bytes'], 1e6):>11}  "
-              f"{'yes' if m['fits'] else 'NO'}")
-    print(f"written: {experiment.validation}")
+        print(f"{c['rank']:<5}{_num(m['decode_tokens_per_s']):>18}{_num(s['decode_tokens_per_s']):>10}"
+              f"{_num(m['peak_memory_bytes'], 1e6):>20}{_num(s['peak_memory_bytes'], 1e6):>10}  "
+              f"{'yes' if m['fits'] else 'NO'} / {'yes' if s['fits'] else 'NO'}")
+    if record.get("calibration"):
+        cal = record["calibration"]["fitted"]
+        print(f"calibrated {record['runtime']} in {record['calibration']['file']}: fixed memory "
+              f"{cal['overhead_bytes']:,} B, {cal['token_overhead_s'] * 1e6:.1f} us per token, bandwidth "
+              f"{cal['decode_bandwidth_bytes_per_s'] / 1e9:.1f} GB/s ({cal['method']})")
+    print(f"written: {experiment.validation_file(args.device)}")
     return 0
 
 
 def _num(value, scale: float = 1.0) -> str:
     return "n/a" if value is None else f"{value / scale:,.2f}"
+
+
+# ---- submit ----------------------------------------------------------------------------------------
+def add_submit_args(p):
+    p.add_argument("--experiment", required=True, help="experiment name (a folder under --root)")
+    p.add_argument("--top", type=int, default=1, metavar="K", help="bundle the K best candidates (default 1)")
+    p.add_argument("--out", required=True, help="the bundle folder (must not exist or be empty)")
+    p.add_argument("--root", default=DEFAULT_ROOT, help="folder holding experiments (default: runs)")
+    p.add_argument("--no-check", action="store_true", help="skip the checks of the written bundle")
+
+
+def run_submit(args) -> int:
+    from search._record import ExperimentRecord
+    from search._submit import submit
+    record = ExperimentRecord.open(args.root, args.experiment)
+    facts = submit(record, top=args.top, out=args.out, check=not args.no_check)
+    check = facts.get("check")
+    if check is not None and not check["ok"]:
+        print(f"error: the bundle in {args.out} failed its checks (see {args.out}/check.json)", file=sys.stderr)
+        return 1
+    print(f"wrote {args.out}: {len(facts['candidates'])} candidate(s), results.csv, README.md"
+          + (", checks passed" if check else ", not checked"))
+    return 0

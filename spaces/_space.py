@@ -12,7 +12,9 @@ Runtimes: `llama.cpp` runs per-layer shapes (GGUF `deci`), so every layer has it
 share for all layers, plus optional whole-layer drops (dropping layers keeps shapes uniform).
 
 In multi-objective mode a trial also samples `budget_use`, the fraction of the budget it targets,
-so the Pareto front spans memory.
+so the Pareto front spans memory: the fraction of what the budget leaves the model beyond the runtime's
+fixed memory (`fixed_bytes`, the profile's overhead), so a runtime that holds most of a tiny budget
+still leaves every fraction reachable.
 """
 from __future__ import annotations
 
@@ -75,10 +77,11 @@ def shares_of(params: dict, spec: SpaceSpec) -> tuple[list[float], list[float]]:
     return [params[f"attn_{i}"] for i in range(n)], [params[f"mlp_{i}"] for i in range(n)]
 
 
-def params_to_plan(params: dict, spec: SpaceSpec, *, memory_of: Callable[[Plan], float], budget_bytes: float) -> Plan:
+def params_to_plan(params: dict, spec: SpaceSpec, *, memory_of: Callable[[Plan], float], budget_bytes: float,
+                   fixed_bytes: float = 0.0) -> Plan:
     """The pure map trial parameters -> pruning plan, repaired onto the memory target."""
     attn, mlp = shares_of(params, spec)
-    target = budget_bytes * float(params.get("budget_use", 1.0))
+    target = memory_target(budget_bytes, float(params.get("budget_use", 1.0)), fixed_bytes)
     build = lambda c: _plan_at(c, attn, mlp, spec, params["importance"])  # noqa: E731
     top = 1.0 / max(min([s for s in attn + mlp if s > 0] or [1.0]), 1e-6)
     full = build(top)
@@ -97,6 +100,11 @@ def params_to_plan(params: dict, spec: SpaceSpec, *, memory_of: Callable[[Plan],
         raise ValueError(f"no plan of this shape fits {target / 1e9:.3f} GB: the memory target is below what "
                          "embeddings and one kept sub-block need")
     return best
+
+
+def memory_target(budget_bytes: float, use: float, fixed_bytes: float = 0.0) -> float:
+    """The peak memory a trial targets: the runtime's fixed bytes + `use` of what the budget leaves the model."""
+    return fixed_bytes + use * (budget_bytes - fixed_bytes)
 
 
 def smallest_plans(spec: SpaceSpec, importance: str = "l1") -> list[Plan]:

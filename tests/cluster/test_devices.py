@@ -90,7 +90,7 @@ def test_adb_commands_are_built_from_the_config(tmp_path):
     assert ["adb", "-s", "R5CX", "push", str(tmp_path / "libggml.so"), "/data/local/tmp/ep/bin/libggml.so"] in cmds
     args = backend.bench_args("/data/local/tmp/ep/rank1.gguf", prompt_tokens=128, gen_tokens=64, repetitions=5)
     assert args == ["/data/local/tmp/ep/bin/llama-bench", "-m", "/data/local/tmp/ep/rank1.gguf", "-p", "128",
-                    "-n", "64", "-r", "5", "-o", "json", "-t", "4"]
+                    "-n", "64", "-r", "5", "-fa", "1", "-o", "json", "-t", "4"]
     script = backend.run_script(args)
     assert "VmHWM" in script and "/proc/$pid/status" in script and "EDGEPRUNE_RC=$rc" in script
     with pytest.raises(ValueError, match="exactly one of"):

@@ -6,6 +6,7 @@ import json
 import pytest
 
 import compress
+import objectives
 from compress import LayerPlan, Plan
 from search._record import ExperimentRecord
 from search._verbs_export import add_export_args, add_validate_args, run_export, run_validate
@@ -52,45 +53,69 @@ def test_validate_experiment_writes_measured_next_to_simulated(experiment, mlflo
     client, run_id = mlflow_parent
     record = validate_experiment(ExperimentRecord(exp.parent, exp.name), top=2, device="emulated", prompt_tokens=16,
                                  gen_tokens=8, repetitions=1, backend_options={"threads": 1})
-    assert json.loads((exp / "validation.json").read_text()) == json.loads(json.dumps(record, default=str))
+    assert json.loads((exp / "validation-emulated.json").read_text()) == json.loads(json.dumps(record, default=str))
     assert record["profile"] == "phone-12gb" and [c["rank"] for c in record["candidates"]] == [1, 2]
+    assert record["kind"] == "measured-emulated" and record["runtime"] == "llama.cpp"
     for cand in record["candidates"]:
         measured, simulated = cand["measured"], cand["simulated"]
+        assert measured["kind"] == "measured-emulated" and simulated["kind"] == "simulated"
         assert measured["decode_tokens_per_s"] > 0 and measured["prefill_tokens_per_s"] > 0
         assert measured["peak_memory_bytes"] > 0 and measured["fits"]
         assert simulated["decode_tokens_per_s"] > 0 and simulated["peak_memory_bytes"] > 0
         assert cand["measured_over_simulated"]["decode"] > 0
         assert cand["raw"]["llama_buffers"]["model"] > 0 and (exp / "exports" / cand["gguf"].split("/")[-1]).is_file()
-    metrics = client.get_run(run_id).data.metrics
-    assert metrics["validation_emulated_rank1_decode_tokens_per_s"] > 0
-    assert "validation_emulated_rank2_simulated_peak_memory_bytes" in metrics
-    assert [a.path for a in client.list_artifacts(run_id)] == ["validation.json"]
+    run = client.get_run(run_id)
+    assert run.data.metrics["measured-emulated/rank1/decode_tokens_per_s"] > 0
+    assert "simulated/rank2/peak_memory_bytes" in run.data.metrics
+    assert run.data.tags["measured.measured-emulated"] == "emulated"
+    assert [a.path for a in client.list_artifacts(run_id)] == ["validation-emulated.json"]
 
 
-def test_validate_verb_and_tiny_budget_does_not_fit(experiment, capsys):
-    root, exp = experiment
+def _validate(root, *extra):
     p = argparse.ArgumentParser()
     add_validate_args(p)
-    args = p.parse_args(["--experiment", "stories", "--root", str(root), "--top", "1", "--profile", "stories260k-tiny",
-                         "--prompt-tokens", "16", "--gen-tokens", "4", "--repetitions", "1", "--threads", "1"])
-    assert run_validate(args) == 0
+    return run_validate(p.parse_args(["--experiment", "stories", "--root", str(root), "--prompt-tokens", "16",
+                                      "--gen-tokens", "4", "--repetitions", "1", "--threads", "1", *extra]))
+
+
+def test_validate_verb_agrees_with_the_bundled_profile_then_calibrates_a_profile_file(experiment, capsys, tmp_path):
+    """The bundled profile models llama.cpp's fixed memory, so what the search says fits runs within the
+    budget (before, a 0.7 MB budget without the runtime made every candidate 'NO'); --calibrate writes a user
+    profile with the fitted costs and the measurements, and a tighter budget in that file does not fit."""
+    root, exp = experiment
+    assert _validate(root, "--top", "2", "--profile", "stories260k-tiny", "--calibrate", str(tmp_path / "me.json")) == 0
     out = capsys.readouterr().out
-    assert "written:" in out and "NO" in out          # llama.cpp's own buffers exceed the 0.7 MB toy budget
-    record = json.loads((exp / "validation.json").read_text())
+    assert "yes / yes" in out and "NO" not in out and "calibrated llama.cpp in" in out
+    record = json.loads((exp / "validation-emulated.json").read_text())
+    for cand in record["candidates"]:
+        measured, simulated = cand["measured"]["peak_memory_bytes"], cand["simulated"]["peak_memory_bytes"]
+        assert abs(simulated - measured) <= 0.10 * measured, (simulated, measured)
+    saved = json.loads((tmp_path / "me.json").read_text())
+    entry = saved["calibration"][-1]
+    assert len(entry["measurements"]) == 2 and entry["runtime"] == "llama.cpp" and entry["kind"] == "measured-emulated"
+    fitted = objectives.get_profile(str(tmp_path / "me.json"))
+    assert fitted.name == "me" and fitted.runtimes["llama.cpp"].overhead_bytes == entry["fitted"]["overhead_bytes"]
+    for p in entry["measurements"]:           # the upper envelope: no candidate's measurement above the fit
+        assert p["model_bytes"] + fitted.runtime_overhead_bytes >= p["measured_peak_memory_bytes"]
+    saved["profile"]["memory_budget_bytes"] = fitted.runtime_overhead_bytes // 2
+    (tmp_path / "me.json").write_text(json.dumps(saved))
+    assert _validate(root, "--top", "1", "--profile", str(tmp_path / "me.json")) == 0
+    assert "NO / NO" in capsys.readouterr().out
+    record = json.loads((exp / "validation-emulated.json").read_text())
     assert record["candidates"][0]["measured"]["notes"][0].startswith("does not fit")
-    with pytest.raises(ValueError, match="adb only"):
-        run_validate(p.parse_args(["--experiment", "stories", "--root", str(root), "--serial", "X"]))
 
 
-def test_export_verb(experiment, tmp_path, capsys):
-    _, exp = experiment
-    p = argparse.ArgumentParser()
-    add_export_args(p)
-    assert run_export(p.parse_args(["--model", str(exp / "top" / "rank2-trial_b"), "--format", "gguf",
-                                    "--out", str(tmp_path / "m.gguf")])) == 0
-    assert json.loads(capsys.readouterr().out)["out"] == str(tmp_path / "m.gguf")
-    with pytest.raises(ValueError, match="did you mean 'mlc'"):
-        run_export(p.parse_args(["--model", "stories260k", "--format", "mlx", "--out", str(tmp_path / "x")]))
-    with pytest.raises(ValueError, match="not MLC-compatible"):
-        run_export(p.parse_args(["--model", str(exp / "top" / "rank2-trial_b"), "--format", "mlc",
-                                 "--out", str(tmp_path / "mlc")]))
+def test_calibrate_fits_overhead_envelope_and_bandwidth_from_spread():
+    from cluster._calibrate import fit
+    profile = objectives.get_profile("phone-12gb")
+    pts = [{"measured_peak_memory_bytes": b + 1000 + noise, "model_bytes": b,
+            "measured_decode_tokens_per_s": 1 / (2e-3 + b / 40e9), "decode_bytes_per_token": b}
+           for b, noise in ((1e9, 0), (2e9, 300), (4e9, 100))]
+    got = fit(pts, profile)
+    assert got["overhead_bytes"] == 4096 and got["memory_residuals_bytes"] == [1000, 1300, 1100]  # 1300 + 300, paged
+    assert got["decode_bandwidth_bytes_per_s"] == pytest.approx(40e9) and got["token_overhead_s"] == pytest.approx(2e-3)
+    one = fit(pts[:1], profile)                   # too little spread to fit the bandwidth: the profile's is kept
+    assert one["decode_bandwidth_bytes_per_s"] == profile.decode_bandwidth_bytes_per_s
+    assert one["token_overhead_s"] == pytest.approx(2e-3 + 1e9 / 40e9 - 1e9 / profile.decode_bandwidth_bytes_per_s)
+    with pytest.raises(ValueError, match="nothing to calibrate"):
+        fit([], profile)

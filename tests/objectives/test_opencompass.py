@@ -144,15 +144,20 @@ def test_run_refuses_bad_input(tmp_path):
 
 
 # ---- competition CSV and Spearman ------------------------------------------------------------------
-def test_competition_csv_matches_the_kit(tmp_path):
+def test_competition_csv_matches_the_kit_and_labels_each_efficiency_number(tmp_path):
+    simulated = {"simulated": {"decode_tokens_per_s": 99.0, "peak_memory_bytes": 2**30}}
+    measured = {**simulated, "measured-emulated": {"decode_tokens_per_s": 12.5, "peak_memory_bytes": 3 * 2**29},
+                "measured-phone": {"decode_tokens_per_s": 7.0, "peak_memory_bytes": None}}   # the phone ran out of memory
     rows = [competition_row({"scores": {"CommonsenseQA": 20.0, "BIG-Bench-Hard": 1 / 3, "GSM8K": 0.0, "HumanEval": None,
-                                        "CHID": 14.5, "TruthfulQA": 30.0}}, throughput=12.5, memory_bytes=3 * 2**29),
-            competition_row(None)]
+                                        "CHID": 14.5, "TruthfulQA": 30.0}}, measured),
+            competition_row(None, simulated), competition_row(None, {})]
     path = write_competition_csv(rows, tmp_path / "r.csv")
     lines = path.read_text().splitlines()
-    assert lines[0] == "CommonsenseQA,BIG-Bench-Hard,GSM8K,HumanEval,CHID,TruthfulQA,Throughput,Memory-Usage"
-    assert lines[1] == "20,0.333333,0,,14.5,30,12.5,1.5"
-    assert lines[2] == ",,,,,,,"
+    assert lines[0] == ("CommonsenseQA,BIG-Bench-Hard,GSM8K,HumanEval,CHID,TruthfulQA,Throughput,Memory-Usage,"
+                        "Throughput-Kind,Memory-Usage-Kind")
+    assert lines[1] == "20,0.333333,0,,14.5,30,7,1.5,measured-phone,measured-emulated"
+    assert lines[2] == ",,,,,,99,1,simulated,simulated"
+    assert lines[3] == ",,,,,,,,,"
     assert list(csv.DictReader(open(path)))[0]["Memory-Usage"] == "1.5"
     with pytest.raises(ValueError, match="unknown competition CSV columns"):
         write_competition_csv([{"GSM8k": 1.0}], tmp_path / "bad.csv")
@@ -200,7 +205,7 @@ def test_full_eval_top_writes_reports_and_logs_to_mlflow(tmp_path, monkeypatch):
     saved = json.loads((exp / "opencompass.json").read_text())
     assert [c["name"] for c in saved["candidates"]] == ["c0", "c1", "c2"]
     lines = (exp / "opencompass.csv").read_text().splitlines()
-    assert lines[0].split(",") == list(COMPETITION_COLUMNS) and lines[1] == "30,30,30,30,30,30,42,1"
+    assert lines[0].split(",")[:8] == list(COMPETITION_COLUMNS) and lines[1] == "30,30,30,30,30,30,42,1,simulated,simulated"
     metrics = client.get_run(run_id).data.metrics
     assert metrics["opencompass/spearman"] == pytest.approx(1.0)
     assert metrics["opencompass/rank2/GSM8K"] == 10.0 and metrics["opencompass/rank3/average"] == 20.0

@@ -1,3 +1,4 @@
+import json
 import math
 
 import pytest
@@ -5,7 +6,8 @@ from transformers import LlamaConfig
 
 import compress
 import objectives
-from objectives._profiles import STORIES_BUDGET, STORIES_BUDGET_FRACTION, STORIES_DENSE_PEAK
+from objectives._profiles import (STORIES_BUDGET, STORIES_BUDGET_FRACTION, STORIES_DENSE_PEAK, STORIES_LLAMACPP_OVERHEAD,
+                                  STORIES_LLAMACPP_TOKEN_S)
 
 # The bundled model's config (compress/_bundled/stories260k), written out so the test needs no files.
 STORIES = LlamaConfig(hidden_size=64, intermediate_size=172, num_hidden_layers=5, num_attention_heads=8,
@@ -49,11 +51,40 @@ def test_invalid_profile_fields_are_value_errors():
             objectives.DeviceProfile(**{**base, field: bad})
 
 
-def test_stories_budget_is_a_fraction_of_the_dense_models_modeled_peak():
+def test_stories_budget_is_the_runtime_plus_a_fraction_of_the_dense_models_bytes():
     tiny = objectives.get_profile("stories260k-tiny")
     dense = objectives.estimate_memory(compress.shapes_from_config(STORIES), tiny)
     assert compress.shapes_from_config(STORIES).param_count() == 260_032
-    assert dense.total_bytes == STORIES_DENSE_PEAK                 # the derivation in _profiles.py holds
-    assert tiny.memory_budget_bytes == STORIES_BUDGET == math.floor(STORIES_BUDGET_FRACTION * STORIES_DENSE_PEAK)
+    assert dense.total_bytes - dense.overhead_bytes == STORIES_DENSE_PEAK       # the derivation in _profiles.py holds
+    assert dense.overhead_bytes == STORIES_LLAMACPP_OVERHEAD == tiny.runtime_overhead_bytes
+    assert tiny.memory_budget_bytes == STORIES_BUDGET == \
+        STORIES_LLAMACPP_OVERHEAD + math.floor(STORIES_BUDGET_FRACTION * STORIES_DENSE_PEAK)
     assert not dense.fits                                          # the constraint binds on the dense model
-    assert tiny.context_length == 512 and tiny.runtime_overhead_bytes == 0
+    assert tiny.context_length == 512 and tiny.token_overhead_s == STORIES_LLAMACPP_TOKEN_S
+
+
+def test_runtime_costs_select_with_the_runtime_and_slow_decode():
+    phone = objectives.get_profile("phone-12gb")
+    assert set(phone.runtimes) == {"llama.cpp", "mlc"} and phone.runtime == "llama.cpp"
+    custom = phone.with_runtime_cost("mlc", objectives.RuntimeCost(overhead_bytes=2 * 1024**3, token_overhead_s=0.01))
+    assert custom.runtime == "mlc" and custom.runtime_overhead_bytes == 2 * 1024**3
+    assert custom.for_runtime("llama.cpp").runtime_overhead_bytes == 1024**3     # the other runtime is untouched
+    shapes = compress.shapes_from_config(STORIES)
+    plain = objectives.decode_tokens_per_s(shapes, phone)
+    assert objectives.decode_tokens_per_s(shapes, custom) == pytest.approx(1 / (0.01 + 1 / plain))
+    with pytest.raises(ValueError, match="unknown runtime 'tvm'"):
+        phone.for_runtime("tvm")
+
+
+def test_profile_file_round_trip_and_bad_files(tmp_path):
+    tiny = objectives.get_profile("stories260k-tiny")
+    path = tmp_path / "mine.json"
+    path.write_text(json.dumps({"profile": tiny.to_dict(), "calibration": []}))
+    assert objectives.get_profile(str(path)) == tiny
+    for text, message in (("[1]", "'profile' section"), ("{", "not a readable JSON"),
+                          ('{"profile": {"name": "x", "colour": 1}}', "unknown fields")):
+        path.write_text(text)
+        with pytest.raises(ValueError, match=message):
+            objectives.get_profile(str(path))
+    with pytest.raises(ValueError, match="not found"):
+        objectives.get_profile(str(tmp_path / "none.json"))

@@ -101,6 +101,19 @@ CASES = [
      "no filesystem for nofs:// is installed"),
     ("--tracking-uri of a server that refuses", ["launch", "--tracking-uri", "http://{closed_port}", "--root",
                                                   "{root}"], "the MLflow server refuses"),
+    ("submit: an experiment without finished trials", ["submit", "--experiment", "exists", "--out", "{out}",
+                                                        "--root", "{root}"], "has no finished trials yet"),
+    ("submit: --top above the finished candidates", ["submit", "--experiment", "one", "--top", "2", "--out", "{out}",
+                                                     "--root", "{root}"], "has 1 finished candidate with checkpoints"),
+    ("submit: a non-empty --out", ["submit", "--experiment", "one", "--out", "{full}", "--root", "{root}"],
+     "is not empty"),
+    ("submit: no such experiment", ["submit", "--experiment", "nope", "--out", "{out}", "--root", "{root}"],
+     "no experiment 'nope'"),
+    ("validate --calibrate into a folder", ["validate", "--experiment", "one", "--calibrate", "{json_dir}",
+                                            "--root", "{root}"], "is a directory"),
+    ("validate --calibrate into a JSON that is no profile", ["validate", "--experiment", "one", "--calibrate",
+                                                            "{plan}", "--root", "{root}"], "'profile' section"),
+    ("a profile file that does not exist", ["evaluate", "--device", "{tmp}/mine.json"], "not found"),
 ]
 
 
@@ -153,12 +166,16 @@ def world(tmp_path_factory):
     (paths["unreadable"] / "commonsenseqa" / "dev_rand_split.jsonl").mkdir(parents=True)  # a folder, not a file
     paths["full"] = tmp / "full"
     paths["full"].mkdir()
+    paths["json_dir"] = tmp / "profiles.json"
+    paths["json_dir"].mkdir()
     (paths["full"] / "precious.txt").write_text("keep me")
-    for name, state in (("exists", None), ("done", {"status": "finished"})):
+    for name, state in (("exists", None), ("done", {"status": "finished"}), ("one", {"status": "finished"})):
         (paths["root"] / name).mkdir(parents=True)
         (paths["root"] / name / "config.yaml").write_text("model: stories260k\ndevice: stories260k-tiny\n")
         if state:
             (paths["root"] / name / "state.json").write_text(json.dumps(state))
+    one = {"rank": 1, "trial_id": "t1", "name": "owl", "folder": "owl", "score": 0.5}     # one finished candidate
+    (paths["root"] / "one" / "results.json").write_text(json.dumps({"summary": {"top": [one]}, "trials": [one]}))
     yield paths
     closed.close()
     silent.close()

@@ -52,8 +52,9 @@ def test_the_repair_falls_back_to_tied_embeddings_and_smaller_vocabularies():
     small = memory(spaces.smallest_arch(dataclasses.replace(SPEC, vocab=(768,))))    # vocab 768, tied, at least
     arch = spaces.params_to_arch(params, SPEC, memory_of=memory, budget_bytes=small)
     assert arch.vocab == 768 and arch.tie and memory(arch) <= small             # untied would not fit
-    arch = spaces.params_to_arch(params, SPEC, memory_of=memory, budget_bytes=small * 0.9)
-    assert arch.vocab < 768 and memory(arch) <= small * 0.9
+    tight = spaces.memory_target(small, 0.9, PROFILE.runtime_overhead_bytes)   # 90 % of the model's share
+    arch = spaces.params_to_arch(params, SPEC, memory_of=memory, budget_bytes=tight)
+    assert arch.vocab < 768 and memory(arch) <= tight
 
 
 def test_per_layer_ffn_for_llama_cpp_one_shape_for_mlc():
