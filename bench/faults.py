@@ -147,7 +147,8 @@ def count(base: Path, trials: int) -> dict:
                    "missing_completed": sum(1 for r in completed if runs_per_trial[r["trial_id"]] == 0),
                    "completed_exactly_once": all(runs_per_trial[r["trial_id"]] == 1 for r in completed),
                    "unknown_trial_ids": sum(1 for tid in runs_per_trial if tid not in set(ids)),
-                   "not_finished": sum(1 for r in children if r.info.status != "FINISHED"),
+                   # still RUNNING (or failed) after reconciliation; ASHA-stopped trials end KILLED by design
+                   "not_finished": sum(1 for r in children if r.info.status not in ("FINISHED", "KILLED")),
                    "runs_deleted_by_reconciliation": len(deleted)},
     }
 

@@ -69,8 +69,9 @@ def conv_template(config) -> str:
 
 
 def export_mlc(model_dir, out_dir, *, force: bool = False, device: str = DEFAULT_DEVICE,
-               template: str | None = None) -> Path:
-    """out_dir/hf (FP16 HF directory), out_dir/README-mlc.md and out_dir/mlc_commands.sh."""
+               template: str | None = None, commands_dir=None) -> Path:
+    """out_dir/hf (FP16 HF directory), out_dir/README-mlc.md and out_dir/mlc_commands.sh. commands_dir: the
+    folder the commands name (default: out_dir, absolute; a relative path for a folder that will move)."""
     from ._atomic import atomic_dir
     from ._export import export_hf
     from ._io import check_output_dir, write_errors
@@ -81,7 +82,8 @@ def export_mlc(model_dir, out_dir, *, force: bool = False, device: str = DEFAULT
     with write_errors(out_dir), atomic_dir(out_dir, force=force) as tmp:
         export_hf(model_dir, tmp / HF_SUBDIR)
         _stock_config(tmp / HF_SUBDIR / "config.json", shapes)
-        commands = mlc_commands(out_dir, config, device=device, template=template or conv_template(config))
+        commands = mlc_commands(commands_dir or out_dir.resolve(), config, device=device,
+                                template=template or conv_template(config))
         (tmp / "mlc_commands.sh").write_text(commands)
         (tmp / "mlc_commands.sh").chmod(0o755)
         (tmp / "README-mlc.md").write_text(_readme(commands))
@@ -104,7 +106,7 @@ def _stock_config(path: Path, shapes: ModelShapes) -> None:
 
 
 def mlc_commands(out_dir: Path, config, *, device: str, template: str) -> str:
-    out_dir = Path(out_dir).resolve()
+    out_dir = Path(out_dir)
     hf, mlc = out_dir / HF_SUBDIR, out_dir / MLC_SUBDIR
     context = int(getattr(config, "max_position_embeddings", 2048))
     lib = mlc / f"model-{QUANTIZATION}-{device}.tar"

@@ -2,14 +2,14 @@
 # interface
 from ._base import OBJECTIVES, Candidate, EvalContext, Metric, Objective
 # device profiles, memory and throughput models, real memory measurement
-from ._profiles import DEFAULT_PROFILE, PROFILES, RUNTIMES, DeviceProfile, RuntimeCost, get_profile
+from ._profiles import DEFAULT_PROFILE, PROFILES, RUNTIMES, DeviceProfile, RuntimeCost, get_profile, shippable_profile
 from ._provenance import KINDS, MEASURED_EMULATED, MEASURED_PHONE, SIMULATED, preferred
 from ._memory import MemoryEstimate, MemoryObjective, estimate_memory
 from ._throughput import ThroughputObjective, decode_tokens_per_s, prefill_tokens_per_s
 from ._measure import compare_memory, measure_peak_memory
 
 __all__ = ["OBJECTIVES", "Candidate", "EvalContext", "Metric", "Objective",
-           "DEFAULT_PROFILE", "PROFILES", "RUNTIMES", "DeviceProfile", "RuntimeCost", "get_profile",
+           "DEFAULT_PROFILE", "PROFILES", "RUNTIMES", "DeviceProfile", "RuntimeCost", "get_profile", "shippable_profile",
            "KINDS", "MEASURED_EMULATED", "MEASURED_PHONE", "SIMULATED", "preferred",
            "MemoryEstimate", "MemoryObjective", "estimate_memory",
            "ThroughputObjective", "decode_tokens_per_s", "prefill_tokens_per_s",

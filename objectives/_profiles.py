@@ -72,7 +72,7 @@ STORIES_BUDGET_FRACTION = 0.7
 # llama.cpp on the emulated host (bench/results/stories_calibration.json: `validate --calibrate` on the
 # bundled search's candidates): resident memory beyond the model's bytes, and time per decoded token
 # beyond reading weights and KV cache, projected to the phone like the emulated measurement itself.
-STORIES_LLAMACPP_OVERHEAD = 6_500_000
+STORIES_LLAMACPP_OVERHEAD = 6_172_672
 STORIES_LLAMACPP_TOKEN_S = 4.0e-5
 STORIES_BUDGET = STORIES_LLAMACPP_OVERHEAD + 727_462    # + floor(0.7 * 1,039,232)
 
@@ -192,6 +192,12 @@ def get_profile(name) -> DeviceProfile:
     if isinstance(name, (str, Path)) and str(name).endswith(PROFILE_FILE_SUFFIX):
         return read_profile_file(name)
     return PROFILES.get(name)
+
+
+def shippable_profile(device):
+    """What a search ships to its trials: a registered profile's name, or a profile file's DeviceProfile (by
+    value, so a trial on another node needs no path on the driver's disk)."""
+    return get_profile(device) if str(device).endswith(PROFILE_FILE_SUFFIX) else device
 
 
 def read_profile_file(path) -> DeviceProfile:

@@ -47,7 +47,8 @@ def build_setup(exp: experiments.Experiment, record: ExperimentRecord, *, teache
                             min_budget_use=exp.space.min_budget_use,
                             distill_steps=tuple(exp.distill.steps) if exp.distill.enabled else (),
                             distill_lr=tuple(exp.distill.lr))
-    return TrialSetup(model_source=source, base_shapes=base, spec=spec, profile_name=exp.device, budget_bytes=float(budget),
+    return TrialSetup(model_source=source, base_shapes=base, spec=spec, profile_name=objectives.shippable_profile(exp.device),
+                      budget_bytes=float(budget),
                       rungs=exp.proxy.rungs, tasks=list(exp.proxy.tasks), weights=dict(exp.proxy.weights),
                       teacher_cache=teacher_cache, multi=exp.search.multi_objective if exp.search.mode == "multi"
                       else None, distill=exp.to_dict()["distill"], seed=exp.search.seed,

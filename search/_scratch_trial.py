@@ -20,6 +20,7 @@ import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import compress
 import objectives
@@ -39,7 +40,7 @@ COLUMNS = ("heldout_nats_per_byte", "c4_nats_per_byte", "alpaca_zh_nats_per_byte
 class ScratchSetup:
     """Everything a Track 2 trial needs, computed once by the driver and shipped to workers."""
     spec: spaces.ArchSpec
-    profile_name: str
+    profile_name: Any                     # a registered profile's name, or the DeviceProfile of a profile file
     budget_bytes: float
     dtype: str                            # saved weights (float16 / float32); sizes weights in the memory model
     rungs: int
@@ -86,7 +87,8 @@ def build_setup(exp, record, *, tracking_uri: str | None = None) -> ScratchSetup
     objectives.ProxyWeights.from_dict(weights)
     objectives.ProxyAccuracyObjective(tasks=tuple(exp.proxy.tasks), unsafe_exec=exp.proxy.unsafe_exec)  # names, sandbox
     root = Path(record.path) if record is not None else Path(".")
-    setup = ScratchSetup(spec=spec, profile_name=exp.device, budget_bytes=float(budget), dtype=exp.dtype,
+    setup = ScratchSetup(spec=spec, profile_name=objectives.shippable_profile(exp.device), budget_bytes=float(budget),
+                         dtype=exp.dtype,
                          rungs=exp.proxy.rungs, tasks=list(exp.proxy.tasks), weights=weights,
                          tokenizers={v: str(root / TOKENIZERS / f"bpe-{v}") for v in spec.vocab},
                          train={k: getattr(train, k) for k in ("hub", "zero_stage", "precision",

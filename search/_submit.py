@@ -145,13 +145,14 @@ def _mlc(source: Path, target: Path) -> dict:
         check_mlc(compress.load_config(str(source)))
     except ValueError as err:
         return {"buildable": False, "reason": str(err)}
-    export_mlc(source, target)
+    export_mlc(source, target, commands_dir=Path(MLC_DIR))       # run from the candidate's folder
     for weights in (target / "hf").glob("*.safetensors"):         # same bytes as hf/: one copy on disk
         twin = target.parent / HF_DIR / weights.name
         if twin.is_file() and twin.stat().st_size == weights.stat().st_size and _same(twin, weights):
             weights.unlink()
             _link_or_copy(twin, weights)
-    return {"buildable": True, "commands": (target / "mlc_commands.sh").read_text()}
+    return {"buildable": True, "commands": (target / "mlc_commands.sh").read_text(),
+            "run_from": "the candidate's folder (sh mlc/mlc_commands.sh)"}
 
 
 def _same(a: Path, b: Path) -> bool:

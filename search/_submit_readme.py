@@ -47,7 +47,7 @@ def _candidate(c: dict) -> list[str]:
               f"llama-cli -m {folder}/model-f16.gguf -fa on -p \"Once upon a time\" -n 64",
               f"llama-bench -m {folder}/model-f16.gguf -p 64 -n 32 -fa 1", "```", ""]
     if c["mlc"]["buildable"]:
-        lines += [f"MLC-LLM (`{folder}/mlc/`, weights shared with `hf/`):", "", "```sh",
+        lines += [f"MLC-LLM (`{folder}/mlc/`, weights shared with `hf/`), run from `{folder}/`:", "", "```sh",
                   c["mlc"]["commands"].strip(), "```", ""]
     else:
         lines += [f"MLC-LLM: not buildable. {c['mlc']['reason']}", ""]

@@ -29,7 +29,7 @@ class TrialSetup:
     model_source: str
     base_shapes: compress.ModelShapes     # the dense model's shapes (read once from its config)
     spec: spaces.SpaceSpec
-    profile_name: str
+    profile_name: Any                     # a registered profile's name, or the DeviceProfile of a profile file
     budget_bytes: float
     rungs: int
     tasks: list

@@ -92,3 +92,22 @@ def _study_reads_right(exp: Path):
     study = optuna.load_study(study_name="sub", storage=f"sqlite:///{exp / 'optuna.db'}")
     assert study.metric_names == ["score"]
     assert all(len(t.user_attrs["realised_attn_keep"]) == 5 for t in study.trials)
+
+
+def test_uniform_candidate_gets_an_mlc_build_sharing_the_weights(tmp_path):
+    """Uniform shapes: the MLC folder's FP16 weights are hard links to hf/'s, and the commands name folders
+    relative to the candidate (the bundle is written in a temporary folder and moved into place)."""
+    import compress
+    from compress import Plan
+    from search._submit import _mlc
+    model, tok = compress.load_model("stories260k")
+    plan = Plan.uniform(5, attn_keep=0.5, mlp_keep=0.5, importance="l1")
+    compress.prune(model, tok, plan)
+    source = compress.save_pruned(model, tok, tmp_path / "source", plan=plan)
+    cand = tmp_path / "rank1-x"
+    cand.mkdir()
+    compress.export_model(source, "hf", cand / "hf")
+    mlc = _mlc(source, cand / "mlc")
+    assert mlc["buildable"] and "mlc_llm convert_weight mlc/hf --quantization q0f16 -o mlc/mlc" in mlc["commands"]
+    assert str(tmp_path) not in mlc["commands"]
+    assert (cand / "mlc" / "hf" / "model.safetensors").stat().st_ino == (cand / "hf" / "model.safetensors").stat().st_ino
