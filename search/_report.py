@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import sys
 
 from compress._atomic import atomic_file
 from search import _candidates, _tracking
@@ -16,7 +17,8 @@ TUNE_KEYS = {"timestamp", "checkpoint_dir_name", "done", "training_iteration", "
              "time_total_s", "pid", "hostname", "node_ip", "time_since_restore", "iterations_since_restore",
              "should_checkpoint"}
 COLUMNS = ("trial_id", "name", "status", "rung", "score", "proxy_accuracy", "kl_to_teacher", "perplexity",
-           "peak_memory_bytes", "decode_tokens_per_s", "params", "kept_fraction", "constraint", "reason")
+           "peak_memory_bytes", "decode_tokens_per_s", "params", "kept_fraction", "constraint", "mlflow_delayed",
+           "reason")
 
 
 def collect(grid, setup) -> list[dict]:
@@ -119,6 +121,10 @@ def _write_csv(rows, path) -> None:
 
 def _log_parent(summary, rows, setup, record) -> None:
     if not setup.tracking_uri:
+        return
+    if not _tracking.wait_reachable(setup.tracking_uri):
+        print(f"MLflow unreachable at {setup.tracking_uri}: not brought up to date; every result is in "
+              f"{record.results}", file=sys.stderr, flush=True)
         return
     counts = _tracking.reconcile(setup.tracking_uri, setup.mlflow_experiment_id, setup.parent_run_id,
                                  [_trial_for_mlflow(r) for r in rows], artifacts=lambda t: _plan_ops(t, setup))

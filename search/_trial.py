@@ -131,6 +131,7 @@ def run_trial(config: dict, setup: TrialSetup) -> None:
                           kept_fraction=result.params / result.base_params, **(extra or {}))
             report["node_id"] = ray_node_id()
             run.log_metrics(report, step=rung)
+            report["mlflow_delayed"] = run.delayed      # updates that waited out an MLflow outage so far
             # the last rung: a top-k candidate is saved by the trial that made it (not mid-distillation: a
             # ZeRO-3 student's parameters are partitioned; those candidates are rebuilt by a Ray task)
             if rung == setup.rungs - 1 and schedule is None:
