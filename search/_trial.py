@@ -73,7 +73,8 @@ def schedule_for(params: dict, setup: TrialSetup) -> compress.DistillSchedule | 
     if sampled is None:
         return None
     steps = int(sampled["steps"])
-    fixed = {k: setup.distill[k] for k in ("seq_len", "batch_size", "zero_stage", "precision") if k in setup.distill}
+    fixed = {k: setup.distill[k] for k in ("seq_len", "batch_size", "gradient_accumulation", "zero_stage", "precision",
+                                           "activation_checkpointing") if k in setup.distill}
     return compress.DistillSchedule(
         steps=steps, lr=float(sampled["lr"]), warmup_steps=int(sampled["warmup"] * steps),
         temperature=float(sampled["temperature"]), kd_weight=float(sampled["kd_weight"]),
