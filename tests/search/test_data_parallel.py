@@ -7,6 +7,7 @@ from search._paths import ExperimentDir
 from search._trial import run_trial
 
 SETTINGS = {"distill.enabled": True, "distill.workers": 2, "distill.steps": [4], "distill.seq_len": 64,
+            "distill.zero_stage": 3,   # the 7B YAMLs': scoring a partitioned student is a collective on every rank
             "distill.batch_size": 2, "proxy.rungs": 2, "proxy.tasks": ["csqa"], "search.workers": 1}
 
 
