@@ -6,6 +6,8 @@ import dataclasses
 import json
 import os
 import sys
+from dataclasses import dataclass
+from typing import Callable
 
 # Checkpoint Tune's experiment state at every loop step (default: at most every 10 s), so after a
 # killed driver Tune's state and the Optuna DB agree exactly and resume loses no completed trial.
@@ -18,7 +20,8 @@ import compress  # noqa: E402
 import experiments  # noqa: E402
 import objectives  # noqa: E402
 import spaces  # noqa: E402
-from cluster import driver_node_ip, start_ray  # noqa: E402
+import cluster  # noqa: E402
+from cluster import driver_node_ip  # noqa: E402
 from search import _report  # noqa: E402
 from search._candidates import SECOND_OBJECTIVE, CandidateKeeper  # noqa: E402
 from search._record import ExperimentRecord  # noqa: E402
@@ -34,7 +37,12 @@ def build_setup(exp: experiments.Experiment, record: ExperimentRecord, *, teache
     base = compress.shapes_from_config(config)
     profile = objectives.get_profile(exp.device)
     budget = exp.budget_gb * GB if exp.budget_gb else profile.memory_budget_bytes
-    spec = spaces.SpaceSpec(num_layers=base.num_layers, runtime=exp.runtime, criteria=tuple(exp.space.criteria),
+    runtime = exp.runtime
+    if runtime == "llama.cpp" and base.model_type == "phi":
+        # llama.cpp's phi2 graph reads one shape for all layers (GGUF `deci`, which holds per-layer shapes,
+        # has no parallel block): search uniform shapes with whole-layer drops, as for MLC
+        runtime = "mlc"
+    spec = spaces.SpaceSpec(num_layers=base.num_layers, runtime=runtime, criteria=tuple(exp.space.criteria),
                             attn_unit=exp.space.attn_unit, min_keep=exp.space.min_keep,
                             allow_drop=exp.space.allow_drop, multi=exp.search.mode == "multi",
                             min_budget_use=exp.space.min_budget_use,
@@ -44,10 +52,22 @@ def build_setup(exp: experiments.Experiment, record: ExperimentRecord, *, teache
                       rungs=exp.proxy.rungs, tasks=list(exp.proxy.tasks), weights=dict(exp.proxy.weights),
                       teacher_cache=teacher_cache, multi=exp.search.multi_objective if exp.search.mode == "multi"
                       else None, distill=exp.to_dict()["distill"], seed=exp.search.seed,
-                      unsafe_exec=exp.proxy.unsafe_exec, top_uri=record.top.uri, top_k=exp.search.top_k)
+                      unsafe_exec=exp.proxy.unsafe_exec, top_uri=record.top.uri, top_k=exp.search.top_k,
+                      **_parallel_settings(exp, record))
 
 
-def prepare_teacher(setup: TrialSetup, record: ExperimentRecord, *, baselines: bool) -> dict | None:
+def _parallel_settings(exp: experiments.Experiment, record: ExperimentRecord) -> dict:
+    workers = exp.distill_workers() if exp.distill.enabled else 0
+    if workers < 2:
+        return {}
+    gpus = exp.resources.gpus_per_trial
+    # a Ray Train worker per GPU; the trial's CPUs are shared among its workers. Its run folders go to the
+    # experiment's storage, which every node reaches
+    return {"distill_workers": workers, "use_gpu": gpus > 0, "train_storage": record.storage.child("train").uri,
+            "cpus_per_worker": max(0.25, exp.resources.cpus_per_trial / workers)}
+
+
+def prepare_teacher(setup: TrialSetup, record: ExperimentRecord, *, baselines: bool = True) -> dict | None:
     """Once per experiment: the teacher's outputs on held-out C4 (kept in the run directory for `resume`,
     shipped to trials through the object store) and the OWL baseline's layer scores."""
     model, tokenizer = load_on_device(setup.model_source)
@@ -67,10 +87,50 @@ def prepare_teacher(setup: TrialSetup, record: ExperimentRecord, *, baselines: b
 # GPUs another trial is releasing, and a trial's function thread needs more than Tune's default 2 s
 # to wind its Train run down before the actor is reused.
 WORKER_ENV = {"RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S": "1800", "TUNE_FUNCTION_THREAD_TIMEOUT_S": "120"}
+TRAIN_DRIVER_CPU = 0.01        # a data-parallel trial's own share: it relays reports, its workers compute
 
 
-def make_tuner(exp: experiments.Experiment, setup: TrialSetup, record: ExperimentRecord, baselines: dict | None,
-               *, restore: bool = False):
+def start_ray(address: str | None):
+    """Join `address` (failing fast when no Ray head answers there) or start a local cluster; every worker
+    of the job gets WORKER_ENV and the address of its own cluster (cluster/_ray.py)."""
+    return cluster.start_ray(address, worker_env=WORKER_ENV)
+
+
+def _headline(exp: experiments.Experiment, setup: TrialSetup) -> str:
+    return (f"model {exp.model}, device {exp.device}, budget {human_bytes(setup.budget_bytes)}, {exp.search.trials} "
+            f"trials ({exp.search.sampler}, {exp.search.mode}), runtime {exp.runtime}")
+
+
+@dataclass(frozen=True, kw_only=True)
+class TrialKind:
+    """What a search's trials do. The driver (Tune, Optuna, ASHA, MLflow, progress, report, top-k) is the same
+    for every kind: Track 1 prunes a model (PRUNE, below), Track 2 trains one from scratch (search/_scratch_trial.py)."""
+    setup: Callable          # (exp, record) -> the setup shipped to every trial (writes nothing)
+    prepare: Callable        # (setup, record) -> {baseline name: params}, enqueued first (launch)
+    trainable: Callable      # Tune function trainable (config, setup)
+    space: Callable          # setup -> picklable Optuna define-by-run function
+    headline: Callable       # (exp, setup) -> the launch line's description
+    materialise: Callable | None = None   # (row, rank, setup, record) -> top-k entry, its checkpoint saved
+    keep_top: Callable | None = None      # (top rows, setup, exp, record) -> entries (all at once; else materialise)
+    reload: Callable | None = None        # (setup, record) on `resume` (default: prepare, its baselines unused)
+    columns: tuple = ()      # metrics kept in results.json / trials.csv beyond _report.COLUMNS
+    reference: str = "uniform-l1"   # the baseline the best trial's gain is measured against
+
+
+PRUNE = TrialKind(setup=build_setup, prepare=lambda setup, record: prepare_teacher(setup, record, baselines=True),
+                  reload=lambda setup, record: prepare_teacher(setup, record, baselines=False),
+                  trainable=run_trial, space=lambda s: _SpaceFn(s.spec), keep_top=_report.keep_top, headline=_headline)
+
+
+def kind_of(exp) -> TrialKind:
+    if getattr(exp, "track", "prune") == "scratch":
+        from search._scratch_trial import SCRATCH
+        return SCRATCH
+    return PRUNE
+
+
+def make_tuner(exp: experiments.Experiment, setup, record: ExperimentRecord, baselines: dict | None,
+               *, restore: bool = False, kind: TrialKind = PRUNE):
     from optuna.storages import RDBStorage
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
@@ -78,11 +138,15 @@ def make_tuner(exp: experiments.Experiment, setup: TrialSetup, record: Experimen
     from search._searcher import ConstrainedOptunaSearch, make_sampler
     from search._tune_state import StateSnapshot, repair
 
-    trainable = tune.with_resources(tune.with_parameters(run_trial, setup=setup),
-                                    {"cpu": exp.resources.cpus_per_trial, "gpu": exp.resources.gpus_per_trial})
+    # a trial that distils on Ray Train workers only waits for them: they hold the CPUs and GPUs
+    trial_resources = {"cpu": TRAIN_DRIVER_CPU} if setup.distill_workers >= 2 else \
+        {"cpu": exp.resources.cpus_per_trial, "gpu": exp.resources.gpus_per_trial}
+    trainable = tune.with_resources(tune.with_parameters(kind.trainable, setup=setup), trial_resources)
     progress = ProgressPrinter(total=exp.search.trials)
     second = SECOND_OBJECTIVE[setup.multi] if setup.multi else None
-    callbacks = [progress, CandidateKeeper(record.top.uri, k=exp.search.top_k, rungs=setup.rungs, second=second)]
+    callbacks = [progress]
+    if kind.keep_top is not None:     # its trials write their candidates into storage: keep only the best
+        callbacks.append(CandidateKeeper(record.top.uri, k=exp.search.top_k, rungs=setup.rungs, second=second))
     local_tune = record.tune.local_path         # an object store writes whole objects: nothing to repair there
     if local_tune is not None:
         callbacks.append(StateSnapshot(local_tune))
@@ -100,13 +164,16 @@ def make_tuner(exp: experiments.Experiment, setup: TrialSetup, record: Experimen
     if setup.multi:
         metric, mode = [metric, second[0]], [mode, second[1]]
     searcher = ConstrainedOptunaSearch(
-        space=_SpaceFn(setup.spec), metric=metric, mode=mode, baselines=baselines, max_t=setup.rungs,
+        space=kind.space(setup), metric=metric, mode=mode, baselines=baselines, max_t=setup.rungs,
         sampler=make_sampler(exp.search.sampler, seed=exp.search.seed),
         storage=RDBStorage(record.optuna_url), study_name=record.name)
     scheduler = ASHAScheduler(time_attr="training_iteration", metric="score", mode="max", max_t=setup.rungs,
                               grace_period=1, reduction_factor=2) if setup.rungs > 1 else None
     tune_config = tune.TuneConfig(search_alg=searcher, scheduler=scheduler, num_samples=exp.search.trials,
-                                  max_concurrent_trials=exp.search.workers, reuse_actors=True)
+                                  max_concurrent_trials=exp.search.workers,
+                                  # data-parallel trials run for minutes: a fresh actor costs seconds and keeps
+                                  # each trial's Train run independent of the previous one's teardown
+                                  reuse_actors=setup.distill_workers < 2)
     return tune.Tuner(trainable, tune_config=tune_config, run_config=run_config), progress
 
 
@@ -127,16 +194,15 @@ def _tracking_host(address: str | None) -> str:
 
 def launch(exp: experiments.Experiment, record: ExperimentRecord, *, storage: Storage | None,
            tracking_uri: str | None, address: str | None) -> int:
-    start_ray(address, worker_env=WORKER_ENV)       # a wrong --address fails here, before anything is written
+    start_ray(address)                              # a wrong --address fails here, before anything is written
     _note_shared_storage(address, storage)
+    kind = kind_of(exp)
     with record.creating(storage_root=storage):     # anything failing inside removes the run directory again
         record.start_tracking(tracking_uri, host=_tracking_host(address))   # starts while the teacher runs
         experiments.save_experiment(exp, record.config)
-        setup = build_setup(exp, record)
-        print(f"experiment {record.name}: model {exp.model}, device {exp.device}, budget "
-              f"{human_bytes(setup.budget_bytes)}, {exp.search.trials} trials ({exp.search.sampler}, "
-              f"{exp.search.mode}), runtime {exp.runtime}, storage {record.storage.uri}", flush=True)
-        baselines = prepare_teacher(setup, record, baselines=True)
+        setup = kind.setup(exp, record)
+        print(f"experiment {record.name}: {kind.headline(exp, setup)}, storage {record.storage.uri}", flush=True)
+        baselines = kind.prepare(setup, record)
         _connect_tracking(setup, record, tags={"experiment_dir": str(record.path), "storage": record.storage.uri})
         record.update_state(status="running", address=address)
     return _fit_and_report(exp, setup, record, baselines=baselines, restore=False)
@@ -144,17 +210,18 @@ def launch(exp: experiments.Experiment, record: ExperimentRecord, *, storage: St
 
 def resume(record: ExperimentRecord, *, address: str | None) -> int:
     exp = record.experiment()
-    start_ray(address, worker_env=WORKER_ENV)
+    kind = kind_of(exp)
+    start_ray(address)
     record.reopen_tracking(host=_tracking_host(address))
-    setup = build_setup(exp, record)
-    prepare_teacher(setup, record, baselines=False)
+    setup = kind.setup(exp, record)
+    (kind.reload or kind.prepare)(setup, record)
     _connect_tracking(setup, record, tags={})
     record.update_state(status="running", address=address)
     print(f"resuming experiment {record.name} from {record.tune.uri}", flush=True)
     return _fit_and_report(exp, setup, record, baselines=None, restore=True)
 
 
-def _connect_tracking(setup: TrialSetup, record: ExperimentRecord, *, tags: dict) -> None:
+def _connect_tracking(setup, record: ExperimentRecord, *, tags: dict) -> None:
     exp_id, parent = record.tracking_ready(tags=tags)
     setup.tracking_uri, setup.mlflow_experiment_id, setup.parent_run_id = record.tracking_uri, exp_id, parent
     # what every trial receives, for the record (it names no path on the driver's disk)
@@ -172,11 +239,12 @@ def _note_shared_storage(address: str | None, storage: Storage | None) -> None:
 
 
 def _fit_and_report(exp, setup, record, *, baselines, restore) -> int:
+    kind = kind_of(exp)
     try:
-        tuner, progress = make_tuner(exp, setup, record, baselines, restore=restore)
+        tuner, progress = make_tuner(exp, setup, record, baselines, restore=restore, kind=kind)
         grid = tuner.fit()
-        rows = _report.collect(grid, setup)
-        summary = _report.finish(rows, exp, setup, record)
+        rows = _report.collect(grid, setup, columns=kind.columns)
+        summary = _report.finish(rows, exp, setup, record, kind=kind)
         record.update_state(status="finished")
     finally:
         record.stop_tracking()

@@ -99,6 +99,13 @@ class ExperimentRecord:
         return record
 
     @classmethod
+    def create(cls, root, name: str) -> "ExperimentRecord":
+        """A new, empty run directory (for programs that drive trials themselves: tests, benchmarks)."""
+        record = cls.check_new(root, name)
+        record.path.mkdir(parents=True, exist_ok=True)
+        return record
+
+    @classmethod
     def open(cls, root, name: str) -> "ExperimentRecord":
         record = cls._checked(root, name)
         if not record.config.is_file():

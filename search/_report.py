@@ -17,11 +17,12 @@ TUNE_KEYS = {"timestamp", "checkpoint_dir_name", "done", "training_iteration", "
              "time_total_s", "pid", "hostname", "node_ip", "time_since_restore", "iterations_since_restore",
              "should_checkpoint"}
 COLUMNS = ("trial_id", "name", "status", "rung", "score", "proxy_accuracy", "kl_to_teacher", "perplexity",
-           "peak_memory_bytes", "decode_tokens_per_s", "params", "kept_fraction", "constraint", "mlflow_delayed",
-           "reason")
+           "peak_memory_bytes", "decode_tokens_per_s", "params", "kept_fraction", "distill_step", "distill_world",
+           "constraint", "mlflow_delayed", "reason")
 
 
-def collect(grid, setup) -> list[dict]:
+def collect(grid, setup, *, columns: tuple = ()) -> list[dict]:
+    """One row per trial; `columns`: metrics a trial kind keeps beyond COLUMNS."""
     rows = []
     # a trial that failed before its first report has no metrics: its id comes from Tune's trial list
     trials = getattr(getattr(grid, "_experiment_analysis", None), "trials", None) or [None] * len(grid)
@@ -29,7 +30,7 @@ def collect(grid, setup) -> list[dict]:
         metrics = result.metrics or {}
         config = dict(result.config or {})
         trial_id = metrics.get("trial_id") or getattr(trial, "trial_id", None) or "?"
-        row = {k: metrics.get(k) for k in COLUMNS if k in metrics}
+        row = {k: metrics.get(k) for k in COLUMNS + tuple(columns) if k in metrics}
         row.update(trial_id=trial_id, name=config.get("baseline") or trial_id,
                    params_json=json.dumps({k: v for k, v in config.items() if k != "baseline"}))
         if result.error is not None:
@@ -62,7 +63,9 @@ def feasible_complete(rows: list[dict]) -> list[dict]:
     return [r for r in rows if r["status"] == "complete" and _candidates.feasible(r)]
 
 
-def finish(rows: list[dict], exp, setup, record) -> dict:
+def finish(rows: list[dict], exp, setup, record, *, kind) -> dict:
+    """results.json, trials.csv, the top-k checkpoints (kind.keep_top, or kind.materialise per candidate) and
+    the MLflow parent run. kind.reference: the baseline the best trial's gain is measured against."""
     ranked = sorted(feasible_complete(rows), key=lambda r: -r["score"])
     public = [{k: v for k, v in r.items() if not k.startswith("_")} for r in rows]
     summary = {"experiment": record.name, "trials": len(rows),
@@ -71,19 +74,23 @@ def finish(rows: list[dict], exp, setup, record) -> dict:
                "failed": [{"trial_id": r["trial_id"], "reason": r.get("reason")} for r in rows if r["status"] == "failed"],
                "budget_bytes": setup.budget_bytes, "baselines": {}, "best": ranked[0] if ranked else None}
     for r in public:
-        if r["name"] in ("uniform-l1", "owl"):
+        if r["name"] != r["trial_id"]:   # a named baseline (enqueued first)
             summary["baselines"][r["name"]] = r
     if summary["best"]:
         summary["best"] = {k: v for k, v in summary["best"].items() if not k.startswith("_")}
-    if summary["best"] and "uniform-l1" in summary["baselines"]:
-        base = summary["baselines"]["uniform-l1"].get("score")
-        summary["gain_over_uniform_l1"] = summary["best"]["score"] - base if base is not None else None
+    reference = kind.reference
+    if summary["best"] and reference in summary["baselines"]:
+        base = summary["baselines"][reference].get("score")
+        summary[_gain_key(reference)] = summary["best"]["score"] - base if base is not None else None
     second = SECOND_OBJECTIVE[setup.multi] if setup.multi else None
     if second:
         summary["pareto_front"] = [{k: v for k, v in r.items() if not k.startswith("_")}
                                    for r in _candidates.pareto_front(ranked, *second)]
     top_rows = _candidates.selection(rows, k=exp.search.top_k, second=second)
-    summary["top"] = keep_top(top_rows, setup, exp, record)
+    if kind.keep_top is not None:
+        summary["top"] = kind.keep_top(top_rows, setup, exp, record)
+    else:
+        summary["top"] = [kind.materialise(r, rank, setup, record) for rank, r in enumerate(top_rows, start=1)]
     record.write_json(record.results, {"summary": summary, "trials": public})
     _write_csv(public, record.trials_csv)
     _log_parent(summary, rows, setup, record)
@@ -112,9 +119,18 @@ def keep_top(top_rows: list[dict], setup, exp, record) -> list[dict]:
     return entries
 
 
+def _gain_key(reference: str) -> str:
+    return "gain_over_" + reference.replace("-", "_")
+
+
+def _gains(summary: dict) -> list[tuple[str, float]]:
+    return [(k, v) for k, v in summary.items() if k.startswith("gain_over_") and v is not None]
+
+
 def _write_csv(rows, path) -> None:
+    extra = dict.fromkeys(k for r in rows for k in r if k not in COLUMNS and k != "params_json")
     with atomic_file(path) as tmp, open(tmp, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(COLUMNS), extrasaction="ignore")
+        writer = csv.DictWriter(f, fieldnames=list(COLUMNS) + list(extra), extrasaction="ignore")
         writer.writeheader()
         writer.writerows(rows)
 
@@ -126,13 +142,14 @@ def _log_parent(summary, rows, setup, record) -> None:
         print(f"MLflow unreachable at {setup.tracking_uri}: not brought up to date; every result is in "
               f"{record.results}", file=sys.stderr, flush=True)
         return
+    from search._trial import TrialSetup
+    plans = (lambda t: _plan_ops(t, setup)) if isinstance(setup, TrialSetup) else None   # pruning plans only
     counts = _tracking.reconcile(setup.tracking_uri, setup.mlflow_experiment_id, setup.parent_run_id,
-                                 [_trial_for_mlflow(r) for r in rows], artifacts=lambda t: _plan_ops(t, setup))
+                                 [_trial_for_mlflow(r) for r in rows], artifacts=plans)
     repaired = {k: v for k, v in counts.items() if v}
     if repaired:
         print(f"MLflow reconciled with the trial table: {repaired}", flush=True)
-    metrics = {"best_score": summary["best"]["score"] if summary["best"] else None,
-               "gain_over_uniform_l1": summary.get("gain_over_uniform_l1")}
+    metrics = {"best_score": summary["best"]["score"] if summary["best"] else None, **dict(_gains(summary))}
     record.log_to_parent(metrics={k: v for k, v in metrics.items() if v is not None},
                          figures={"score_vs_memory.png": score_vs_memory_figure(rows, summary, setup)},
                          texts={"top_k.md": top_table(summary)}, files=[(record.results, None)], status="FINISHED")
@@ -200,8 +217,9 @@ def print_summary(summary, *, stream) -> None:
             print(f"{label:<14}{_f(r.get('score'))}{_f(r.get('proxy_accuracy'))}{_f(r.get('kl_to_teacher'))}"
                   f"{_f(r.get('perplexity'))}{human_bytes(r.get('peak_memory_bytes')):>12}{int(r.get('params') or 0):12,}",
                   file=stream)
-    if summary.get("gain_over_uniform_l1") is not None:
-        print(f"gain over uniform-L1 baseline at the same budget: {summary['gain_over_uniform_l1']:+.4f}", file=stream)
+    for key, gain in _gains(summary):
+        name = {"uniform_l1": "uniform-L1"}.get(key.removeprefix("gain_over_"), key.removeprefix("gain_over_"))
+        print(f"gain over {name.replace('_', '-')} baseline at the same budget: {gain:+.4f}", file=stream)
     if summary.get("pareto_front"):
         print(f"Pareto front: {len(summary['pareto_front'])} candidates", file=stream)
     print(top_table(summary), file=stream)

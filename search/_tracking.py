@@ -127,6 +127,10 @@ class TrialRun:
         figure = kept_ratio_figure(result.realised, result.base_shapes, result.params / result.base_params)
         self._do(("text", json.dumps(record, indent=2), "plan.json"), ("figure", figure, "kept_ratio.png"))
 
+    def log_record(self, record: dict, name: str) -> None:
+        """A JSON artifact of the trial (e.g. a Track 2 architecture and schedule)."""
+        self._do(("text", json.dumps(record, indent=2), name))
+
     def log_metrics(self, metrics: dict, *, step: int) -> None:
         self._do(("metrics", metrics, step))
 

@@ -25,7 +25,7 @@ GB = 1024**3
 class TrialSetup:
     """Everything a trial needs, computed once by the driver and shipped to workers. Nothing in it is a
     path on the driver's disk: values computed once travel as `Shipped` object references, results go to
-    the experiment's storage (top_uri) and to MLflow over HTTP."""
+    the experiment's storage (top_uri, train_storage) and to MLflow over HTTP."""
     model_source: str
     base_shapes: compress.ModelShapes     # the dense model's shapes (read once from its config)
     spec: spaces.SpaceSpec
@@ -42,6 +42,11 @@ class TrialSetup:
     distill: dict = field(default_factory=dict)
     seed: int = 0
     unsafe_exec: bool = False             # HumanEval without a sandbox (the user passed --unsafe-exec)
+    # data-parallel distillation: >= 2 runs it on that many Ray Train workers (one GPU each when use_gpu)
+    distill_workers: int = 0
+    use_gpu: bool = False
+    cpus_per_worker: float = 1.0
+    train_storage: str | None = None      # Ray Train run folders (None: Ray's default, ~/ray_results)
     top_uri: str | None = None            # the experiment's storage top/ folder: trials save candidates there
     top_k: int = 0
 
@@ -57,19 +62,14 @@ def plan_for(params: dict, setup: TrialSetup) -> compress.Plan:
     return spaces.params_to_plan(params, setup.spec, memory_of=setup.memory_of(), budget_bytes=setup.budget_bytes)
 
 
-def load_on_device(source: str, *, training: bool = False):
-    """On a GPU worker (Ray sets CUDA_VISIBLE_DEVICES from gpus_per_trial): FP16 for scoring, FP32 master
-    weights when it will be trained (DeepSpeed then computes in bf16); on CPU always FP32."""
-    import torch
-    cuda = torch.cuda.is_available()
-    model, tokenizer = compress.load_model(source, dtype="float16" if cuda and not training else "float32")
-    return model.to("cuda" if cuda else "cpu"), tokenizer
+device = compress.accelerator
+load_on_device = compress.load_on_device
 
 
-def build_candidate(params: dict, setup: TrialSetup):
+def build_candidate(params: dict, setup: TrialSetup, plan: compress.Plan | None = None):
     """The pruned model for these parameters."""
-    plan = plan_for(params, setup)
-    model, tokenizer = load_on_device(setup.model_source, training=spaces.distill_schedule_params(params) is not None)
+    plan = plan or plan_for(params, setup)
+    model, tokenizer = load_on_device(setup.model_source)
     result = compress.prune(model, tokenizer, plan)
     return plan, result, model, tokenizer
 
@@ -81,7 +81,8 @@ def schedule_for(params: dict, setup: TrialSetup) -> compress.DistillSchedule | 
     if sampled is None:
         return None
     steps = int(sampled["steps"])
-    fixed = {k: setup.distill[k] for k in ("seq_len", "batch_size", "zero_stage", "precision") if k in setup.distill}
+    fixed = {k: setup.distill[k] for k in ("seq_len", "batch_size", "gradient_accumulation", "zero_stage", "precision",
+                                           "activation_checkpointing") if k in setup.distill}
     return compress.DistillSchedule(
         steps=steps, lr=float(sampled["lr"]), warmup_steps=int(sampled["warmup"] * steps),
         temperature=float(sampled["temperature"]), kd_weight=float(sampled["kd_weight"]),
@@ -89,65 +90,45 @@ def schedule_for(params: dict, setup: TrialSetup) -> compress.DistillSchedule | 
         seed=setup.seed, **fixed)
 
 
+def check_distill_memory(plan: compress.Plan, schedule, setup: TrialSetup, *, gpus: int) -> dict:
+    """Before anything is loaded: the distillation's per-device memory, from shapes alone, against what
+    this device has free now. A trial that cannot fit fails at once with the breakdown, not after minutes
+    of loading (or with an allocator error halfway through a step)."""
+    import torch
+    where = device()
+    student = plan.realised_shapes(setup.base_shapes)
+    estimate = compress.estimate_for_shapes(student, setup.base_shapes, schedule, gpus=gpus, device_type=where.type)
+    free = int(torch.cuda.mem_get_info(where)[0]) if where.type == "cuda" else compress.available_memory("cpu")
+    compress.check_fits(estimate, free)
+    return estimate
+
+
 def recover(model, tokenizer, result, schedule, setup: TrialSetup, on_report=None):
-    """Distil the pruned `model` from the dense teacher; returns the recovered student."""
-    teacher, _ = load_on_device(setup.model_source, training=True)
+    """Distil the pruned `model` from the dense teacher (loaded 16-bit on a GPU, frozen); returns the student."""
+    teacher, _ = load_on_device(setup.model_source)
     student, _ = compress.distill(model, teacher, tokenizer, schedule, layer_map=result.layer_map, on_report=on_report)
     return student
 
 
 def run_trial(config: dict, setup: TrialSetup) -> None:
-    """Ray Tune function trainable. Reports once per fidelity rung; ASHA may stop it between rungs."""
+    """Ray Tune function trainable. Reports once per fidelity rung; ASHA may stop it between rungs.
+
+    With `setup.distill_workers` >= 2 a distilling trial runs on that many Ray Train workers (search/
+    _data_parallel.py) and relays their reports; otherwise everything runs in this process."""
     from ray import tune
 
     params = {k: v for k, v in config.items() if k != "baseline"}
+    baseline = config.get("baseline", "")
     trial_id = tune.get_context().get_trial_id()
-    run = _tracking.TrialRun.start(setup, trial_id, params, baseline=config.get("baseline", ""))
-    done = restored_rungs()       # a retried (worker or node lost) or resumed trial goes on after its last rung
+    run = _tracking.TrialRun.start(setup, trial_id, params, baseline=baseline)
     try:
-        start = time.perf_counter()
-        plan, result, model, tokenizer = build_candidate(params, setup)
-        run.log_plan(plan, result)
-        profile = setup.profile()
-        cache = setup.teacher_cache.get() if hasattr(setup.teacher_cache, "get") else setup.teacher_cache
-        context = objectives.EvalContext(profile=profile, teacher_cache=cache, seed=setup.seed,
-                                         extra={"tasks": setup.tasks})
-        candidate = objectives.Candidate(shapes=result.shapes, model=model, tokenizer=tokenizer)
-        judges = trial_objectives(setup)
-        weights = objectives.ProxyWeights.from_dict(setup.weights)
-        rung = 0
-
-        def evaluate_and_report(extra: dict | None = None) -> None:
-            nonlocal rung
-            if rung < done:       # reported before the trial was interrupted
-                rung += 1
-                return
-            was_training = model.training
-            model.eval()
-            metrics = objectives.evaluate_all(candidate, context, objectives=judges, fidelity=rung, weights=weights)
-            model.train(was_training)
-            report = score_report(metrics, setup, seconds=time.perf_counter() - start)
-            report.update(rung=rung, rungs=setup.rungs, baseline=config.get("baseline", ""),
-                          kept_fraction=result.params / result.base_params, **(extra or {}))
-            report["node_id"] = ray_node_id()
-            run.log_metrics(report, step=rung)
-            report["mlflow_delayed"] = run.delayed      # updates that waited out an MLflow outage so far
-            # the last rung: a top-k candidate is saved by the trial that made it (not mid-distillation: a
-            # ZeRO-3 student's parameters are partitioned; those candidates are rebuilt by a Ray task)
-            if rung == setup.rungs - 1 and schedule is None:
-                row = {**report, "trial_id": trial_id, "name": config.get("baseline") or trial_id, "params": params}
-                _candidates.offer(setup, row, lambda folder: compress.save_pruned(
-                    model, tokenizer, folder, plan=plan, summary=result.summary(), force=True))
-            rung += 1
-            report_with_rung(report, rung)  # ASHA may stop the trial here (SystemExit(0))
-
-        schedule = schedule_for(params, setup)
-        if schedule is None:
-            for _ in range(setup.rungs):
-                evaluate_and_report()
-        else:  # the fidelity ladder follows distillation: one report per share of the steps
-            recover(model, tokenizer, result, schedule, setup, on_report=lambda step, m: evaluate_and_report(
-                {"distill_step": step, "distill_loss": m["loss"]}) or False)
+        if setup.distill_workers >= 2 and schedule_for(params, setup) is not None:
+            from search import _data_parallel
+            _data_parallel.run(params, setup, run, baseline=baseline, trial_id=trial_id)
+        else:
+            # a retried (its worker or node died) or resumed trial goes on after its last reported rung
+            trial_body(params, setup, run, baseline=baseline, report=report_with_rung, skip=restored_rungs(),
+                       trial_id=trial_id)
         run.finish("FINISHED")
     except SystemExit as stop:  # Tune ends a trial the scheduler stopped with sys.exit(0) inside report()
         if stop.code in (0, None):    # after the last rung or stopped early: the driver's table tags which
@@ -158,6 +139,12 @@ def run_trial(config: dict, setup: TrialSetup) -> None:
     except BaseException as err:
         run.finish("FAILED", reason=f"{type(err).__name__}: {err}")
         raise
+
+
+def _tune_report(metrics: dict) -> bool:
+    from ray import tune
+    tune.report(metrics)   # ASHA may stop the trial here (SystemExit(0))
+    return False
 
 
 RUNG_FILE = "rung.json"
@@ -173,18 +160,76 @@ def restored_rungs() -> int:
         return int(json.loads((Path(folder) / RUNG_FILE).read_text())["rungs_done"])
 
 
-def report_with_rung(report: dict, rungs_done: int) -> None:
-    """tune.report with a checkpoint of a few bytes: the rung reached. The model is not checkpointed: pruning
+def report_with_rung(metrics: dict) -> bool:
+    """tune.report with a checkpoint of a few bytes: the rungs done. The model is not checkpointed: pruning
     is deterministic, so a retried trial re-prunes and goes on from the next rung."""
     from ray import tune
     with tempfile.TemporaryDirectory(prefix="edgeprune-rung-") as folder:
-        (Path(folder) / RUNG_FILE).write_text(json.dumps({"rungs_done": rungs_done}))
-        tune.report(report, checkpoint=tune.Checkpoint.from_directory(folder))
+        (Path(folder) / RUNG_FILE).write_text(json.dumps({"rungs_done": int(metrics["rung"]) + 1}))
+        tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(folder))   # ASHA may stop it here
+    return False
 
 
 def ray_node_id() -> str:
     import ray
     return ray.get_runtime_context().get_node_id() if ray.is_initialized() else ""
+
+
+def trial_body(params: dict, setup: TrialSetup, run, *, baseline: str, report, rank: int = 0, world: int = 1,
+               skip: int = 0, trial_id: str = ""):
+    """Prune (and distil) the candidate for `params`, scoring it once per fidelity rung; returns
+    (plan, prune result, model). `report(metrics) -> stop?` gets rank 0's scores. In a data-parallel
+    distillation every rank runs this; only rank 0 logs and reports (under ZeRO-3 every rank also runs
+    the scoring forwards, which are collectives there). `skip`: rungs a retried trial already reported."""
+    start = time.perf_counter()
+    plan = plan_for(params, setup)
+    schedule = schedule_for(params, setup)
+    if schedule is not None:
+        check_distill_memory(plan, schedule, setup, gpus=world)
+    plan, result, model, tokenizer = build_candidate(params, setup, plan)
+    if rank == 0:
+        run.log_plan(plan, result)
+    cache = setup.teacher_cache.get() if hasattr(setup.teacher_cache, "get") else setup.teacher_cache
+    context = objectives.EvalContext(profile=setup.profile(), teacher_cache=cache, seed=setup.seed,
+                                     extra={"tasks": setup.tasks})
+    candidate = objectives.Candidate(shapes=result.shapes, model=model, tokenizer=tokenizer)
+    judges = trial_objectives(setup)
+    weights = objectives.ProxyWeights.from_dict(setup.weights)
+    rung = 0
+
+    def evaluate_and_report(extra: dict | None = None) -> bool:
+        nonlocal rung
+        if rung < skip:           # reported before the trial was interrupted
+            rung += 1
+            return False
+        was_training = model.training
+        model.eval()
+        metrics = objectives.evaluate_all(candidate, context, objectives=judges, fidelity=rung, weights=weights)
+        model.train(was_training)
+        rung += 1
+        if rank != 0:
+            return False
+        scores = score_report(metrics, setup, seconds=time.perf_counter() - start)
+        scores.update(rung=rung - 1, rungs=setup.rungs, baseline=baseline,
+                      kept_fraction=result.params / result.base_params, node_id=ray_node_id(), **(extra or {}))
+        run.log_metrics(scores, step=rung - 1)
+        scores["mlflow_delayed"] = run.delayed      # updates that waited out an MLflow outage so far
+        # the last rung: a top-k candidate is saved by the trial that made it (not mid-distillation: a
+        # ZeRO-3 student's parameters are partitioned then; those candidates are rebuilt by a Ray task)
+        if rung == setup.rungs and schedule is None and world == 1:
+            row = {**scores, "trial_id": trial_id, "name": baseline or trial_id, "params": params}
+            _candidates.offer(setup, row, lambda folder: compress.save_pruned(
+                model, tokenizer, folder, plan=plan, summary=result.summary(), force=True))
+        return bool(report(scores))
+
+    if schedule is None:
+        for _ in range(setup.rungs):
+            if evaluate_and_report():
+                break
+    else:  # the fidelity ladder follows distillation: one report per share of the steps
+        model = recover(model, tokenizer, result, schedule, setup, on_report=lambda step, m: evaluate_and_report(
+            {"distill_step": step, "distill_loss": m["loss"], "distill_world": world}))
+    return plan, result, model
 
 
 def trial_objectives(setup: TrialSetup) -> list:
