@@ -154,6 +154,13 @@ def count(base: Path, trials: int) -> dict:
     }
 
 
+def failures_per_trial(log_text: str) -> dict:
+    """From the driver's progress lines: how often each trial that finally failed had been retried before."""
+    failed = set(re.findall(r"\] (\w+) FAILED ", log_text))
+    retried = Counter(re.findall(r"\] (\w+) retried \(failure", log_text))
+    return {trial: retried[trial] + 1 for trial in sorted(failed)}       # its last failure is the one not retried
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--trials", type=int, default=30)
@@ -235,6 +242,7 @@ def main() -> None:
     log_text = "\n".join(search.lines)
     result = {
         **counts, "retries": len(re.findall(r"retried \(failure", log_text)),
+        "worker_deaths_of_each_failed_trial": failures_per_trial(log_text),
         "faults": {"trial_workers_killed": len(kills), "kill_every_s": args.kill_every,
                    "max_failures": args.max_failures, **faults},
         "mlflow_reconciled": re.findall(r"MLflow reconciled with the trial table: (.*)", log_text),
