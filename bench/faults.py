@@ -120,14 +120,15 @@ def count(base: Path, trials: int) -> dict:
     import optuna
     from mlflow.tracking import MlflowClient
     from mlflow.entities import ViewType
-    run_dir = base / "runs" / NAME
-    rows = json.loads((run_dir / "results.json").read_text())["trials"]
+    from search._record import ExperimentRecord
+    record = ExperimentRecord.open(base / "runs", NAME)
+    rows = record.read_results()["trials"]
     delayed = sum(int(r.get("mlflow_delayed") or 0) for r in rows)
     ids = [r["trial_id"] for r in rows]
     completed = [r for r in rows if r["status"] in ("complete", "stopped early")]
-    study = optuna.load_study(study_name=NAME, storage=f"sqlite:///{run_dir / 'optuna.db'}")
+    study = optuna.load_study(study_name=NAME, storage=record.optuna_url)
     by_tune_id = Counter(t.user_attrs.get("tune_trial_id") for t in study.trials)
-    client = MlflowClient(f"sqlite:///{run_dir / 'mlflow.db'}")
+    client = MlflowClient(record.mlflow_store_uri)
     exp_id = client.get_experiment_by_name(NAME).experiment_id
     children = [r for r in client.search_runs([exp_id], max_results=10000) if "mlflow.parentRunId" in r.data.tags]
     deleted = [r for r in client.search_runs([exp_id], run_view_type=ViewType.DELETED_ONLY, max_results=10000)]
@@ -203,7 +204,8 @@ def main() -> None:
 
         # (c) kill the MLflow server once: its supervisor restarts it, trials buffer meanwhile
         wait_for(lambda: search.done() >= KILL_MLFLOW_AT * scale or search.proc.poll() is not None, 3600)
-        state = json.loads((run_dir / "state.json").read_text())
+        from search._record import ExperimentRecord
+        state = ExperimentRecord.open(base / "runs", NAME).read_state()
         pids = mlflow_server_pids(run_dir)
         search.log(f"(c) SIGKILL MLflow server {pids} at {search.done()} done")
         killed_at = time.time()

@@ -48,6 +48,14 @@ class ExperimentRecord:
     opencompass_csv = property(lambda self: self.path / "opencompass.csv")
     opencompass_dir = property(lambda self: self.path / "opencompass")
     top_cache = property(lambda self: self.path / "top-cache")     # local copies of candidates in remote storage
+    mlflow_db = property(lambda self: self.path / "mlflow.db")      # the managed tracking server's store
+    mlflow_artifacts = property(lambda self: self.path / "mlartifacts")
+    mlflow_log = property(lambda self: self.path / "mlflow-server.log")
+
+    @property
+    def mlflow_store_uri(self) -> str:
+        """The managed MLflow store, for reading it without a server (after the search)."""
+        return f"sqlite:///{self.mlflow_db.resolve()}"
 
     @property
     def optuna_url(self) -> str:
@@ -216,7 +224,8 @@ class ExperimentRecord:
         self.update_state(tracking_managed=user_uri is None, **({"tracking_uri": user_uri} if user_uri else {}))
         if user_uri is None:
             from search._mlflow_server import TrackingServer
-            self._server = TrackingServer.spawn(self.path, host=host)
+            self._server = TrackingServer.spawn(backend_db=self.mlflow_db, artifacts=self.mlflow_artifacts,
+                                                log=self.mlflow_log, host=host)
 
     def tracking_ready(self, *, tags: dict | None = None) -> tuple[str, str]:
         """Wait for the server; create (launch) or reopen (resume) the MLflow experiment and parent run."""
@@ -225,7 +234,7 @@ class ExperimentRecord:
             self._server.wait_ready()
         uri = self.tracking_uri
         # a server proxies artifacts (mlflow-artifacts:/); a direct store (sqlite://) keeps them next to it
-        artifacts = None if uri.startswith(("http://", "https://")) else (self.path / "mlartifacts").as_uri()
+        artifacts = None if uri.startswith(("http://", "https://")) else self.mlflow_artifacts.as_uri()
         exp_id, parent = _tracking.ensure_parent(uri, self.name, tags=tags or {}, run_id=self.parent_run_id,
                                                  artifact_location=artifacts)
         self.update_state(tracking_uri=uri, mlflow_experiment_id=exp_id, parent_run_id=parent)
