@@ -159,11 +159,10 @@ def run_stages(rec: Recorder, args) -> None:
                                       overrides={"proxy.rungs": args.levels, "proxy.unsafe_exec": True,
                                                  "distill.enabled": False, "proxy.tasks": args.tasks,
                                                  "budget_gb": pruning_budget_gb(dense) if args.shape == "tiny" else None})
-    record = ExperimentRecord(args.work, "experiment")
-    record.path.mkdir(parents=True, exist_ok=True)
-    setup = _driver.build_setup(exp, record)
+    paths = ExperimentRecord.create(args.work, "experiment")
+    setup = _driver.build_setup(exp, paths)
     with rec.stage("prepare once per experiment: load + teacher cache + OWL ratios") as s:
-        baselines = _driver.prepare_teacher(setup, record, baselines=True)
+        baselines = _driver.prepare_teacher(setup, paths)
     free_device()
     owl = baselines["owl"]
     plan = plan_for(owl, setup)
@@ -180,7 +179,7 @@ def run_stages(rec: Recorder, args) -> None:
             result = compress.prune(model, tokenizer, pruned_plan)
             s["params"] = result.params
     # rung 0, then what matters most (saving, distillation, a whole trial); the long rung 1 last
-    context = objectives.EvalContext(profile=setup.profile(), teacher_cache=setup.teacher_cache.get())
+    context = objectives.EvalContext(profile=setup.profile(), teacher_cache=setup.teacher_cache)
     candidate = objectives.Candidate(shapes=result.shapes, model=model, tokenizer=tokenizer)
     proxy = objectives.ProxyAccuracyObjective(tasks=tuple(setup.tasks), unsafe_exec=True)
     score_rung(rec, proxy, candidate, context, 0)

@@ -63,9 +63,9 @@ def baseline_lr_sweep(lrs) -> list[dict]:
     exp = experiments.load_experiment(model=None, config=str(REPO / "experiments" / "scratch-tiny.yaml"))
     root = Path(tempfile.mkdtemp(prefix="edgeprune-scratch-sweep-"))
     try:
-        record = ExperimentRecord(root, "sweep")
-        setup = _scratch_trial.build_setup(exp, record)
-        _scratch_trial.prepare(setup, record)
+        paths = ExperimentRecord(root, "sweep")
+        setup = _scratch_trial.build_setup(exp, paths, tracking_uri=None)
+        _scratch_trial.prepare(setup, paths)
         out = []
         for lr in lrs:
             arch, schedule, model, tokenizer = _scratch_trial.build_candidate({**setup.baseline, "lr": lr}, setup)

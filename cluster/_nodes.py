@@ -54,7 +54,7 @@ class Node:
         found = []
         for pid in self.pids():
             try:
-                title = " ".join(psutil.Process(pid).cmdline())
+                title = " ".join(psutil.Process(pid).cmdline()).strip()
             except psutil.Error:
                 continue
             if title.startswith(prefix):

@@ -63,6 +63,7 @@ class DistillSchedule:
     precision: str = "auto"         # auto: bf16 on GPU, fp32 on CPU
     gradient_clipping: float = 1.0
     weight_decay: float = 0.0
+    activation_checkpointing: bool = False   # recompute each layer in backward: activations ~ 1 / layers
 
     def __post_init__(self):
         object.__setattr__(self, "mix", check_mix(self.mix))  # refuses datasets the rules do not allow
@@ -128,7 +129,7 @@ def teacher_dtype(precision: str, device_type: str) -> torch.dtype:
 
 def estimate_training_memory(student_params: int, teacher_params: int, *, zero_stage: int, gpus: int,
                              precision: str, seq_len: int, batch_size: int, hidden: int, layers: int,
-                             vocab: int, device_type: str = "cuda") -> dict:
+                             vocab: int, device_type: str = "cuda", checkpointing: bool = False) -> dict:
     """Bytes per device for distilling a `student_params` student from a frozen `teacher_params` teacher."""
     if precision not in BYTES:
         raise ValueError(f"precision must be one of {tuple(BYTES)}, got {precision!r}")
@@ -141,7 +142,9 @@ def estimate_training_memory(student_params: int, teacher_params: int, *, zero_s
         parts[name] = student_params * nbytes / share
     width = BYTES[precision]
     tokens = seq_len * batch_size
-    parts["activations"] = (layers * tokens * hidden * ACT_BYTES_PER_TOKEN_HIDDEN * width / 2
+    # with checkpointing only each layer's input is kept, plus one layer's activations while it is recomputed
+    kept_layers = 2 / ACT_BYTES_PER_TOKEN_HIDDEN * layers + 1 if checkpointing else layers
+    parts["activations"] = (kept_layers * tokens * hidden * ACT_BYTES_PER_TOKEN_HIDDEN * width / 2
                             + tokens * vocab * 4 * LOGIT_COPIES)
     parts["teacher"] = teacher_params * teacher_dtype(precision, device_type).itemsize
     parts["slack"] = CUDA_SLACK if device_type == "cuda" else 0
@@ -155,7 +158,7 @@ def estimate_for_shapes(student, teacher, schedule: "DistillSchedule", *, gpus: 
         student.param_count(), teacher.param_count(), zero_stage=schedule.zero_stage, gpus=gpus,
         precision=schedule.resolved_precision(device_type), seq_len=schedule.seq_len,
         batch_size=schedule.batch_size, hidden=student.hidden_size, layers=student.num_layers,
-        vocab=student.vocab_size, device_type=device_type)
+        vocab=student.vocab_size, device_type=device_type, checkpointing=schedule.activation_checkpointing)
 
 
 def check_fits(estimate: dict, available_bytes: int) -> None:
@@ -292,6 +295,8 @@ def _train(student, teacher, schedule, precision, layer_map, data, heldout, on_r
             student.float()                   # DeepSpeed trains the module's own dtype when no 16-bit mode is on
         student.to(device)                    # 16-bit modes: DeepSpeed casts it and keeps FP32 masters itself
         student.train().requires_grad_(True)  # pruning leaves every parameter frozen
+        if schedule.activation_checkpointing:
+            student.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         optimizer = torch.optim.AdamW(student.parameters(), lr=schedule.lr_at(0), weight_decay=schedule.weight_decay)
         engine, *_ = deepspeed.initialize(model=student, optimizer=optimizer, config=_ds_config(schedule, precision))
         if schedule.hidden_weight > 0:
@@ -330,6 +335,8 @@ def _train(student, teacher, schedule, precision, layer_map, data, heldout, on_r
                 break
         return _finish(engine, student), history
     finally:
+        if schedule.activation_checkpointing:
+            student.gradient_checkpointing_disable()
         if hooks:
             for h in hooks:
                 h.remove()

@@ -54,7 +54,9 @@ class DistillSettings:
     steps: list = field(default_factory=lambda: [50, 100, 200])
     lr: list = field(default_factory=lambda: [1e-4, 3e-3])
     seq_len: int = 128
-    batch_size: int = 8
+    batch_size: int = 8                # sequences per GPU and micro step
+    gradient_accumulation: int = 1     # micro steps per optimizer step
+    activation_checkpointing: bool = False   # recompute layers in backward (7B students: ~14 GB less per GPU)
     zero_stage: int = 0
     precision: str = "fp32"
     # data-parallel workers per distilling trial (Ray Train, one GPU each on a GPU experiment);

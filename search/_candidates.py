@@ -129,7 +129,7 @@ def _rebuild(row: dict, setup) -> None:
     params = json.loads(row["params_json"])
     plan = plan_for(params, setup)
     schedule = schedule_for(params, setup)
-    model, tokenizer = load_on_device(setup.model_source, training=schedule is not None)
+    model, tokenizer = load_on_device(setup.model_source)
     result = compress.prune(model, tokenizer, plan)
     if schedule is not None:          # what the trial scored was the recovered student: save that
         model = recover(model, tokenizer, result, schedule, setup)

@@ -20,7 +20,8 @@ import compress  # noqa: E402
 import experiments  # noqa: E402
 import objectives  # noqa: E402
 import spaces  # noqa: E402
-from cluster import driver_node_ip, start_ray  # noqa: E402
+import cluster  # noqa: E402
+from cluster import driver_node_ip  # noqa: E402
 from search import _report  # noqa: E402
 from search._candidates import SECOND_OBJECTIVE, CandidateKeeper  # noqa: E402
 from search._record import ExperimentRecord  # noqa: E402
@@ -47,26 +48,27 @@ def build_setup(exp: experiments.Experiment, record: ExperimentRecord, *, teache
                             min_budget_use=exp.space.min_budget_use,
                             distill_steps=tuple(exp.distill.steps) if exp.distill.enabled else (),
                             distill_lr=tuple(exp.distill.lr))
-    return TrialSetup(model_source=source, base_shapes=base, spec=spec, profile_name=objectives.shippable_profile(exp.device),
-                      budget_bytes=float(budget),
+    return TrialSetup(model_source=source, base_shapes=base, spec=spec,
+                      profile_name=objectives.shippable_profile(exp.device), budget_bytes=float(budget),
                       rungs=exp.proxy.rungs, tasks=list(exp.proxy.tasks), weights=dict(exp.proxy.weights),
                       teacher_cache=teacher_cache, multi=exp.search.multi_objective if exp.search.mode == "multi"
                       else None, distill=exp.to_dict()["distill"], seed=exp.search.seed,
                       unsafe_exec=exp.proxy.unsafe_exec, top_uri=record.top.uri, top_k=exp.search.top_k,
-                      **_parallel_settings(exp))
+                      **_parallel_settings(exp, record))
 
 
-def _parallel_settings(exp: experiments.Experiment) -> dict:
+def _parallel_settings(exp: experiments.Experiment, record: ExperimentRecord) -> dict:
     workers = exp.distill_workers() if exp.distill.enabled else 0
     if workers < 2:
         return {}
     gpus = exp.resources.gpus_per_trial
-    # a Ray Train worker per GPU; the trial's CPUs are shared among its workers
-    return {"distill_workers": workers, "use_gpu": gpus > 0,
+    # a Ray Train worker per GPU; the trial's CPUs are shared among its workers. Its run folders go to the
+    # experiment's storage, which every node reaches
+    return {"distill_workers": workers, "use_gpu": gpus > 0, "train_storage": record.storage.child("train").uri,
             "cpus_per_worker": max(0.25, exp.resources.cpus_per_trial / workers)}
 
 
-def prepare_teacher(setup: TrialSetup, record: ExperimentRecord, *, baselines: bool) -> dict | None:
+def prepare_teacher(setup: TrialSetup, record: ExperimentRecord, *, baselines: bool = True) -> dict | None:
     """Once per experiment: the teacher's outputs on held-out C4 (kept in the run directory for `resume`,
     shipped to trials through the object store) and the OWL baseline's layer scores."""
     model, tokenizer = load_on_device(setup.model_source)
@@ -82,11 +84,17 @@ def prepare_teacher(setup: TrialSetup, record: ExperimentRecord, *, baselines: b
     return {"uniform-l1": spaces.uniform_l1(setup.spec), "owl": spaces.owl(setup.spec, ratios)}
 
 
-TRAIN_DRIVER_CPU = 0.01        # a data-parallel trial's own share: it relays reports, its workers compute
 # Ray Train (data-parallel distillation inside a trial): a trial's worker group may have to wait for
 # GPUs another trial is releasing, and a trial's function thread needs more than Tune's default 2 s
 # to wind its Train run down before the actor is reused.
 WORKER_ENV = {"RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S": "1800", "TUNE_FUNCTION_THREAD_TIMEOUT_S": "120"}
+TRAIN_DRIVER_CPU = 0.01        # a data-parallel trial's own share: it relays reports, its workers compute
+
+
+def start_ray(address: str | None):
+    """Join `address` (failing fast when no Ray head answers there) or start a local cluster; every worker
+    of the job gets WORKER_ENV and the address of its own cluster (cluster/_ray.py)."""
+    return cluster.start_ray(address, worker_env=WORKER_ENV)
 
 
 def _headline(exp: experiments.Experiment, setup: TrialSetup) -> str:
@@ -98,18 +106,21 @@ def _headline(exp: experiments.Experiment, setup: TrialSetup) -> str:
 class TrialKind:
     """What a search's trials do. The driver (Tune, Optuna, ASHA, MLflow, progress, report, top-k) is the same
     for every kind: Track 1 prunes a model (PRUNE, below), Track 2 trains one from scratch (search/_scratch_trial.py)."""
-    setup: Callable          # (exp, record) -> the setup shipped to every trial
-    prepare: Callable        # (setup, record, *, baselines) -> {baseline name: params} (or None), run at launch and resume
+    setup: Callable          # (exp, record) -> the setup shipped to every trial (writes nothing)
+    prepare: Callable        # (setup, record) -> {baseline name: params}, enqueued first (launch)
     trainable: Callable      # Tune function trainable (config, setup)
     space: Callable          # setup -> picklable Optuna define-by-run function
-    keep_top: Callable       # (top rows, setup, exp, record) -> top-k entries, their checkpoints in record.top
     headline: Callable       # (exp, setup) -> the launch line's description
+    materialise: Callable | None = None   # (row, rank, setup, record) -> top-k entry, its checkpoint saved
+    keep_top: Callable | None = None      # (top rows, setup, exp, record) -> entries (all at once; else materialise)
+    reload: Callable | None = None        # (setup, record) on `resume` (default: prepare, its baselines unused)
     columns: tuple = ()      # metrics kept in results.json / trials.csv beyond _report.COLUMNS
     reference: str = "uniform-l1"   # the baseline the best trial's gain is measured against
 
 
-PRUNE = TrialKind(setup=build_setup, prepare=prepare_teacher, trainable=run_trial, space=lambda s: _SpaceFn(s.spec),
-                  keep_top=_report.keep_top, headline=_headline)
+PRUNE = TrialKind(setup=build_setup, prepare=lambda setup, record: prepare_teacher(setup, record, baselines=True),
+                  reload=lambda setup, record: prepare_teacher(setup, record, baselines=False),
+                  trainable=run_trial, space=lambda s: _SpaceFn(s.spec), keep_top=_report.keep_top, headline=_headline)
 
 
 def kind_of(exp) -> TrialKind:
@@ -119,7 +130,7 @@ def kind_of(exp) -> TrialKind:
     return PRUNE
 
 
-def make_tuner(exp: experiments.Experiment, setup: TrialSetup, record: ExperimentRecord, baselines: dict | None,
+def make_tuner(exp: experiments.Experiment, setup, record: ExperimentRecord, baselines: dict | None,
                *, restore: bool = False, kind: TrialKind = PRUNE):
     from optuna.storages import RDBStorage
     from ray import tune
@@ -134,7 +145,9 @@ def make_tuner(exp: experiments.Experiment, setup: TrialSetup, record: Experimen
     trainable = tune.with_resources(tune.with_parameters(kind.trainable, setup=setup), trial_resources)
     progress = ProgressPrinter(total=exp.search.trials)
     second = SECOND_OBJECTIVE[setup.multi] if setup.multi else None
-    callbacks = [progress, CandidateKeeper(record.top.uri, k=exp.search.top_k, rungs=setup.rungs, second=second)]
+    callbacks = [progress]
+    if kind.keep_top is not None:     # its trials write their candidates into storage: keep only the best
+        callbacks.append(CandidateKeeper(record.top.uri, k=exp.search.top_k, rungs=setup.rungs, second=second))
     local_tune = record.tune.local_path         # an object store writes whole objects: nothing to repair there
     if local_tune is not None:
         callbacks.append(StateSnapshot(local_tune))
@@ -182,15 +195,15 @@ def _tracking_host(address: str | None) -> str:
 
 def launch(exp: experiments.Experiment, record: ExperimentRecord, *, storage: Storage | None,
            tracking_uri: str | None, address: str | None) -> int:
-    kind = kind_of(exp)
-    start_ray(address, worker_env=WORKER_ENV)       # a wrong --address fails here, before anything is written
+    start_ray(address)                              # a wrong --address fails here, before anything is written
     _note_shared_storage(address, storage)
+    kind = kind_of(exp)
     with record.creating(storage_root=storage):     # anything failing inside removes the run directory again
         record.start_tracking(tracking_uri, host=_tracking_host(address))   # starts while the teacher runs
         experiments.save_experiment(exp, record.config)
         setup = kind.setup(exp, record)
         print(f"experiment {record.name}: {kind.headline(exp, setup)}, storage {record.storage.uri}", flush=True)
-        baselines = kind.prepare(setup, record, baselines=True)
+        baselines = kind.prepare(setup, record)
         _connect_tracking(setup, record, tags={"experiment_dir": str(record.path), "storage": record.storage.uri})
         record.update_state(status="running", address=address)
     return _fit_and_report(exp, setup, record, baselines=baselines, restore=False)
@@ -199,10 +212,10 @@ def launch(exp: experiments.Experiment, record: ExperimentRecord, *, storage: St
 def resume(record: ExperimentRecord, *, address: str | None) -> int:
     exp = record.experiment()
     kind = kind_of(exp)
-    start_ray(address, worker_env=WORKER_ENV)
+    start_ray(address)
     record.reopen_tracking(host=_tracking_host(address))
     setup = kind.setup(exp, record)
-    kind.prepare(setup, record, baselines=False)
+    (kind.reload or kind.prepare)(setup, record)
     _connect_tracking(setup, record, tags={})
     record.update_state(status="running", address=address)
     print(f"resuming experiment {record.name} from {record.tune.uri}", flush=True)
@@ -245,7 +258,7 @@ def _fit_and_report(exp, setup, record, *, baselines, restore) -> int:
         tuner, progress = make_tuner(exp, setup, record, baselines, restore=restore, kind=kind)
         grid = tuner.fit()
         rows = _report.collect(grid, setup, columns=kind.columns)
-        summary = _report.finish(rows, exp, setup, record, keep_top=kind.keep_top, reference=kind.reference)
+        summary = _report.finish(rows, exp, setup, record, kind=kind)
         record.update_state(status="finished")
     finally:
         record.stop_tracking()

@@ -1,5 +1,6 @@
-"""The experiment's MLflow tracking server: SQLite backend and artifact store in the run directory, served
-over HTTP so trials on any node log to it (artifacts are proxied: no node needs the driver's disk).
+"""The experiment's MLflow tracking server: SQLite backend and artifact store in the run directory (the
+experiment record names them), served over HTTP so trials on any node log to it (artifacts are proxied:
+no node needs the driver's disk).
 
 The driver starts a small supervisor process (`python -m search._mlflow_server`) in a session of its own;
 the supervisor runs `mlflow server` in another session and
@@ -21,7 +22,6 @@ from pathlib import Path
 READY_TIMEOUT_S = 180       # `mlflow server` imports for 10-20 s on a busy 2-core machine
 STOP_GRACE_S = 10
 POLL_S = 0.5
-LOG_FILE = "mlflow-server.log"
 
 
 def health(uri: str, timeout: float = 3.0) -> bool:
@@ -44,11 +44,10 @@ class TrackingServer:
         return f"http://{self.host}:{self.port}"
 
     @classmethod
-    def spawn(cls, run_dir: Path, *, host: str) -> "TrackingServer":
+    def spawn(cls, *, backend_db: Path, artifacts: Path, log: Path, host: str) -> "TrackingServer":
         """Start it and return at once (its start-up overlaps the driver's); `wait_ready` before use."""
         from cluster import free_port
-        server = cls(backend_db=run_dir / "mlflow.db", artifacts=run_dir / "mlartifacts", host=host,
-                     port=free_port(host), log=run_dir / LOG_FILE)
+        server = cls(backend_db=backend_db, artifacts=artifacts, host=host, port=free_port(host), log=log)
         cmd = [sys.executable, "-m", "search._mlflow_server", "--parent", str(os.getpid()),
                "--", *server.command()]
         with open(server.log, "a") as out:

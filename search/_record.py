@@ -47,6 +47,14 @@ class ExperimentRecord:
     opencompass_csv = property(lambda self: self.path / "opencompass.csv")
     opencompass_dir = property(lambda self: self.path / "opencompass")
     top_cache = property(lambda self: self.path / "top-cache")     # local copies of candidates in remote storage
+    mlflow_db = property(lambda self: self.path / "mlflow.db")      # the managed tracking server's store
+    mlflow_artifacts = property(lambda self: self.path / "mlartifacts")
+    mlflow_log = property(lambda self: self.path / "mlflow-server.log")
+
+    @property
+    def mlflow_store_uri(self) -> str:
+        """The managed MLflow store, for reading it without a server (after the search)."""
+        return f"sqlite:///{self.mlflow_db.resolve()}"
 
     def validation_file(self, device: str) -> Path:
         """One per device (emulated, adb): a phone run never overwrites an emulated one."""
@@ -99,6 +107,13 @@ class ExperimentRecord:
                              f"`python -m search resume --experiment {name}` or pick another --experiment")
         if storage is not None and storage.child(name).exists("tune"):
             raise ValueError(f"storage {storage.uri} already holds an experiment {name!r}; pick another --experiment")
+        return record
+
+    @classmethod
+    def create(cls, root, name: str) -> "ExperimentRecord":
+        """A new, empty run directory (for programs that drive trials themselves: tests, benchmarks)."""
+        record = cls.check_new(root, name)
+        record.path.mkdir(parents=True, exist_ok=True)
         return record
 
     @classmethod
@@ -234,7 +249,8 @@ class ExperimentRecord:
         self.update_state(tracking_managed=user_uri is None, **({"tracking_uri": user_uri} if user_uri else {}))
         if user_uri is None:
             from search._mlflow_server import TrackingServer
-            self._server = TrackingServer.spawn(self.path, host=host)
+            self._server = TrackingServer.spawn(backend_db=self.mlflow_db, artifacts=self.mlflow_artifacts,
+                                                log=self.mlflow_log, host=host)
 
     def tracking_ready(self, *, tags: dict | None = None) -> tuple[str, str]:
         """Wait for the server; create (launch) or reopen (resume) the MLflow experiment and parent run."""
@@ -243,7 +259,7 @@ class ExperimentRecord:
             self._server.wait_ready()
         uri = self.tracking_uri
         # a server proxies artifacts (mlflow-artifacts:/); a direct store (sqlite://) keeps them next to it
-        artifacts = None if uri.startswith(("http://", "https://")) else (self.path / "mlartifacts").as_uri()
+        artifacts = None if uri.startswith(("http://", "https://")) else self.mlflow_artifacts.as_uri()
         exp_id, parent = _tracking.ensure_parent(uri, self.name, tags=tags or {}, run_id=self.parent_run_id,
                                                  artifact_location=artifacts)
         self.update_state(tracking_uri=uri, mlflow_experiment_id=exp_id, parent_run_id=parent)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
-import math
+import sys
 
 from compress._atomic import atomic_file
 from search import _candidates, _tracking
@@ -18,7 +18,7 @@ TUNE_KEYS = {"timestamp", "checkpoint_dir_name", "done", "training_iteration", "
              "should_checkpoint"}
 COLUMNS = ("trial_id", "name", "status", "rung", "score", "proxy_accuracy", "kl_to_teacher", "perplexity",
            "peak_memory_bytes", "decode_tokens_per_s", "prefill_tokens_per_s", "params", "kept_fraction",
-           "distill_step", "distill_world", "constraint", "reason")
+           "distill_step", "distill_world", "constraint", "mlflow_delayed", "reason")
 TASK_SUFFIXES = ("_accuracy", "_items")    # the proxy's per-task accuracy and item count (kept with the row)
 
 
@@ -65,10 +65,9 @@ def feasible_complete(rows: list[dict]) -> list[dict]:
     return [r for r in rows if r["status"] == "complete" and _candidates.feasible(r)]
 
 
-def finish(rows: list[dict], exp, setup, record, *, keep_top=None, reference: str = "uniform-l1") -> dict:
-    """results.json, trials.csv, the top-k checkpoints (`keep_top`, default: Track 1's) and the MLflow parent
-    run. `reference`: the baseline the best trial's gain is measured against."""
-    keep_top = keep_top or globals()["keep_top"]
+def finish(rows: list[dict], exp, setup, record, *, kind) -> dict:
+    """results.json, trials.csv, the top-k checkpoints (kind.keep_top, or kind.materialise per candidate) and
+    the MLflow parent run. kind.reference: the baseline the best trial's gain is measured against."""
     ranked = sorted(feasible_complete(rows), key=lambda r: -r["score"])
     public = [{k: v for k, v in r.items() if not k.startswith("_")} for r in rows]
     summary = {"experiment": record.name, "trials": len(rows),
@@ -81,6 +80,7 @@ def finish(rows: list[dict], exp, setup, record, *, keep_top=None, reference: st
             summary["baselines"][r["name"]] = r
     if summary["best"]:
         summary["best"] = {k: v for k, v in summary["best"].items() if not k.startswith("_")}
+    reference = kind.reference
     if summary["best"] and reference in summary["baselines"]:
         base = summary["baselines"][reference].get("score")
         summary[_gain_key(reference)] = summary["best"]["score"] - base if base is not None else None
@@ -89,7 +89,10 @@ def finish(rows: list[dict], exp, setup, record, *, keep_top=None, reference: st
         summary["pareto_front"] = [{k: v for k, v in r.items() if not k.startswith("_")}
                                    for r in _candidates.pareto_front(ranked, *second)]
     top_rows = _candidates.selection(rows, k=exp.search.top_k, second=second)
-    summary["top"] = keep_top(top_rows, setup, exp, record)
+    if kind.keep_top is not None:
+        summary["top"] = kind.keep_top(top_rows, setup, exp, record)
+    else:
+        summary["top"] = [kind.materialise(r, rank, setup, record) for rank, r in enumerate(top_rows, start=1)]
     record.write_json(record.results, {"summary": summary, "trials": public, "number_kinds": number_kinds(public)})
     _write_csv(public, record.trials_csv)
     _log_parent(summary, rows, setup, record)
@@ -104,17 +107,17 @@ def number_kinds(rows: list[dict]) -> dict:
     return {k: SIMULATED for k in sorted((simulated_metrics() | {"constraint"}) & present)}
 
 
-def _gain_key(reference: str) -> str:
-    return "gain_over_" + reference.replace("-", "_")
-
-
 def keep_top(top_rows: list[dict], setup, exp, record) -> list[dict]:
     """The top candidates' checkpoints in the experiment's storage: the ones their trials wrote, the others
     rebuilt by Ray tasks on the cluster; every other candidate folder is deleted."""
     if not top_rows:
         return []
     _candidates.materialise_missing(top_rows, setup, exp)
-    top = tidy_top(top_rows, record)
+    top = record.top
+    keep = {_candidates.folder_name(r) for r in top_rows}
+    _candidates.prune_folders(top, keep=keep, finished={name for name in top.list_dirs()})
+    top.remove(_candidates.BOARD_FILE)
+    top.clear_temporaries()
     entries = []
     for rank, r in enumerate(top_rows, start=1):
         folder = _candidates.folder_name(r)
@@ -127,14 +130,12 @@ def keep_top(top_rows: list[dict], setup, exp, record) -> list[dict]:
     return entries
 
 
-def tidy_top(top_rows: list[dict], record):
-    """Delete every candidate folder but the top rows', the board and temporaries; returns the top storage."""
-    top = record.top
-    keep = {_candidates.folder_name(r) for r in top_rows}
-    _candidates.prune_folders(top, keep=keep, finished={name for name in top.list_dirs()})
-    top.remove(_candidates.BOARD_FILE)
-    top.clear_temporaries()
-    return top
+def _gain_key(reference: str) -> str:
+    return "gain_over_" + reference.replace("-", "_")
+
+
+def _gains(summary: dict) -> list[tuple[str, float]]:
+    return [(k, v) for k, v in summary.items() if k.startswith("gain_over_") and v is not None]
 
 
 def _write_csv(rows, path) -> None:
@@ -148,9 +149,14 @@ def _write_csv(rows, path) -> None:
 def _log_parent(summary, rows, setup, record) -> None:
     if not setup.tracking_uri:
         return
+    if not _tracking.wait_reachable(setup.tracking_uri):
+        print(f"MLflow unreachable at {setup.tracking_uri}: not brought up to date; every result is in "
+              f"{record.results}", file=sys.stderr, flush=True)
+        return
+    from search._trial import TrialSetup
+    plans = (lambda t: _plan_ops(t, setup)) if isinstance(setup, TrialSetup) else None   # pruning plans only
     counts = _tracking.reconcile(setup.tracking_uri, setup.mlflow_experiment_id, setup.parent_run_id,
-                                 [_trial_for_mlflow(r) for r in rows],
-                                 artifacts=(lambda t: _plan_ops(t, setup)) if hasattr(setup, "base_shapes") else None)
+                                 [_trial_for_mlflow(r) for r in rows], artifacts=plans)
     repaired = {k: v for k, v in counts.items() if v}
     if repaired:
         print(f"MLflow reconciled with the trial table: {repaired}", flush=True)
@@ -221,10 +227,6 @@ def print_summary(summary, *, stream) -> None:
     if summary.get("pareto_front"):
         print(f"Pareto front: {len(summary['pareto_front'])} candidates", file=stream)
     print(top_table(summary), file=stream)
-
-
-def _gains(summary: dict) -> list[tuple[str, float]]:
-    return [(k, v) for k, v in summary.items() if k.startswith("gain_over_") and v is not None]
 
 
 def human_bytes(n) -> str:

@@ -16,7 +16,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
-import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -72,9 +71,8 @@ class ScratchSetup:
         return lambda arch: objectives.estimate_memory(arch.shapes(), profile).total_bytes
 
 
-def build_setup(exp, record, *, tracking_uri: str | None = None) -> ScratchSetup:
-    """Validates everything (ValueError on bad input) without writing anything. `record`: the experiment's
-    ExperimentRecord (tokenizers and trial checkpoints live in its run directory)."""
+def build_setup(exp, paths, *, tracking_uri: str | None = None) -> ScratchSetup:
+    """Validates everything (ValueError on bad input) without writing anything."""
     compress.check_dtype(exp.dtype)                         # quantized dtypes are refused here
     profile = objectives.get_profile(exp.device)
     budget = exp.budget_gb * GB if exp.budget_gb else profile.memory_budget_bytes
@@ -86,7 +84,7 @@ def build_setup(exp, record, *, tracking_uri: str | None = None) -> ScratchSetup
     weights = {**DEFAULT_WEIGHTS, **exp.proxy.weights}
     objectives.ProxyWeights.from_dict(weights)
     objectives.ProxyAccuracyObjective(tasks=tuple(exp.proxy.tasks), unsafe_exec=exp.proxy.unsafe_exec)  # names, sandbox
-    root = Path(record.path) if record is not None else Path(".")
+    root = Path(paths.path) if paths is not None else Path(".")
     setup = ScratchSetup(spec=spec, profile_name=objectives.shippable_profile(exp.device), budget_bytes=float(budget),
                          dtype=exp.dtype,
                          rungs=exp.proxy.rungs, tasks=list(exp.proxy.tasks), weights=weights,
@@ -126,14 +124,11 @@ def baseline_params(baseline: dict, spec: spaces.ArchSpec) -> dict:
     return out
 
 
-def prepare(setup: ScratchSetup, record, *, baselines: bool = True) -> dict | None:
-    """Once per experiment (again on resume: a tokenizer missing is trained): one tokenizer per vocabulary
-    size of the space, trained on the allowed data. Returns the baselines to enqueue (launch only)."""
+def prepare(setup: ScratchSetup, paths) -> dict:
+    """Once per experiment: one tokenizer per vocabulary size of the space, trained on the allowed data."""
     for vocab, directory in setup.tokenizers.items():
         if not (Path(directory) / "tokenizer.json").is_file():
             compress.train_tokenizer(int(vocab), directory, sources=setup.spec.datasets, hub=setup.train["hub"])
-    if not baselines:
-        return None
     return {REFERENCE: dict(setup.baseline)} if setup.baseline else {}
 
 
@@ -242,38 +237,24 @@ def scratch_body(params: dict, setup: ScratchSetup, run, *, baseline: str, repor
     return arch, candidate.model
 
 
-def keep_top(top_rows: list[dict], setup: ScratchSetup, exp, record) -> list[dict]:
-    """The top candidates into the experiment's storage (top/<name>/): the trial's own checkpoint, re-trained
-    (deterministic) when it is missing; every other candidate folder is deleted."""
-    from search._candidates import folder_name
-    from search._report import tidy_top
-    from search._storage import DONE_MARKER
-    top = record.top
-    entries = []
-    for rank, row in enumerate(top_rows, start=1):
-        params = json.loads(row["params_json"])
-        arch = arch_for(params, setup)
-        folder = folder_name(row)
-        saved = Path(setup.trials_dir) / row["trial_id"]
-        if not top.is_complete(folder):
-            def write(out, saved=saved, params=params):
-                if (saved / "config.json").is_file():
-                    shutil.copytree(saved, out, dirs_exist_ok=True)
-                else:
-                    arch, schedule, model, tokenizer = build_candidate(params, setup)
-                    model, _ = compress.train_scratch(model, tokenizer, schedule)
-                    compress.save_pruned(model, tokenizer, out, summary=record_of(arch, schedule, setup), force=True,
-                                         dtype=compress.check_dtype(setup.dtype))
-                (out / DONE_MARKER).write_text(json.dumps({k: v for k, v in row.items() if not k.startswith("_")},
-                                                          indent=2, default=str))
-            top.put_dir(folder, write)
-            shutil.rmtree(saved, ignore_errors=True)          # moved: the checkpoint lives in top/ now
-        entries.append({"rank": rank, "trial_id": row["trial_id"], "name": row["name"], "score": row["score"],
-                        "proxy_accuracy": row.get("proxy_accuracy"), "peak_memory_bytes": row.get("peak_memory_bytes"),
-                        "params": arch.params(),
-                        "folder": folder, "dir": top.child(folder).uri, "arch": arch.to_dict(), "plan": None})
-    tidy_top(top_rows, record)
-    return entries
+def materialise(row: dict, rank: int, setup: ScratchSetup, paths) -> dict:
+    """Move the trial's checkpoint to top/rank<k>-<name>; re-train it (deterministic) when it is missing."""
+    from compress._atomic import replace_dir
+    params = json.loads(row["params_json"])
+    arch = arch_for(params, setup)
+    out = paths.top.local_path / f"rank{rank}-{row['name'] or row['trial_id']}"   # paths: the experiment record
+    saved = Path(setup.trials_dir) / row["trial_id"]
+    if (saved / "config.json").is_file():
+        out.parent.mkdir(parents=True, exist_ok=True)
+        replace_dir(saved, out)
+    elif not (out / "config.json").is_file():
+        arch, schedule, model, tokenizer = build_candidate(params, setup)
+        model, _ = compress.train_scratch(model, tokenizer, schedule)
+        compress.save_pruned(model, tokenizer, out, summary=record_of(arch, schedule, setup), force=True,
+                             dtype=compress.check_dtype(setup.dtype))
+    return {"rank": rank, "trial_id": row["trial_id"], "name": row["name"], "score": row["score"],
+            "proxy_accuracy": row.get("proxy_accuracy"), "peak_memory_bytes": row.get("peak_memory_bytes"),
+            "params": arch.params(), "dir": str(out), "arch": arch.to_dict(), "plan": None}
 
 
 class _ArchSpaceFn:
@@ -296,7 +277,7 @@ def headline(exp, setup: ScratchSetup) -> str:
 def _kind():
     from search._driver import TrialKind
     return TrialKind(setup=build_setup, prepare=prepare, trainable=run_scratch_trial,
-                     space=lambda s: _ArchSpaceFn(s.spec), keep_top=keep_top, headline=headline,
+                     space=lambda s: _ArchSpaceFn(s.spec), materialise=materialise, headline=headline,
                      columns=COLUMNS, reference=REFERENCE)
 
 

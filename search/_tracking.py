@@ -83,6 +83,16 @@ def reachable(uri: str) -> bool:
     return health(uri.rstrip("/"))
 
 
+def wait_reachable(uri: str, timeout: float = FLUSH_GRACE_S * 2) -> bool:
+    """The driver, before it writes: a managed server being restarted by its supervisor is back in seconds."""
+    deadline = time.time() + timeout
+    while not reachable(uri):
+        if time.time() > deadline:
+            return False
+        time.sleep(FLUSH_RETRY_S)
+    return True
+
+
 def check_reachable(uri: str) -> None:
     """A user's --tracking-uri must answer before anything is written: one-line ValueError otherwise."""
     if not uri.startswith(("http://", "https://")):
@@ -153,6 +163,7 @@ class TrialRun:
     name: str = ""
     run_id: str | None = None
     pending: list = field(default_factory=list)
+    delayed: int = 0                      # updates that had to wait for the server (reported with each rung)
     _warned: bool = False
 
     @classmethod
@@ -170,9 +181,7 @@ class TrialRun:
 
     def log_record(self, record: dict, name: str) -> None:
         """A JSON artifact of the trial (e.g. a Track 2 architecture and schedule)."""
-        if not self.uri:
-            return
-        client(self.uri).log_text(self.run_id, json.dumps(record, indent=2), name)
+        self._do(("text", json.dumps(record, indent=2), name))
 
     def log_metrics(self, metrics: dict, *, step: int) -> None:
         self._do(("metrics", mlflow_metrics(metrics), step))
@@ -193,7 +202,8 @@ class TrialRun:
         if not self.uri:
             return
         self.pending.extend(ops)
-        self.flush()
+        if not self.flush():
+            self.delayed += len(ops)
 
     def flush(self) -> bool:
         """Send what is pending, in order; keep the rest when the server cannot be reached."""

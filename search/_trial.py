@@ -25,7 +25,7 @@ GB = 1024**3
 class TrialSetup:
     """Everything a trial needs, computed once by the driver and shipped to workers. Nothing in it is a
     path on the driver's disk: values computed once travel as `Shipped` object references, results go to
-    the experiment's storage (top_uri) and to MLflow over HTTP."""
+    the experiment's storage (top_uri, train_storage) and to MLflow over HTTP."""
     model_source: str
     base_shapes: compress.ModelShapes     # the dense model's shapes (read once from its config)
     spec: spaces.SpaceSpec
@@ -83,7 +83,8 @@ def schedule_for(params: dict, setup: TrialSetup) -> compress.DistillSchedule | 
     if sampled is None:
         return None
     steps = int(sampled["steps"])
-    fixed = {k: setup.distill[k] for k in ("seq_len", "batch_size", "zero_stage", "precision") if k in setup.distill}
+    fixed = {k: setup.distill[k] for k in ("seq_len", "batch_size", "gradient_accumulation", "zero_stage", "precision",
+                                           "activation_checkpointing") if k in setup.distill}
     return compress.DistillSchedule(
         steps=steps, lr=float(sampled["lr"]), warmup_steps=int(sampled["warmup"] * steps),
         temperature=float(sampled["temperature"]), kd_weight=float(sampled["kd_weight"]),
@@ -119,16 +120,17 @@ def run_trial(config: dict, setup: TrialSetup) -> None:
     from ray import tune
 
     params = {k: v for k, v in config.items() if k != "baseline"}
-    trial_id = tune.get_context().get_trial_id()
     baseline = config.get("baseline", "")
+    trial_id = tune.get_context().get_trial_id()
     run = _tracking.TrialRun.start(setup, trial_id, params, baseline=baseline)
-    done = restored_rungs()       # a retried (worker or node lost) or resumed trial goes on after its last rung
     try:
         if setup.distill_workers >= 2 and schedule_for(params, setup) is not None:
             from search import _data_parallel
             _data_parallel.run(params, setup, run, baseline=baseline, trial_id=trial_id)
         else:
-            trial_body(params, setup, run, baseline=baseline, report=_tune_report, trial_id=trial_id, done=done)
+            # a retried (its worker or node died) or resumed trial goes on after its last reported rung
+            trial_body(params, setup, run, baseline=baseline, report=report_with_rung, skip=restored_rungs(),
+                       trial_id=trial_id)
         run.finish("FINISHED")
     except SystemExit as stop:  # Tune ends a trial the scheduler stopped with sys.exit(0) inside report()
         if stop.code in (0, None):    # after the last rung or stopped early: the driver's table tags which
@@ -142,17 +144,45 @@ def run_trial(config: dict, setup: TrialSetup) -> None:
 
 
 def _tune_report(metrics: dict) -> bool:
-    report_with_rung(metrics, int(metrics["rung"]) + 1)   # ASHA may stop the trial here (SystemExit(0))
+    from ray import tune
+    tune.report(metrics)   # ASHA may stop the trial here (SystemExit(0))
     return False
 
 
+RUNG_FILE = "rung.json"
+
+
+def restored_rungs() -> int:
+    """How many rungs this trial reported before it was interrupted (0 for a fresh trial)."""
+    from ray import tune
+    checkpoint = tune.get_checkpoint()
+    if checkpoint is None:
+        return 0
+    with checkpoint.as_directory() as folder:
+        return int(json.loads((Path(folder) / RUNG_FILE).read_text())["rungs_done"])
+
+
+def report_with_rung(metrics: dict) -> bool:
+    """tune.report with a checkpoint of a few bytes: the rungs done. The model is not checkpointed: pruning
+    is deterministic, so a retried trial re-prunes and goes on from the next rung."""
+    from ray import tune
+    with tempfile.TemporaryDirectory(prefix="edgeprune-rung-") as folder:
+        (Path(folder) / RUNG_FILE).write_text(json.dumps({"rungs_done": int(metrics["rung"]) + 1}))
+        tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(folder))   # ASHA may stop it here
+    return False
+
+
+def ray_node_id() -> str:
+    import ray
+    return ray.get_runtime_context().get_node_id() if ray.is_initialized() else ""
+
+
 def trial_body(params: dict, setup: TrialSetup, run, *, baseline: str, report, rank: int = 0, world: int = 1,
-               trial_id: str = "", done: int = 0):
+               skip: int = 0, trial_id: str = ""):
     """Prune (and distil) the candidate for `params`, scoring it once per fidelity rung; returns
     (plan, prune result, model). `report(metrics) -> stop?` gets rank 0's scores. In a data-parallel
     distillation every rank runs this; only rank 0 logs and reports (under ZeRO-3 every rank also runs
-    the scoring forwards, which are collectives there). `done`: rungs reported before the trial was
-    interrupted (a retried or resumed trial), skipped here."""
+    the scoring forwards, which are collectives there). `skip`: rungs a retried trial already reported."""
     start = time.perf_counter()
     plan = plan_for(params, setup)
     schedule = schedule_for(params, setup)
@@ -172,7 +202,7 @@ def trial_body(params: dict, setup: TrialSetup, run, *, baseline: str, report, r
 
     def evaluate_and_report(extra: dict | None = None) -> bool:
         nonlocal rung
-        if rung < done:           # reported before the trial was interrupted
+        if rung < skip:           # reported before the trial was interrupted
             rung += 1
             return False
         was_training = model.training
@@ -184,12 +214,13 @@ def trial_body(params: dict, setup: TrialSetup, run, *, baseline: str, report, r
             return False
         scores = score_report(metrics, setup, seconds=time.perf_counter() - start)
         scores.update(rung=rung - 1, rungs=setup.rungs, baseline=baseline,
-                      kept_fraction=result.params / result.base_params, **kept, **(extra or {}))
-        scores["node_id"] = ray_node_id()
+                      kept_fraction=result.params / result.base_params, node_id=ray_node_id(), **kept,
+                      **(extra or {}))
         run.log_metrics(scores, step=rung - 1)
+        scores["mlflow_delayed"] = run.delayed      # updates that waited out an MLflow outage so far
         # the last rung: a top-k candidate is saved by the trial that made it (not mid-distillation: a
-        # ZeRO-3 student's parameters are partitioned; those candidates are rebuilt by a Ray task)
-        if rung == setup.rungs and schedule is None:
+        # ZeRO-3 student's parameters are partitioned then; those candidates are rebuilt by a Ray task)
+        if rung == setup.rungs and schedule is None and world == 1:
             row = {**scores, "trial_id": trial_id, "name": baseline or trial_id, "params": params}
             _candidates.offer(setup, row, lambda folder: compress.save_pruned(
                 model, tokenizer, folder, plan=plan, summary=result.summary(), force=True))
@@ -215,33 +246,6 @@ def kept_metrics(result) -> dict:
     attn, mlp = kept_ratios(result.realised, result.base_shapes)
     return {**{f"{KEPT_PREFIXES[0]}{i:02d}": a for i, a in enumerate(attn)},
             **{f"{KEPT_PREFIXES[1]}{i:02d}": m for i, m in enumerate(mlp)}}
-
-
-RUNG_FILE = "rung.json"
-
-
-def restored_rungs() -> int:
-    """How many rungs this trial reported before it was interrupted (0 for a fresh trial)."""
-    from ray import tune
-    checkpoint = tune.get_checkpoint()
-    if checkpoint is None:
-        return 0
-    with checkpoint.as_directory() as folder:
-        return int(json.loads((Path(folder) / RUNG_FILE).read_text())["rungs_done"])
-
-
-def report_with_rung(report: dict, rungs_done: int) -> None:
-    """tune.report with a checkpoint of a few bytes: the rung reached. The model is not checkpointed: pruning
-    is deterministic, so a retried trial re-prunes and goes on from the next rung."""
-    from ray import tune
-    with tempfile.TemporaryDirectory(prefix="edgeprune-rung-") as folder:
-        (Path(folder) / RUNG_FILE).write_text(json.dumps({"rungs_done": rungs_done}))
-        tune.report(report, checkpoint=tune.Checkpoint.from_directory(folder))
-
-
-def ray_node_id() -> str:
-    import ray
-    return ray.get_runtime_context().get_node_id() if ray.is_initialized() else ""
 
 
 def trial_objectives(setup: TrialSetup) -> list:

@@ -80,9 +80,6 @@ def add_launch_args(p):
     scratch.add_argument("--datasets", nargs="+", default=None, help="training data: c4 and/or alpaca_zh (nothing else "
                          "is allowed)")
     scratch.add_argument("--dtype", default=None, help="saved weights: float16 (default) or float32")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="settings",
-                   help="override any experiment setting (VALUE is YAML), e.g. --set distill.seq_len=256 "
-                        "--set resources.gpus_per_trial=0; repeatable, applied after the other flags")
     p.add_argument("--tracking-uri", default=None,
                    help="MLflow tracking server (default: launch starts one for the experiment, its store in "
                         "<root>/NAME/mlflow.db)")
@@ -91,6 +88,9 @@ def add_launch_args(p):
                         "directory). A multi-node cluster needs a shared filesystem path or a URI such as s3://bucket/dir")
     p.add_argument("--max-failures", type=int, default=None,
                    help="retries of a trial whose worker or node died (default: search.max_failures, 3)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="settings",
+                   help="override any experiment setting (VALUE is YAML), e.g. --set distill.seq_len=256 "
+                        "--set resources.gpus_per_trial=0; repeatable, applied after the other flags")
     p.add_argument("--full-eval-top", type=int, default=0, metavar="K",
                    help="after the search, run OpenCompass on the top K candidates and report the proxy-vs-full "
                         "Spearman correlation")

@@ -38,7 +38,6 @@ def launch_scratch(args) -> int:
     import experiments
     from search import _driver, _scratch_trial
     from search._record import ExperimentRecord
-    from search._storage import Storage
     from search._verbs import _free_name, _search_status, _settings
     if args.model:
         raise ValueError("Track 2 trains from scratch: --model (a pre-trained model) is not allowed; "
@@ -57,7 +56,7 @@ def launch_scratch(args) -> int:
     overrides = {"budget_gb": args.size_gb if args.size_gb is not None else args.budget_gb, "device": args.device,
                  "runtime": args.runtime, "dtype": args.dtype, "search.trials": args.trials,
                  "search.sampler": args.sampler, "search.mode": args.mode, "search.multi_objective": args.versus,
-                 "search.workers": args.workers, "proxy.rungs": args.rungs, "search.max_failures": args.max_failures,
+                 "search.workers": args.workers, "proxy.rungs": args.rungs,
                  "train.tokens": [args.tokens] if args.tokens else None, "train.datasets": args.datasets,
                  "proxy.unsafe_exec": True if args.unsafe_exec else None, **_settings(args.settings)}
     exp = experiments.load_experiment(model=None, config=str(config), overrides=overrides)
@@ -65,12 +64,15 @@ def launch_scratch(args) -> int:
         raise ValueError(f"{config} is not a track 2 experiment (it needs track: scratch)")
     root = Path(args.root)
     name = args.experiment or _free_name(root, "scratch")
-    storage = Storage.check(args.storage) if args.storage else None     # an unknown filesystem: one line
-    record = ExperimentRecord.check_new(root, name, storage=storage)    # an existing experiment is refused
-    _scratch_trial.build_setup(exp, record)                            # every check; nothing is written yet
+    if args.storage:     # its trials write tokenizers and checkpoints into the run directory (one node)
+        raise ValueError("--storage is not supported by --track scratch yet: its trials keep tokenizers and "
+                         "checkpoints in the run directory; run track 2 without --storage")
+    storage = None
+    record = ExperimentRecord.check_new(root, name, storage=storage)  # an existing experiment is refused
+    _scratch_trial.build_setup(exp, record)                          # every check; nothing is written yet
     if args.tracking_uri:
         from search._tracking import check_reachable
-        check_reachable(args.tracking_uri)                              # a refusing MLflow server: one line
+        check_reachable(args.tracking_uri)
     exp.search.top_k = max(exp.search.top_k, args.full_eval_top)  # full evaluation needs the checkpoints
     status = _driver.launch(exp, record, storage=storage, tracking_uri=args.tracking_uri, address=args.address)
     status = _search_status(record, status)

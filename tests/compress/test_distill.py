@@ -233,3 +233,16 @@ def test_on_report_may_run_the_student_with_hidden_matching_on(teacher, tok):
     schedule = DistillSchedule(**{**FAST, "steps": 4, "report_every": 2, "hidden_weight": 0.5})
     _, history = distill(student, teacher, tok, schedule, layer_map=result.layer_map, on_report=score_student)
     assert [h["step"] for h in history] == [2, 4]
+
+
+def test_activation_checkpointing_trains_identically_and_needs_less_memory(teacher, tok):
+    kw = dict(steps=2, seq_len=32, batch_size=2, report_every=2, heldout_blocks=2)
+    plain, ckpt = copy.deepcopy(teacher), copy.deepcopy(teacher)
+    a, hist_a = distill(plain, teacher, tok, DistillSchedule(**kw))
+    b, hist_b = distill(ckpt, teacher, tok, DistillSchedule(**kw, activation_checkpointing=True))
+    assert hist_a[-1]["loss"] == pytest.approx(hist_b[-1]["loss"], rel=1e-5)   # recomputation, same math
+    assert not b.is_gradient_checkpointing                                      # handed back for scoring
+    est = {c: estimate_training_memory(5_600_000_000, 7_600_000_000, zero_stage=3, gpus=2, precision="bf16",
+                                       seq_len=1024, batch_size=4, hidden=3584, layers=28, vocab=152064,
+                                       checkpointing=c) for c in (False, True)}
+    assert est[False]["activations"] - est[True]["activations"] > 10e9

@@ -92,10 +92,9 @@ def _setup(tmp_path, **overrides):
     from search import _driver
     from search._record import ExperimentRecord
     exp = experiments.load_experiment(model="stories260k", overrides={"proxy.unsafe_exec": True, **overrides})
-    record = ExperimentRecord(tmp_path, "gpu")
-    record.path.mkdir()
-    setup = _driver.build_setup(exp, record)
-    return setup, _driver.prepare_teacher(setup, record, baselines=True)
+    paths = ExperimentRecord.create(tmp_path, "gpu")
+    setup = _driver.build_setup(exp, paths)
+    return setup, _driver.prepare_teacher(setup, paths)
 
 
 @pytest.mark.parametrize("distill", [False, True])

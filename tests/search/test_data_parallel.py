@@ -3,11 +3,11 @@ on a GPU experiment), and its rung reports reach Tune: a scheduler's stop includ
 Train run and free its workers for the next trial."""
 import experiments
 from search import _driver
-from cluster import start_ray
 from search._record import ExperimentRecord
 from search._trial import run_trial
 
 SETTINGS = {"distill.enabled": True, "distill.workers": 2, "distill.steps": [4], "distill.seq_len": 64,
+            "distill.zero_stage": 3,   # the 7B YAMLs': scoring a partitioned student is a collective on every rank
             "distill.batch_size": 2, "proxy.rungs": 2, "proxy.tasks": ["csqa"], "search.workers": 1}
 
 
@@ -26,16 +26,15 @@ def test_distillation_on_two_train_workers_reports_every_rung_and_stops_cleanly(
     import ray
     from ray import tune
     exp = experiments.load_experiment(model="stories260k", overrides=SETTINGS)
-    record = ExperimentRecord(tmp_path, "dp")
-    record.path.mkdir()
-    setup = _driver.build_setup(exp, record)
+    paths = ExperimentRecord.create(tmp_path, "dp")
+    setup = _driver.build_setup(exp, paths)
     assert setup.distill_workers == 2 and not setup.use_gpu
-    baselines = _driver.prepare_teacher(setup, record, baselines=True)      # {"uniform-l1": params, "owl": params}
+    baselines = _driver.prepare_teacher(setup, paths)      # {"uniform-l1": params, "owl": params}
     # each trial's config: a baseline's parameters plus its name, as the searcher hands them out
     space = {"baseline": tune.grid_search(list(baselines))}
     for key in baselines["owl"]:
         space[key] = tune.sample_from(lambda spec, key=key: baselines[spec.config["baseline"]][key])
-    start_ray(None, worker_env=_driver.WORKER_ENV)
+    _driver.start_ray(None)
     try:
         grid = tune.Tuner(
             tune.with_resources(tune.with_parameters(run_trial, setup=setup), {"cpu": _driver.TRAIN_DRIVER_CPU}),

@@ -58,7 +58,11 @@ def artifacts(root, name, run) -> set:
 
 
 def study_states(root, name):
-    study = optuna.load_study(study_name=name, storage=f"sqlite:///{root / name / 'optuna.db'}")
+    """States of the study's trials ([] while the driver has created optuna.db but not yet the study)."""
+    try:
+        study = optuna.load_study(study_name=name, storage=f"sqlite:///{root / name / 'optuna.db'}")
+    except KeyError:
+        return []
     return [t.state.name for t in study.trials]
 
 
