@@ -86,7 +86,7 @@ def check_opencompass(folder: Path) -> dict:
         return {"ok": None, "detail": f"skipped: no OpenCompass data here ({err})"}
     with tempfile.TemporaryDirectory(prefix="edgeprune-submit-oc-") as work:
         result = run_opencompass(folder / "hf", datasets=(OC_DATASET,), limit=OC_LIMIT, max_out_len=OC_MAX_OUT,
-                                 work_dir=work, device="cpu")
+                                 work_dir=work, device="auto")
     loaded = Path(result["model_dir"]) == (folder / "hf").resolve()
     return {"ok": loaded and not result["errors"], "detail": f"{result['model_class']} loaded {result['model_dir']} "
             f"(trust_remote_code={result['trust_remote_code']}), {OC_DATASET} limit {OC_LIMIT}: "

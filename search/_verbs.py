@@ -369,5 +369,5 @@ def evaluate(args) -> int:
         return 0
     for name, m in metrics.items():
         arrow = "higher better" if m["higher_is_better"] else "lower better"
-        print(f"{name:<26}{m['value']:>18.6g}  {m['unit']:<12}{arrow}")
+        print(f"{name:<26}{m['value']:>18.6g}  {m['unit']:<12}{arrow:<15}{m.get('kind', '')}".rstrip())
     return 0
