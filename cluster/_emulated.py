@@ -8,6 +8,10 @@ measured in the child after its imports), so the cap bounds what the model itsel
 stacks and malloc arenas, so an allowance covers those and the model's resident growth is checked
 against the budget afterwards. A run that fails under the cap is reported as "does not fit", not raised.
 
+Speed: with one llama.cpp thread (the default on 2 cores) prefill and decode are timed by that thread's CPU
+time, what a core of its own would take (a shared host's wall clock also counts waits for other processes);
+with more threads by the wall clock; the median over repetitions.
+
 Memory reported: peak resident growth over the pre-load footprint (VmHWM), plus llama.cpp's own
 buffer sizes (weights, KV cache, compute, output) parsed from its log, the figures the memory model
 predicts. Projection: decode is bandwidth-bound, so phone tok/s = host tok/s x phone bandwidth / host
@@ -125,6 +129,8 @@ class EmulatedBackend(DeviceBackend):
         notes = [cap_note, f"peak memory = resident growth while loading and running; the process peaked at "
                            f"{data['peak_rss_bytes']} B with {data['baseline_rss_bytes']} B before loading",
                  "llama.cpp buffers: " + ", ".join(f"{k} {v} B" for k, v in buffers.items())]
+        notes.append(f"timed by {data.get('clock', 'wall clock')} ({self.threads} llama.cpp thread(s)), median of "
+                     f"{len(data['decode_samples'])} run(s)")
         if self.phone_bandwidth or self.phone_flops:
             notes.append(f"projected to the phone: decode x{decode_ratio:.3g} (bandwidth), "
                          f"prefill x{prefill_ratio:.3g} (FLOP/s); host values in raw")
