@@ -102,12 +102,24 @@ class ExperimentRecord:
     def check_new(cls, root, name: str, *, storage: Storage | None = None) -> "ExperimentRecord":
         """The record of a new experiment; refuses an existing one (nothing is created)."""
         record = cls._checked(root, name)
-        if record.path.exists() and (not record.path.is_dir() or any(record.path.iterdir())):
+        if record.in_use():
             raise ValueError(f"experiment {name!r} already exists in {record.root}; continue it with "
                              f"`python -m search resume --experiment {name}` or pick another --experiment")
         if storage is not None and storage.child(name).exists("tune"):
             raise ValueError(f"storage {storage.uri} already holds an experiment {name!r}; pick another --experiment")
         return record
+
+    @classmethod
+    def free_name(cls, root, base: str) -> str:
+        """`base`, else base-2, base-3, ...: the first name no experiment in `root` uses."""
+        name, n = base, 1
+        while cls(root, name).in_use():
+            n += 1
+            name = f"{base}-{n}"
+        return name
+
+    def in_use(self) -> bool:
+        return self.path.exists() and (not self.path.is_dir() or any(self.path.iterdir()))
 
     @classmethod
     def create(cls, root, name: str) -> "ExperimentRecord":

@@ -212,11 +212,8 @@ def _default_name(model: str) -> str:
 
 def _free_name(root, base: str) -> str:
     """Without --experiment, a second launch gets base-2, base-3, ...: an earlier search is never touched."""
-    name, n = base, 1
-    while (root / name).exists() and any((root / name).iterdir()):
-        n += 1
-        name = f"{base}-{n}"
-    return name
+    from search._record import ExperimentRecord
+    return ExperimentRecord.free_name(root, base)
 
 
 def add_resume_args(p):
