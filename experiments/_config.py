@@ -14,7 +14,11 @@ from pathlib import Path
 import yaml
 
 HERE = Path(__file__).parent
-SAMPLERS = ("tpe", "nsga2", "gp", "random")
+SAMPLERS = ("tpe", "evolution", "cmaes", "nsga2", "gp", "random")
+SINGLE_OBJECTIVE_SAMPLERS = ("evolution", "cmaes")
+# The fidelity ladder (objectives/_ladder.py), one mapping per ASHA rung, cheapest first: KL on one held-out
+# block of 256 tokens, then KL on eight plus the task proxy's level-0 items.
+DEFAULT_LADDER = ({"kl_blocks": 1}, {"kl_blocks": 8, "proxy": "loglik", "proxy_level": 0})
 MODES = ("single", "multi")
 RUNTIMES = ("llama.cpp", "mlc")
 MULTI_SECOND = ("memory", "tokens_per_s")
@@ -36,6 +40,7 @@ class SearchSettings:
     workers: int = 2
     seed: int = 0
     top_k: int = 3
+    min_tokens_per_s: float | None = None   # decode throughput floor (the device profile's tok/s): a constraint
 
 
 @dataclass(kw_only=True)
@@ -60,7 +65,8 @@ class DistillSettings:
 
 @dataclass(kw_only=True)
 class ProxySettings:
-    rungs: int = 2
+    ladder: list = field(default_factory=lambda: [dict(r) for r in DEFAULT_LADDER])
+    rungs: int | None = None           # use the ladder's last N rungs (None: all of them)
     tasks: list = field(default_factory=lambda: ["csqa", "bbh", "gsm8k", "humaneval", "truthfulqa", "chid"])
     weights: dict = field(default_factory=dict)
     unsafe_exec: bool = False          # run HumanEval programs unisolated where no sandbox exists (--unsafe-exec)
@@ -90,6 +96,12 @@ class Experiment:
         _choice("search.sampler", self.search.sampler, SAMPLERS)
         _choice("search.mode", self.search.mode, MODES)
         _choice("search.multi_objective", self.search.multi_objective, MULTI_SECOND)
+        if self.search.mode == "multi" and self.search.sampler in SINGLE_OBJECTIVE_SAMPLERS:
+            raise ValueError(f"sampler {self.search.sampler} is single-objective; multi mode needs one of "
+                             f"{', '.join(s for s in SAMPLERS if s not in SINGLE_OBJECTIVE_SAMPLERS)}")
+        floor = self.search.min_tokens_per_s
+        if floor is not None and (not isinstance(floor, (int, float)) or floor <= 0):
+            raise ValueError(f"search.min_tokens_per_s must be a positive number, got {floor!r}")
         _choice("runtime", self.runtime, RUNTIMES)
         for key, value, least in (("trials", self.search.trials, 1), ("workers", self.search.workers, 1),
                                   ("top_k", self.search.top_k, 0)):
@@ -101,8 +113,8 @@ class Experiment:
             raise ValueError(f"space.min_keep must be in [0, 1), got {self.space.min_keep}")
         if not self.space.criteria:
             raise ValueError("space.criteria needs at least one criterion")
-        if self.proxy.rungs < 1:
-            raise ValueError("proxy.rungs must be >= 1")
+        if self.proxy.rungs is not None and (not isinstance(self.proxy.rungs, int) or self.proxy.rungs < 1):
+            raise ValueError(f"proxy.rungs (--rungs) must be an integer >= 1, got {self.proxy.rungs!r}")
         return self
 
     def to_dict(self) -> dict:

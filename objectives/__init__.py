@@ -19,6 +19,8 @@ from ._proxy import ProxyAccuracyObjective
 from ._fidelity import FidelityObjective, TeacherCache
 from ._composite import COMPOSITE, ProxyWeights, composite_score
 from ._evaluate import describe, evaluate_all
+from ._ladder import Ladder, Rung, accuracy_change, parse_ladder, proxy_modes, rank_agreement
 
 __all__ = [*globals().get("__all__", []), "TASKS", "Task", "get_task", "ProxyAccuracyObjective", "FidelityObjective",
-           "TeacherCache", "COMPOSITE", "ProxyWeights", "composite_score", "describe", "evaluate_all"]
+           "TeacherCache", "COMPOSITE", "ProxyWeights", "composite_score", "describe", "evaluate_all",
+           "Ladder", "Rung", "accuracy_change", "parse_ladder", "proxy_modes", "rank_agreement"]

@@ -1,6 +1,7 @@
 """The Tune driver: launch a search, resume an interrupted one. Results land in the experiment dir."""
 from __future__ import annotations
 
+import dataclasses
 import os
 import sys
 from pathlib import Path
@@ -34,20 +35,41 @@ def build_setup(exp: experiments.Experiment, paths: ExperimentDir, *, tracking_u
                             min_budget_use=exp.space.min_budget_use,
                             distill_steps=tuple(exp.distill.steps) if exp.distill.enabled else (),
                             distill_lr=tuple(exp.distill.lr))
+    ladder = objectives.parse_ladder(exp.proxy.ladder, use=exp.proxy.rungs)
     return TrialSetup(model_source=source, base_shapes=base, spec=spec, profile_name=exp.device, budget_bytes=float(budget),
-                      rungs=exp.proxy.rungs, tasks=list(exp.proxy.tasks), weights=dict(exp.proxy.weights),
+                      rungs=len(ladder), ladder=[dataclasses.asdict(r) for r in ladder],
+                      min_tokens_per_s=exp.search.min_tokens_per_s,
+                      tasks=list(exp.proxy.tasks), weights=dict(exp.proxy.weights),
                       teacher_cache=str(paths.teacher_cache), multi=exp.search.multi_objective
                       if exp.search.mode == "multi" else None, tracking_uri=tracking_uri,
                       distill=exp.to_dict()["distill"], seed=exp.search.seed, unsafe_exec=exp.proxy.unsafe_exec)
 
 
 def prepare_teacher(setup: TrialSetup, paths: ExperimentDir) -> dict:
-    """Once per experiment: the teacher's outputs on held-out C4 and the OWL baseline's layer scores."""
+    """Once per experiment, from the dense model: the teacher's outputs (held-out C4, and its own answers to
+    the ladder's proxy items), every criterion's unit rankings (trials only slice), the OWL layer scores."""
     model, tokenizer = load_on_device(setup.model_source)
     if not paths.teacher_cache.exists():
-        objectives.TeacherCache.build(model, tokenizer).save(paths.teacher_cache)
+        cache = objectives.TeacherCache.build(model, tokenizer)
+        ladder = objectives.Ladder(setup.ladder, tasks=setup.tasks, unsafe_exec=setup.unsafe_exec)
+        cache.proxy = ladder.teacher_credits(model, tokenizer, objectives.EvalContext(seed=setup.seed))
+        cache.save(paths.teacher_cache)
+    attach_rankings(setup, paths, model, tokenizer)
     ratios = compress.layer_outlier_ratios(model, compress.calibration_tokens(tokenizer))
     return {"uniform-l1": spaces.uniform_l1(setup.spec), "owl": spaces.owl(setup.spec, ratios)}
+
+
+def attach_rankings(setup: TrialSetup, paths: ExperimentDir, model=None, tokenizer=None) -> None:
+    """The dense model's unit rankings for every criterion of the space, computed once and cached next to
+    the teacher cache (`rankings.pt`); shipped to trials in the setup."""
+    if paths.rankings.exists():
+        setup.rankings = compress.Rankings.load(paths.rankings)
+        return
+    if model is None:
+        model, tokenizer = load_on_device(setup.model_source)
+    setup.rankings = compress.compute_rankings(model, tokenizer, criteria=setup.spec.criteria,
+                                               attn_units=[setup.spec.attn_unit])
+    setup.rankings.save(paths.rankings)
 
 
 DEFAULT_DASHBOARD_PORT = 8265
@@ -97,7 +119,7 @@ def make_tuner(exp: experiments.Experiment, setup: TrialSetup, paths: Experiment
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
     from search._progress import ProgressPrinter
-    from search._searcher import ConstrainedOptunaSearch, make_sampler
+    from search._searcher import ConstrainedOptunaSearch, PlanKey, make_sampler
     from search._tune_state import StateSnapshot, repair
 
     trainable = tune.with_resources(tune.with_parameters(run_trial, setup=setup),
@@ -117,7 +139,8 @@ def make_tuner(exp: experiments.Experiment, setup: TrialSetup, paths: Experiment
         metric, mode = [metric, second], [mode, second_mode]
     searcher = ConstrainedOptunaSearch(
         space=_SpaceFn(setup.spec), metric=metric, mode=mode, baselines=baselines, max_t=setup.rungs,
-        sampler=make_sampler(exp.search.sampler, seed=exp.search.seed),
+        sampler=make_sampler(exp.search.sampler, seed=exp.search.seed, key=PlanKey(setup),
+                             warm_start=(baselines or {}).get("owl")),
         storage=RDBStorage(paths.optuna_url), study_name=paths.name)
     scheduler = ASHAScheduler(time_attr="training_iteration", metric="score", mode="max", max_t=setup.rungs,
                               grace_period=1, reduction_factor=2) if setup.rungs > 1 else None
@@ -163,6 +186,7 @@ def resume(*, name: str, root: Path, address: str | None) -> int:
     setup.mlflow_experiment_id, setup.parent_run_id = exp_id, parent
     if not paths.tune_state_exists():
         raise ValueError(f"experiment {name} has no Tune state to resume (it stopped before its first trial)")
+    attach_rankings(setup, paths)
     print(f"resuming experiment {name} from {paths.path}", flush=True)
     return _fit_and_report(exp, setup, paths, baselines=None, address=address, restore=True)
 

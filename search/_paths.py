@@ -22,6 +22,7 @@ class ExperimentDir:
     state = property(lambda self: self.path / "state.json")
     results = property(lambda self: self.path / "results.json")
     teacher_cache = property(lambda self: self.path / "teacher_cache.pt")
+    rankings = property(lambda self: self.path / "rankings.pt")          # the dense model's unit rankings
     tune = property(lambda self: self.path / "tune")
     top = property(lambda self: self.path / "top")
 

@@ -6,6 +6,7 @@ import json
 import math
 
 import compress
+import objectives
 from compress._atomic import atomic_file
 from search import _tracking
 from search._trial import GB, load_on_device, plan_for, recover, schedule_for
@@ -22,7 +23,8 @@ def collect(grid, setup, paths) -> list[dict]:
         trial_id = metrics.get("trial_id", "?")
         row = {k: metrics.get(k) for k in COLUMNS if k in metrics}
         row.update(trial_id=trial_id, name=config.get("baseline") or trial_id,
-                   params_json=json.dumps({k: v for k, v in config.items() if k != "baseline"}))
+                   params_json=json.dumps({k: v for k, v in config.items() if k != "baseline"}),
+                   **{k: v for k, v in metrics.items() if k.startswith("score_rung")})
         if result.error is not None:
             row.update(status="failed", reason=str(result.error).strip().splitlines()[-1][:300])
         elif metrics.get("training_iteration", 0) < setup.rungs:
@@ -59,6 +61,7 @@ def finish(rows: list[dict], exp, setup, paths) -> dict:
     if summary["best"] and "uniform-l1" in summary["baselines"]:
         base = summary["baselines"]["uniform-l1"].get("score")
         summary["gain_over_uniform_l1"] = summary["best"]["score"] - base if base is not None else None
+    summary["rung_agreement"] = rung_agreement(rows, setup.rungs)
     if setup.multi:
         from search._driver import SECOND_OBJECTIVE
         summary["pareto_front"] = pareto_front(ranked, *SECOND_OBJECTIVE[setup.multi])
@@ -70,13 +73,24 @@ def finish(rows: list[dict], exp, setup, paths) -> dict:
     return summary
 
 
+def rung_agreement(rows: list[dict], rungs: int) -> dict | None:
+    """How well each cheap rung ranked the trials the way the final rung does: Spearman over the trials
+    that completed every rung (ASHA promoted them, so this is the agreement among the better trials)."""
+    if rungs < 2:
+        return None
+    keys = [f"score_rung{k}" for k in range(rungs)]
+    histories = [[r[k] for k in keys] for r in rows if r["status"] == "complete" and all(k in r for k in keys)]
+    rhos = objectives.rank_agreement(histories)
+    return {"trials": len(histories), "spearman": {f"rung{k}": rho for k, rho in enumerate(rhos)}}
+
+
 def materialise(row: dict, rank: int, setup, paths) -> dict:
     """Re-create the candidate from its parameters (pruning is deterministic) and save it as FP16."""
     params = json.loads(row["params_json"])
     plan = plan_for(params, setup)
     schedule = schedule_for(params, setup)
     model, tokenizer = load_on_device(setup.model_source, training=schedule is not None)
-    result = compress.prune(model, tokenizer, plan)
+    result = compress.prune(model, tokenizer, plan, rankings=setup.rankings)   # the rankings the trial used
     if schedule is not None:  # what the trial scored was the recovered student: save that
         model = recover(model, tokenizer, result, schedule, setup)
     out = paths.top / f"rank{rank}-{row['name'] or row['trial_id']}"
@@ -102,6 +116,12 @@ def _log_parent(summary, rows, setup, paths) -> None:
         c.log_metric(run_id, "best_score", summary["best"]["score"])
     if summary.get("gain_over_uniform_l1") is not None:
         c.log_metric(run_id, "gain_over_uniform_l1", summary["gain_over_uniform_l1"])
+    agreement = summary.get("rung_agreement") or {}
+    for rung, rho in (agreement.get("spearman") or {}).items():
+        if rho is not None:
+            c.log_metric(run_id, f"{rung}_spearman_vs_final", rho)
+    if agreement:
+        c.log_metric(run_id, "rung_agreement_trials", agreement["trials"])
     c.log_figure(run_id, score_vs_memory_figure(rows, summary, setup), "score_vs_memory.png")
     c.log_text(run_id, top_table(summary), "top_k.md")
     c.log_artifact(run_id, str(paths.results))
@@ -178,6 +198,11 @@ def print_summary(summary, *, stream) -> None:
                   file=stream)
     if summary.get("gain_over_uniform_l1") is not None:
         print(f"gain over uniform-L1 baseline at the same budget: {summary['gain_over_uniform_l1']:+.4f}", file=stream)
+    agreement = summary.get("rung_agreement")
+    if agreement and any(rho is not None for rho in agreement["spearman"].values()):
+        rhos = ", ".join(f"{rung} {'-' if rho is None else f'{rho:+.2f}'}" for rung, rho in agreement["spearman"].items())
+        print(f"fidelity ladder, Spearman with the final rung over {agreement['trials']} trials that completed it: "
+              f"{rhos}", file=stream)
     if summary.get("pareto_front"):
         print(f"Pareto front: {len(summary['pareto_front'])} candidates", file=stream)
     print(top_table(summary), file=stream)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
 import compress
 import objectives
@@ -25,7 +26,7 @@ class TrialSetup:
     spec: spaces.SpaceSpec
     profile_name: str
     budget_bytes: float
-    rungs: int
+    rungs: int                            # = len(ladder): one report per rung
     tasks: list
     weights: dict
     teacher_cache: str
@@ -36,6 +37,9 @@ class TrialSetup:
     distill: dict = field(default_factory=dict)
     seed: int = 0
     unsafe_exec: bool = False             # HumanEval without a sandbox (the user passed --unsafe-exec)
+    ladder: list = field(default_factory=list)   # the fidelity ladder's rungs (objectives.Rung mappings)
+    rankings: Any = None                  # compress.Rankings of the dense model, computed once by the driver
+    min_tokens_per_s: float | None = None # throughput floor: the constraint the sampler sees (repair cannot ensure it)
 
     def profile(self):
         return objectives.get_profile(self.profile_name).with_budget(int(self.budget_bytes))
@@ -62,7 +66,7 @@ def build_candidate(params: dict, setup: TrialSetup):
     """The pruned model for these parameters."""
     plan = plan_for(params, setup)
     model, tokenizer = load_on_device(setup.model_source, training=spaces.distill_schedule_params(params) is not None)
-    result = compress.prune(model, tokenizer, plan)
+    result = compress.prune(model, tokenizer, plan, rankings=setup.rankings)
     return plan, result, model, tokenizer
 
 
@@ -95,28 +99,13 @@ def run_trial(config: dict, setup: TrialSetup) -> None:
     params = {k: v for k, v in config.items() if k != "baseline"}
     run = _tracking.TrialRun.start(setup, tune.get_context().get_trial_id(), params, baseline=config.get("baseline", ""))
     try:
-        start = time.perf_counter()
-        plan, result, model, tokenizer = build_candidate(params, setup)
-        run.log_plan(plan, result)
-        profile = setup.profile()
-        context = objectives.EvalContext(profile=profile, teacher_cache=setup.teacher_cache, seed=setup.seed,
-                                         extra={"tasks": setup.tasks})
-        candidate = objectives.Candidate(shapes=result.shapes, model=model, tokenizer=tokenizer)
-        judges = trial_objectives(setup)
-        weights = objectives.ProxyWeights.from_dict(setup.weights)
-        rung = 0
+        trial = Evaluation(params, setup)
+        model, tokenizer, result = trial.model, trial.tokenizer, trial.result
+        run.log_plan(trial.plan, result)
 
         def evaluate_and_report(extra: dict | None = None) -> None:
-            nonlocal rung
-            was_training = model.training
-            model.eval()
-            metrics = objectives.evaluate_all(candidate, context, objectives=judges, fidelity=rung, weights=weights)
-            model.train(was_training)
-            report = score_report(metrics, setup, seconds=time.perf_counter() - start)
-            report.update(rung=rung, rungs=setup.rungs, baseline=config.get("baseline", ""),
-                          kept_fraction=result.params / result.base_params, **(extra or {}))
-            run.log_metrics(report, step=rung)
-            rung += 1
+            report = trial.report({"baseline": config.get("baseline", ""), **(extra or {})})
+            run.log_metrics(report, step=report["rung"])
             tune.report(report)  # ASHA may stop the trial here (SystemExit(0))
 
         schedule = schedule_for(params, setup)
@@ -138,15 +127,41 @@ def run_trial(config: dict, setup: TrialSetup) -> None:
         raise
 
 
-def trial_objectives(setup: TrialSetup) -> list:
-    proxy = objectives.ProxyAccuracyObjective(tasks=tuple(setup.tasks), unsafe_exec=setup.unsafe_exec)
-    return ["memory", "throughput", "fidelity", proxy]
+class Evaluation:
+    """One trial's candidate and its fidelity ladder, without Ray: `report()` scores the next rung.
+    run_trial reports each to Tune; bench/search_quality.py drives the same object in-process."""
+
+    def __init__(self, params: dict, setup: TrialSetup):
+        self.start = time.perf_counter()
+        self.setup = setup
+        self.plan, self.result, self.model, self.tokenizer = build_candidate(params, setup)
+        self.ladder = objectives.Ladder(setup.ladder, tasks=setup.tasks, unsafe_exec=setup.unsafe_exec,
+                                        weights=objectives.ProxyWeights.from_dict(setup.weights))
+        self.context = objectives.EvalContext(profile=setup.profile(), teacher_cache=setup.teacher_cache,
+                                              seed=setup.seed, extra={"tasks": setup.tasks})
+        self.candidate = objectives.Candidate(shapes=self.result.shapes, model=self.model, tokenizer=self.tokenizer)
+        self.scores: list[float] = []    # score at each rung so far (the ladder's rank agreement reads them)
+
+    def report(self, extra: dict | None = None) -> dict:
+        rung = len(self.scores)
+        was_training = self.model.training
+        self.model.eval()
+        metrics = self.ladder.evaluate(self.candidate, self.context, min(rung, len(self.ladder) - 1))
+        self.model.train(was_training)
+        report = score_report(metrics, self.setup, seconds=time.perf_counter() - self.start)
+        self.scores.append(report["score"])
+        report.update(rung=rung, rungs=self.setup.rungs, kept_fraction=self.result.params / self.result.base_params,
+                      **{f"score_rung{k}": v for k, v in enumerate(self.scores)}, **(extra or {}))
+        return report
 
 
 def score_report(metrics: dict, setup: TrialSetup, *, seconds: float) -> dict:
+    """The trial's report. `constraint` (> 0 = infeasible) is only what the budget repair cannot guarantee:
+    the memory budget always holds (spaces.params_to_plan), a throughput floor may not."""
     score = metrics[objectives.COMPOSITE]
     if not math.isfinite(score):
         raise FloatingPointError(f"proxy score is {score} (kl={metrics.get('kl_to_teacher')})")
-    constraint_gb = (metrics["peak_memory_bytes"] - setup.budget_bytes) / GB
-    return {**{k: float(v) for k, v in metrics.items()}, "score": float(score),
-            "constraint": constraint_gb, "trial_seconds": seconds}
+    report = {**{k: float(v) for k, v in metrics.items()}, "score": float(score), "trial_seconds": seconds}
+    if setup.min_tokens_per_s:
+        report["constraint"] = (setup.min_tokens_per_s - metrics["decode_tokens_per_s"]) / setup.min_tokens_per_s
+    return report

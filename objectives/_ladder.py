@@ -1,0 +1,167 @@
+"""The fidelity ladder: what a search trial is scored on at each ASHA rung, cheapest first.
+
+Rung 0 is KL to the teacher on one held-out block of 256 tokens (milliseconds on the bundled model); later
+rungs add tokens and the task proxy. ASHA stops weak trials on the cheap, informative signal, and only the
+promising ones pay for the proxy. A rung is a mapping (experiment YAML `proxy.ladder`, one per rung):
+
+    kl_blocks     held-out blocks of objectives._fidelity.SEQ_LEN tokens for KL and perplexity
+    proxy         null (KL only) | "loglik" (the proxy's cheap mode) | any other mode the installed
+                  ProxyAccuracyObjective offers (e.g. "faithful": OpenCompass-identical scoring)
+    proxy_level   the proxy's item counts: its fidelity level (0 = 8 items per task, 1 = 24, 2 = all)
+
+Weights follow measured noise (objectives/_composite.py, reliable()): KL and the perplexity ratio carry
+their batch-means standard errors, and the accuracy term is the paired change against the teacher's own
+credits on the same items (computed once per experiment and stored in the teacher cache):
+
+    delta = (1/T) sum_t mean_i (c_ti - t_ti),    se = (1/T) sqrt(sum_t var_i(c_ti - t_ti) / n_t)
+
+How well rung k predicts the final rung is measured over a search's trials (`rank_agreement`: Spearman of
+rung k's scores with the final rung's, over the trials that reached the final rung) and logged with it.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, replace
+
+from . import _proxy
+from ._composite import COMPOSITE, ProxyWeights, composite_score
+from ._evaluate import evaluate_all
+from ._fidelity import FidelityObjective, TeacherCache
+
+KL_ONLY = None
+
+
+def proxy_modes() -> tuple[str, ...]:
+    """The proxy modes the installed ProxyAccuracyObjective offers ("loglik" always)."""
+    return tuple(getattr(_proxy, "MODES", ("loglik",)))
+
+
+@dataclass(frozen=True, kw_only=True)
+class Rung:
+    kl_blocks: int
+    proxy: str | None = KL_ONLY
+    proxy_level: int = 0
+
+    def __post_init__(self):
+        if not isinstance(self.kl_blocks, int) or self.kl_blocks < 1:
+            raise ValueError(f"ladder rung kl_blocks must be an integer >= 1, got {self.kl_blocks!r}")
+        if self.proxy is not None and self.proxy not in proxy_modes():
+            raise ValueError(f"ladder rung proxy must be null or one of {list(proxy_modes())}, got {self.proxy!r}")
+        top = _proxy.ProxyAccuracyObjective.max_fidelity
+        if not isinstance(self.proxy_level, int) or not 0 <= self.proxy_level <= top:
+            raise ValueError(f"ladder rung proxy_level must be 0..{top}, got {self.proxy_level!r}")
+
+    @property
+    def key(self) -> str:
+        """Where the teacher's credits for this rung's items live in TeacherCache.proxy."""
+        return f"{self.proxy}/{self.proxy_level}"
+
+
+def parse_ladder(rungs, *, use: int | None = None) -> tuple[Rung, ...]:
+    """Rungs from their mappings; `use` keeps the last `use` rungs (fewer rungs, same final fitness)."""
+    if not isinstance(rungs, (list, tuple)) or not rungs:
+        raise ValueError("proxy.ladder needs at least one rung, e.g. [{kl_blocks: 1}, {kl_blocks: 8, proxy: loglik}]")
+    parsed = []
+    for entry in rungs:
+        if isinstance(entry, Rung):
+            parsed.append(entry)
+            continue
+        if not isinstance(entry, dict):
+            raise ValueError(f"a ladder rung is a mapping {{kl_blocks, proxy, proxy_level}}, got {entry!r}")
+        unknown = sorted(set(entry) - {"kl_blocks", "proxy", "proxy_level"})
+        if unknown:
+            raise ValueError(f"unknown ladder rung keys {unknown}; known: kl_blocks, proxy, proxy_level")
+        parsed.append(Rung(**entry))
+    if use is not None:
+        if not isinstance(use, int) or not 1 <= use <= len(parsed):
+            raise ValueError(f"proxy.rungs (--rungs) must be 1..{len(parsed)} (the ladder's rungs), got {use!r}")
+        parsed = parsed[len(parsed) - use:]
+    return tuple(parsed)
+
+
+class Ladder:
+    """Scores one candidate at each rung; the composite score weights terms by their measured noise."""
+
+    def __init__(self, rungs, *, tasks=_proxy.DEFAULT_TASKS, unsafe_exec: bool = False,
+                 weights: ProxyWeights | None = None):
+        self.rungs = parse_ladder(rungs)
+        self.tasks = tuple(tasks)
+        self.unsafe_exec = unsafe_exec
+        self.weights = weights or ProxyWeights()
+        self._proxies: dict[str, _proxy.ProxyAccuracyObjective] = {}
+        self._cache: TeacherCache | None = None
+
+    def __len__(self) -> int:
+        return len(self.rungs)
+
+    def to_config(self) -> list[dict]:
+        return [asdict(r) for r in self.rungs]
+
+    def proxy(self, rung: Rung) -> _proxy.ProxyAccuracyObjective:
+        if rung.proxy not in self._proxies:
+            mode = {} if rung.proxy == "loglik" else {"mode": rung.proxy}
+            self._proxies[rung.proxy] = _proxy.ProxyAccuracyObjective(tasks=self.tasks, unsafe_exec=self.unsafe_exec,
+                                                                       **mode)
+        return self._proxies[rung.proxy]
+
+    def teacher(self, context) -> TeacherCache:
+        if self._cache is None:
+            self._cache = FidelityObjective().cache_for(context)
+        return self._cache
+
+    def evaluate(self, candidate, context, rung: int) -> dict[str, float]:
+        """Every metric of rung `rung` plus the composite score (`composite_score`)."""
+        r = self.rungs[rung]
+        cache = self.teacher(context)
+        judges = ["memory", "throughput", FidelityObjective(teacher_cache=cache, blocks=r.kl_blocks)]
+        if r.proxy:
+            judges.append(self.proxy(r))
+        metrics = evaluate_all(candidate, context, objectives=judges, fidelity=r.proxy_level, weights=None)
+        if r.proxy:
+            teacher = cache.proxy.get(r.key, {})
+            credits = self.proxy(r).last_credits
+            if all(len(teacher.get(t, ())) == len(credits.get(t, ())) > 0 for t in self.tasks):
+                delta, se = accuracy_change(credits, teacher)
+                metrics.update(proxy_accuracy_delta=delta, proxy_accuracy_delta_se=se,
+                               teacher_proxy_accuracy=metrics["proxy_accuracy"] - delta)
+        # a KL-only rung scores the teacher-distance terms alone (its proxy weight is 0, not a missing metric)
+        metrics[COMPOSITE] = composite_score(metrics, self.weights if r.proxy else replace(self.weights, accuracy=0.0))
+        return metrics
+
+    def teacher_credits(self, model, tokenizer, context) -> dict:
+        """The dense teacher's credits for every proxy rung: {rung key: {task: [credit, ...]}} (once per experiment)."""
+        from ._base import Candidate
+        out = {}
+        for r in self.rungs:
+            if r.proxy and r.key not in out:
+                objective = self.proxy(r)
+                objective.evaluate(Candidate(shapes=None, model=model, tokenizer=tokenizer), context, r.proxy_level)
+                out[r.key] = {t: list(c) for t, c in objective.last_credits.items()}
+        return out
+
+
+def accuracy_change(credits: dict, teacher: dict) -> tuple[float, float]:
+    """(mean over tasks of the per-item credit change vs the teacher, its standard error), paired by item."""
+    deltas, variances = [], []
+    for task, own in credits.items():
+        diffs = [c - t for c, t in zip(own, teacher[task])]
+        n = len(diffs)
+        mean = sum(diffs) / n
+        var = sum((d - mean) ** 2 for d in diffs) / (n - 1) if n > 1 else 1.0   # one item: the widest variance
+        deltas.append(mean)
+        variances.append(var / n)
+    return sum(deltas) / len(deltas), math.sqrt(sum(variances)) / len(deltas)
+
+
+def rank_agreement(histories: list[list[float]]) -> list[float | None]:
+    """Spearman of each rung's scores with the final rung's, over trials with a score at every rung
+    (`histories[i][k]`: trial i's score at rung k). One entry per rung before the last; None where undefined."""
+    from ._oc_report import spearman
+    if not histories:
+        return []
+    rungs = len(histories[0])
+    out = []
+    for k in range(rungs - 1):
+        pairs = [(h[k], h[-1]) for h in histories if len(h) == rungs]
+        out.append(spearman([a for a, _ in pairs], [b for _, b in pairs]) if len(pairs) >= 3 else None)
+    return out
