@@ -13,7 +13,8 @@ OptunaSearch runs it like TPE: (1 + lambda) evolution with level-switch mutation
   2048 and the task proxy) stops offspring that lose on the cheap rungs, as EvoPress's multi-step selection
   does; only an offspring that completes every rung can become the parent.
 - No repeats: trials are deterministic, so an offspring whose `key` (the realised plan, via the space's
-  repair) equals an evaluated trial's is mutated again, up to `retries` times.
+  repair) equals an evaluated trial's is mutated again, with one more switch every 5 attempts (integer
+  head counts make small moves land on the same plan), up to `retries` times.
 """
 from __future__ import annotations
 
@@ -62,8 +63,8 @@ class EvolutionSampler(optuna.samplers.BaseSampler):
             return                    # nothing finished yet: parameters come from the uniform start below
         seen = {self._key(t.params) for t in study.get_trials(deepcopy=False) if t.params}
         child = None
-        for _ in range(self.retries):
-            child = self.mutate(parent.params, parent.distributions)
+        for attempt in range(self.retries):   # a repeat: mutate again, one more switch every 5 attempts
+            child = self.mutate(parent.params, parent.distributions, extra=attempt // 5)
             if self._key(child) not in seen:
                 break
         self._offspring[trial._trial_id] = child
@@ -85,12 +86,12 @@ class EvolutionSampler(optuna.samplers.BaseSampler):
         self._offspring.pop(trial._trial_id, None)
 
     # ---- the evolution ------------------------------------------------------------------------
-    def mutate(self, params: dict, distributions: dict) -> dict:
+    def mutate(self, params: dict, distributions: dict, extra: int = 0) -> dict:
         child = dict(params)
         shares = [n for n in params if SHARE.match(n) and isinstance(distributions.get(n), FloatDistribution)]
         if shares:
             child.update(normalised({n: params[n] for n in shares}))
-            switches = min(self._rng.randint(1, self.max_switches), self._rng.randint(1, self.max_switches))
+            switches = min(self._rng.randint(1, self.max_switches), self._rng.randint(1, self.max_switches)) + extra
             for _ in range(switches):
                 self._switch(child, shares)
         for name, dist in distributions.items():
