@@ -1,15 +1,19 @@
 """Benchmark: does the search beat its own warm start (OWL), uniform-L1 and random search, and which sampler?
 
     .venv/bin/python bench/search_quality.py [--trials 60] [--seeds 3] [--samplers tpe,evolution,cmaes,random]
-        [--budgets default,0.000555] [--long 200] [--launch 60]
+        [--budgets default,0.000555] [--kinds memory,params] [--long 200] [--launch 60]
 
 On the bundled stories260k, at two memory budgets (the profile's default, ~0.68 of the dense parameters, and
 --budget-gb 0.000555, ~0.55), every sampler runs `--seeds` seeds at the same trial count. Every result is
 judged the same way, by a judge no trial optimises: KL(dense || candidate) per token on
-  - c4: held-out C4 blocks 8-23 (the search's fitness reads blocks 0-7 of the same held-out split), and
+  - c4: 16 held-out C4 blocks after those the search's fitness reads (its ladder's largest kl_blocks), and
   - sampled: 16 blocks of stories sampled from the dense model itself (temperature 1, fixed seed).
-Uniform-L1 and OWL are judged at the same budget (every candidate goes through the same budget repair, so
-all sit on the same memory; their parameter counts are recorded next to each KL).
+Two kinds of budget ("kinds"), each with its own baselines and searches:
+  - memory: the product's constraint, modeled peak memory (weights + KV cache + activations). Every
+    candidate goes through the same repair onto it; parameter counts differ (a plan that drops attention
+    frees KV cache for weights) and are recorded next to each KL.
+  - params: the same searches with the budget counted in parameters, set to OWL's count at the memory
+    budget, so every candidate has the same parameter count (the issue's "equal parameter count").
 
 In-process runs ("mode": "in-process") drive the product's own trial code without Ray: the same driver
 set-up (teacher cache, rankings, baselines), the same samplers through Optuna's ask/tell, the same
@@ -39,7 +43,6 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 RESULTS = REPO / "bench" / "results" / "search_quality.json"
 SEQ_LEN = 256
-FITNESS_BLOCKS = 8           # held-out C4 blocks the search's fitness reads (objectives._fidelity.LEVEL_BLOCKS[-1])
 JUDGE_BLOCKS = 16
 SAMPLE_SEED = 1234
 TARGETS = {"default_60_vs_owl": 0.85, "default_200_vs_uniform_c4": 0.40, "half_60_vs_uniform": 0.55}
@@ -51,14 +54,16 @@ def load() -> list[float]:
 
 # ---- judge ----------------------------------------------------------------------------------------
 def judge_caches(setup) -> dict:
-    """Teacher caches for the two judge sets, from the dense model."""
+    """Teacher caches for the two judge sets, from the dense model: held-out C4 after the blocks the fitness
+    reads (the ladder's largest kl_blocks), and stories the dense model samples."""
     import torch
     import compress
     import objectives
     from search._trial import load_on_device
     model, tokenizer = load_on_device(setup.model_source)
+    fitness = max(r["kl_blocks"] for r in setup.ladder)
     heldout = compress.token_blocks(tokenizer, compress.texts("c4", split="heldout"), seq_len=SEQ_LEN,
-                                    count=FITNESS_BLOCKS + JUDGE_BLOCKS)[FITNESS_BLOCKS:]
+                                    count=fitness + JUDGE_BLOCKS)[fitness:]
     torch.manual_seed(SAMPLE_SEED)
     bos = torch.full((64, 1), tokenizer.bos_token_id)
     with torch.no_grad():
@@ -133,6 +138,32 @@ def agreement(study, rungs: int) -> list:
     return [None if r is None else round(r, 3) for r in rhos]
 
 
+def fitness_agreement(setup, baselines: dict, caches: dict, n: int = 40) -> dict:
+    """Which fitness terms rank candidates as the judge does: Spearman over `n` neighbours of OWL (what a
+    search compares late), of -KL and of -(KL + log ppl ratio) on the fitness tokens, with -judge KL."""
+    import math
+    import optuna
+    import objectives
+    from objectives._oc_report import spearman
+    from search._evolution import EvolutionSampler
+    from search._trial import build_candidate
+    owl = baselines["owl"]
+    cache = objectives.TeacherCache.load(setup.teacher_cache)
+    blocks = max(r["kl_blocks"] for r in setup.ladder)
+    mutate = EvolutionSampler(seed=0).mutate
+    dists = {k: optuna.distributions.FloatDistribution(0, 1) for k in owl if k.startswith(("attn", "mlp"))}
+    rows = []
+    for _ in range(n):
+        params = {**mutate(owl, dists), "importance": owl["importance"]}
+        _, _, model, tokenizer = build_candidate(params, setup)
+        m = cache.score(model, tokenizer, blocks=blocks)
+        rows.append({"kl": -m["kl_to_teacher"], "kl+log_ppl": -m["kl_to_teacher"] - math.log(m["perplexity"] /
+                                                                                           m["teacher_perplexity"]),
+                     **{j: -v for j, v in judge(params, setup, caches).items() if j.startswith("kl_")}})
+    return {f"{term} vs {j}": round(spearman([r[term] for r in rows], [r[j] for r in rows]), 3)
+            for term in ("kl", "kl+log_ppl") for j in ("kl_c4", "kl_sampled")} | {"candidates": n}
+
+
 # ---- real launches ----------------------------------------------------------------------------------
 def launch(budget_gb, trials: int, setup, caches: dict) -> dict:
     root = Path(tempfile.mkdtemp(prefix="edgeprune-quality-"))
@@ -162,52 +193,77 @@ def summarise(runs: list[dict]) -> dict:
     return out
 
 
+def params_setup(setup, params: int):
+    """The same set-up with the budget counted in parameters (2 bytes each) instead of modeled peak memory:
+    every method then lands on the same parameter count (the issue's 'equal parameter count' judging)."""
+    import dataclasses
+    from search._trial import TrialSetup
+
+    @dataclasses.dataclass(kw_only=True)
+    class ParamsBudget(TrialSetup):
+        def memory_of(self):
+            base = self.base_shapes
+            return lambda plan: 2.0 * plan.realised_shapes(base).param_count()
+
+    fields = {f.name: getattr(setup, f.name) for f in dataclasses.fields(setup)}
+    return ParamsBudget(**{**fields, "budget_bytes": 2.0 * params})
+
+
 def bench_budget(label: str, budget_gb, args, root: Path) -> dict:
     import experiments
     from search import _driver
     from search._paths import ExperimentDir
     exp = experiments.load_experiment(model=None, overrides={"budget_gb": budget_gb})
     paths = ExperimentDir.create(root, label)
-    setup = _driver.build_setup(exp, paths, tracking_uri=None)
-    baselines = _driver.prepare_teacher(setup, paths)
-    caches = judge_caches(setup)
-    out = {"budget_bytes": setup.budget_bytes, "budget_gb": budget_gb, "ladder": setup.ladder,
-           "baselines": {name: judge(params, setup, caches) for name, params in baselines.items()}, "samplers": {}}
-    print(label, json.dumps(out["baselines"]), flush=True)
-    memo: dict = {}
-    counts = [args.trials] + ([args.long] if args.long and label == "default" else [])
-    for trials in counts:
-        for sampler in args.samplers.split(","):
-            if trials != args.trials and sampler not in args.long_samplers.split(","):
-                continue
-            runs = []
-            for seed in range(args.seeds):
-                run = run_search(sampler, seed, trials, setup, baselines, memo)
-                run.update(judge(run.pop("best_params"), setup, caches))
-                runs.append(run)
-                print(label, json.dumps(run), flush=True)
-            out["samplers"][f"{sampler}@{trials}"] = {"mode": "in-process", "runs": runs, **summarise(runs)}
+    memory = _driver.build_setup(exp, paths, tracking_uri=None)
+    baselines = _driver.prepare_teacher(memory, paths)
+    caches = judge_caches(memory)
+    owl_params = judge(baselines["owl"], memory, caches)["params"]
+    out = {"budget_bytes": memory.budget_bytes, "budget_gb": budget_gb, "ladder": memory.ladder,
+           "fitness_agreement": fitness_agreement(memory, baselines, caches)}
+    print(label, "fitness agreement", json.dumps(out["fitness_agreement"]), flush=True)
+    for kind in args.kinds.split(","):
+        setup = memory if kind == "memory" else params_setup(memory, owl_params)
+        entry = out[kind] = {"budget": "modeled peak memory (the product's constraint)" if kind == "memory" else
+                             f"{owl_params} parameters (OWL's count at the memory budget)",
+                             "baselines": {name: judge(params, setup, caches) for name, params in baselines.items()},
+                             "samplers": {}}
+        print(label, kind, json.dumps(entry["baselines"]), flush=True)
+        memo: dict = {}
+        counts = [args.trials] + ([args.long] if args.long and label == "default" else [])
+        for trials in counts:
+            for sampler in args.samplers.split(","):
+                if trials != args.trials and sampler not in args.long_samplers.split(","):
+                    continue
+                runs = []
+                for seed in range(args.seeds):
+                    run = run_search(sampler, seed, trials, setup, baselines, memo)
+                    run.update(judge(run["best_params"], setup, caches))
+                    runs.append(run)
+                    print(label, kind, json.dumps(run), flush=True)
+                entry["samplers"][f"{sampler}@{trials}"] = {"mode": "in-process", "runs": runs, **summarise(runs)}
     if args.launch:
-        out["launch"] = launch(budget_gb, args.launch, setup, caches)
-        print(label, json.dumps(out["launch"]), flush=True)
+        out["memory"]["launch"] = launch(budget_gb, args.launch, memory, caches)
+        print(label, json.dumps(out["memory"]["launch"]), flush=True)
     return out
 
 
 def verdicts(result: dict) -> dict:
-    """The issue's targets, each with the measured ratio (median best KL / baseline KL) and whether it is met."""
+    """Median best KL of each sampler (and the real launch) over the baselines' KL, per judge set."""
     out = {}
-    for label, entry in result["budgets"].items():
-        base = entry["baselines"]
-        for key, s in entry["samplers"].items():
-            for judge_set in ("c4", "sampled"):
-                med = s[f"kl_{judge_set}"]["median"]
-                out.setdefault(label, {}).setdefault(key, {})[judge_set] = {
-                    "vs_owl": round(med / base["owl"][f"kl_{judge_set}"], 3),
-                    "vs_uniform_l1": round(med / base["uniform-l1"][f"kl_{judge_set}"], 3)}
-        if "launch" in entry:
-            out[label]["launch"] = {j: {"vs_owl": round(entry["launch"][f"kl_{j}"] / base["owl"][f"kl_{j}"], 3),
-                                        "vs_uniform_l1": round(entry["launch"][f"kl_{j}"] / base["uniform-l1"][f"kl_{j}"], 3)}
-                                    for j in ("c4", "sampled")}
+    for label, budget in result["budgets"].items():
+        for kind in ("memory", "params"):
+            if kind not in budget:
+                continue
+            entry, ratios = budget[kind], out.setdefault(label, {}).setdefault(kind, {})
+            base = entry["baselines"]
+            found = {key: {j: s[f"kl_{j}"]["median"] for j in ("c4", "sampled")} for key, s in entry["samplers"].items()}
+            if "launch" in entry:
+                found["launch"] = {j: entry["launch"][f"kl_{j}"] for j in ("c4", "sampled")}
+            for key, kls in found.items():
+                ratios[key] = {j: {"vs_owl": round(kl / base["owl"][f"kl_{j}"], 3),
+                                   "vs_uniform_l1": round(kl / base["uniform-l1"][f"kl_{j}"], 3)}
+                               for j, kl in kls.items()}
     return out
 
 
@@ -220,6 +276,7 @@ def main() -> None:
     ap.add_argument("--long", type=int, default=200, help="also this many trials at the default budget (0: skip)")
     ap.add_argument("--long-samplers", default="tpe,evolution", help="samplers run at --long trials")
     ap.add_argument("--launch", type=int, default=0, help="one real `search launch` of N trials per budget")
+    ap.add_argument("--kinds", default="memory,params", help="budgets in modeled memory and/or parameters")
     ap.add_argument("--out", default=str(RESULTS))
     args = ap.parse_args()
     os.environ.setdefault("OMP_NUM_THREADS", "1")

@@ -15,6 +15,12 @@ credits on the same items (computed once per experiment and stored in the teache
 
     delta = (1/T) sum_t mean_i (c_ti - t_ti),    se = (1/T) sqrt(sum_t var_i(c_ti - t_ti) / n_t)
 
+A task enters a rung's accuracy only where the dense teacher itself beats chance on that rung's items
+(one-sided z >= Z_CHANCE against the items' chance credit: 1/options for multiple choice, 0 for generated
+answers): where the teacher is at chance, a pruned model's accuracy differences are pure noise, so the task
+weighs 0 there and is not scored at all. On the bundled model every task is at chance and the proxy costs
+nothing; on Phi-2 / Llama / Qwen the tasks the teacher solves count.
+
 How well rung k predicts the final rung is measured over a search's trials (`rank_agreement`: Spearman of
 rung k's scores with the final rung's, over the trials that reached the final rung) and logged with it.
 """
@@ -25,10 +31,12 @@ from dataclasses import asdict, dataclass, replace
 
 from . import _proxy
 from ._composite import COMPOSITE, ProxyWeights, composite_score
+from ._tasks import Choice, get_task
 from ._evaluate import evaluate_all
 from ._fidelity import FidelityObjective, TeacherCache
 
 KL_ONLY = None
+Z_CHANCE = 1.645          # one-sided 95 %: the teacher must beat chance by this many standard errors
 
 
 def proxy_modes() -> tuple[str, ...]:
@@ -88,7 +96,7 @@ class Ladder:
         self.tasks = tuple(tasks)
         self.unsafe_exec = unsafe_exec
         self.weights = weights or ProxyWeights()
-        self._proxies: dict[str, _proxy.ProxyAccuracyObjective] = {}
+        self._proxies: dict[tuple, _proxy.ProxyAccuracyObjective] = {}
         self._cache: TeacherCache | None = None
 
     def __len__(self) -> int:
@@ -97,12 +105,25 @@ class Ladder:
     def to_config(self) -> list[dict]:
         return [asdict(r) for r in self.rungs]
 
-    def proxy(self, rung: Rung) -> _proxy.ProxyAccuracyObjective:
-        if rung.proxy not in self._proxies:
+    def proxy(self, rung: Rung, tasks: tuple | None = None) -> _proxy.ProxyAccuracyObjective:
+        tasks = tuple(tasks or self.tasks)
+        if (rung.proxy, tasks) not in self._proxies:
             mode = {} if rung.proxy == "loglik" else {"mode": rung.proxy}
-            self._proxies[rung.proxy] = _proxy.ProxyAccuracyObjective(tasks=self.tasks, unsafe_exec=self.unsafe_exec,
-                                                                       **mode)
-        return self._proxies[rung.proxy]
+            self._proxies[rung.proxy, tasks] = _proxy.ProxyAccuracyObjective(tasks=tasks, unsafe_exec=self.unsafe_exec,
+                                                                              **mode)
+        return self._proxies[rung.proxy, tasks]
+
+    def informative(self, rung: Rung, cache: TeacherCache) -> tuple[str, ...]:
+        """The tasks on which the dense teacher beats chance at this rung's items (all, without its credits)."""
+        teacher = cache.proxy.get(rung.key)
+        if not teacher:
+            return self.tasks
+        return tuple(t for t in self.tasks if t in teacher and above_chance(teacher[t], chance_credits(t, rung.proxy_level)))
+
+    def at_chance(self, cache: TeacherCache) -> dict[int, list[str]]:
+        """Per proxy rung, the tasks left out because the teacher is at chance on them (for the launch note)."""
+        return {k: [t for t in self.tasks if t not in self.informative(r, cache)]
+                for k, r in enumerate(self.rungs) if r.proxy}
 
     def teacher(self, context) -> TeacherCache:
         if self._cache is None:
@@ -114,18 +135,19 @@ class Ladder:
         r = self.rungs[rung]
         cache = self.teacher(context)
         judges = ["memory", "throughput", FidelityObjective(teacher_cache=cache, blocks=r.kl_blocks)]
-        if r.proxy:
-            judges.append(self.proxy(r))
+        tasks = self.informative(r, cache) if r.proxy else ()
+        if tasks:
+            judges.append(self.proxy(r, tasks))
         metrics = evaluate_all(candidate, context, objectives=judges, fidelity=r.proxy_level, weights=None)
-        if r.proxy:
+        if tasks:
             teacher = cache.proxy.get(r.key, {})
-            credits = self.proxy(r).last_credits
-            if all(len(teacher.get(t, ())) == len(credits.get(t, ())) > 0 for t in self.tasks):
-                delta, se = accuracy_change(credits, teacher)
+            credits = self.proxy(r, tasks).last_credits
+            if all(len(teacher.get(t, ())) == len(credits.get(t, ())) > 0 for t in tasks):
+                delta, se = accuracy_change(credits, {t: teacher[t] for t in tasks})
                 metrics.update(proxy_accuracy_delta=delta, proxy_accuracy_delta_se=se,
                                teacher_proxy_accuracy=metrics["proxy_accuracy"] - delta)
-        # a KL-only rung scores the teacher-distance terms alone (its proxy weight is 0, not a missing metric)
-        metrics[COMPOSITE] = composite_score(metrics, self.weights if r.proxy else replace(self.weights, accuracy=0.0))
+        # without a scored task the rung has the teacher-distance terms alone (accuracy weight 0, not a missing metric)
+        metrics[COMPOSITE] = composite_score(metrics, self.weights if tasks else replace(self.weights, accuracy=0.0))
         return metrics
 
     def teacher_credits(self, model, tokenizer, context) -> dict:
@@ -138,6 +160,23 @@ class Ladder:
                 objective.evaluate(Candidate(shapes=None, model=model, tokenizer=tokenizer), context, r.proxy_level)
                 out[r.key] = {t: list(c) for t, c in objective.last_credits.items()}
         return out
+
+
+def chance_credits(task: str, level: int, data_dir=None) -> list[float]:
+    """Each item's expected credit from a blind guess: 1/options for multiple choice, 0 for a generated answer."""
+    t = get_task(task)
+    queries = [t.query(item) for item in t.items(data_dir, level=level)]
+    return [1.0 / len(q.options) if isinstance(q, Choice) else 0.0 for q in queries]
+
+
+def above_chance(credits: list[float], chance: list[float], z: float = Z_CHANCE) -> bool:
+    """One-sided test of the mean credit against the mean chance credit (binomial se under chance)."""
+    n = len(credits)
+    if not n or len(chance) != n:
+        return False
+    lift = sum(credits) / n - sum(chance) / n
+    se = math.sqrt(sum(c * (1 - c) for c in chance)) / n
+    return lift > z * se if se > 0 else lift > 0
 
 
 def accuracy_change(credits: dict, teacher: dict) -> tuple[float, float]:

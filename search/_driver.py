@@ -49,11 +49,16 @@ def prepare_teacher(setup: TrialSetup, paths: ExperimentDir) -> dict:
     """Once per experiment, from the dense model: the teacher's outputs (held-out C4, and its own answers to
     the ladder's proxy items), every criterion's unit rankings (trials only slice), the OWL layer scores."""
     model, tokenizer = load_on_device(setup.model_source)
+    ladder = objectives.Ladder(setup.ladder, tasks=setup.tasks, unsafe_exec=setup.unsafe_exec)
     if not paths.teacher_cache.exists():
-        cache = objectives.TeacherCache.build(model, tokenizer)
-        ladder = objectives.Ladder(setup.ladder, tasks=setup.tasks, unsafe_exec=setup.unsafe_exec)
+        blocks = max(r.kl_blocks for r in ladder.rungs)
+        cache = objectives.TeacherCache.build(model, tokenizer, level_blocks=sorted({*objectives.LEVEL_BLOCKS, blocks}))
         cache.proxy = ladder.teacher_credits(model, tokenizer, objectives.EvalContext(seed=setup.seed))
         cache.save(paths.teacher_cache)
+    for rung, tasks in ladder.at_chance(objectives.TeacherCache.load(paths.teacher_cache)).items():
+        if tasks:
+            print(f"fidelity ladder rung {rung}: the dense model is at chance on {', '.join(tasks)}: weight 0, "
+                  "not scored", flush=True)
     attach_rankings(setup, paths, model, tokenizer)
     ratios = compress.layer_outlier_ratios(model, compress.calibration_tokens(tokenizer))
     return {"uniform-l1": spaces.uniform_l1(setup.spec), "owl": spaces.owl(setup.spec, ratios)}

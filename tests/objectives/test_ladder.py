@@ -8,6 +8,7 @@ import compress
 import objectives
 from objectives._composite import reliable
 from objectives._fidelity import batch_means_se
+from objectives._ladder import above_chance
 
 LADDER = [{"kl_blocks": 1}, {"kl_blocks": 4, "proxy": "loglik", "proxy_level": 0}]
 
@@ -58,27 +59,41 @@ def bundled(tmp_path_factory):
     return model, tokenizer, path
 
 
+def score(model, tokenizer, cache, rung):
+    result = compress.prune(model, tokenizer, compress.Plan.uniform(5, attn_keep=0.5, mlp_keep=0.5))
+    context = objectives.EvalContext(profile=objectives.get_profile("stories260k-tiny"), teacher_cache=cache)
+    candidate = objectives.Candidate(shapes=result.shapes, model=model, tokenizer=tokenizer)
+    return objectives.Ladder(LADDER, tasks=("csqa", "truthfulqa")).evaluate(candidate, context, rung)
+
+
 def test_ladder_rungs_on_the_bundled_model(bundled):
     model, tokenizer, path = bundled
     loaded = objectives.TeacherCache.load(path)
     assert set(loaded.proxy) == {"loglik/0"} and len(loaded.proxy["loglik/0"]["csqa"]) == 8   # teacher credits kept
-    pruned = copy.deepcopy(model)
-    result = compress.prune(pruned, tokenizer, compress.Plan.uniform(5, attn_keep=0.5, mlp_keep=0.5))
-    context = objectives.EvalContext(profile=objectives.get_profile("stories260k-tiny"), teacher_cache=str(path))
-    ladder = objectives.Ladder(LADDER, tasks=("csqa", "truthfulqa"))
-    candidate = objectives.Candidate(shapes=result.shapes, model=pruned, tokenizer=tokenizer)
-    cheap, full = ladder.evaluate(candidate, context, 0), ladder.evaluate(candidate, context, 1)
-    assert "proxy_accuracy" not in cheap and "proxy_accuracy_delta" in full
+    # the dense 260K model is at chance on both tasks: the proxy rung scores KL alone, the proxy is not run
+    assert objectives.Ladder(LADDER, tasks=("csqa", "truthfulqa")).at_chance(loaded) == {1: ["csqa", "truthfulqa"]}
+    cheap, full = score(copy.deepcopy(model), tokenizer, str(path), 0), score(copy.deepcopy(model), tokenizer, loaded, 1)
+    assert "proxy_accuracy" not in cheap and "proxy_accuracy" not in full
     assert 0 < cheap["kl_to_teacher_se"] < 0.2 * cheap["kl_to_teacher"]      # KL is far above its noise
     assert full["kl_to_teacher_se"] < cheap["kl_to_teacher_se"]             # more tokens, less noise
     assert cheap["composite_score"] == pytest.approx(-reliable(cheap["kl_to_teacher"], cheap["kl_to_teacher_se"]) -
                                                      reliable(torch.tensor(cheap["perplexity"] /
                                                                            cheap["teacher_perplexity"]).log().item(),
                                                               cheap["log_ppl_ratio_se"]))
-    # the dense teacher against its own answers: no accuracy change, whatever its accuracy
-    dense = objectives.Candidate(shapes=compress.shapes_from_config(model.config), model=model, tokenizer=tokenizer)
-    itself = ladder.evaluate(dense, context, 1)
-    assert itself["proxy_accuracy_delta"] == 0 and itself["kl_to_teacher"] < 1e-6
+    # a teacher that answers every item right is far above chance: its tasks are scored, paired item by item
+    perfect = copy.copy(loaded)
+    perfect.proxy = {"loglik/0": {t: [1.0] * len(c) for t, c in loaded.proxy["loglik/0"].items()}}
+    scored = score(copy.deepcopy(model), tokenizer, perfect, 1)
+    assert scored["proxy_accuracy_delta"] == pytest.approx(scored["proxy_accuracy"] - 1.0)
+    assert scored["proxy_accuracy_delta_se"] > 0 and scored["teacher_proxy_accuracy"] == pytest.approx(1.0)
+    assert scored["composite_score"] < full["composite_score"]             # the accuracy drop counts against it
+
+
+def test_chance_test():
+    assert not above_chance([0.25] * 8, [0.25] * 8)                        # exactly chance
+    assert not above_chance([1, 0, 0, 1, 0, 0, 0, 0], [0.25] * 8)          # 2/8 right on 4 options
+    assert above_chance([1, 1, 1, 1, 1, 0, 1, 0], [0.25] * 8)              # 6/8
+    assert above_chance([0, 1, 0, 0], [0.0] * 4) and not above_chance([0] * 4, [0.0] * 4)   # generated answers
 
 
 def test_batch_means_standard_error():

@@ -5,7 +5,7 @@ import optuna
 import pytest
 
 import spaces
-from search._evolution import EvolutionSampler, best_trial, normalised
+from search._evolution import STEP, EvolutionSampler, best_trial, normalised
 from search._searcher import make_sampler
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -48,7 +48,7 @@ def test_level_switches_keep_the_budget_and_start_from_the_best_baseline():
         child = trial.params
         moved = [round(child[n] - parent[n], 6) for n in SHARES]
         assert math.isclose(sum(child[n] for n in SHARES), sum(parent.values()), abs_tol=1e-6)   # sum kept
-        assert 1 <= sum(m != 0 for m in moved) <= 6 and all(abs(m / 0.05 - round(m / 0.05)) < 1e-6 for m in moved)
+        assert 1 <= sum(m != 0 for m in moved) <= 6 and all(abs(m / STEP - round(m / STEP)) < 1e-6 for m in moved)
         study.tell(trial, 0.5)                                 # worse than OWL: the parent stays OWL
 
 
