@@ -67,6 +67,7 @@ def save_pruned(model, tokenizer, out: str | os.PathLike, *, plan: Plan | None =
         write_weights(model, tmp)
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
+            portable_tokenizer_config(tmp)
         record = {"plan": plan.to_dict() if plan else None, "realised": summary or {}}
         if non_uniform:
             shutil.copyfile(_modeling_pruned.__file__, tmp / MODELING_FILE)
@@ -187,3 +188,22 @@ def read_plan_record(directory: str | os.PathLike) -> dict:
     except (OSError, ValueError) as err:
         raise ValueError(f"{path} cannot be read: {err}") from None
     return record if isinstance(record, dict) else {}
+
+
+# transformers 5 names its generic fast tokenizer "TokenizersBackend" and records how it was loaded;
+# transformers 4 (the competition kit's OpenCompass era) knows neither, so AutoTokenizer would fail there.
+# "PreTrainedTokenizerFast" is the same tokenizer.json-backed class in both.
+_V5_ONLY_CLASSES = {"TokenizersBackend": "PreTrainedTokenizerFast"}
+_LOAD_TIME_KEYS = ("is_local", "local_files_only")
+
+
+def portable_tokenizer_config(directory) -> None:
+    path = Path(directory) / "tokenizer_config.json"
+    if not path.is_file():
+        return
+    config = json.loads(path.read_text())
+    config["tokenizer_class"] = _V5_ONLY_CLASSES.get(config.get("tokenizer_class"), config.get("tokenizer_class"))
+    for key in _LOAD_TIME_KEYS:
+        config.pop(key, None)
+    path.write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n")
+

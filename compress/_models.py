@@ -211,3 +211,18 @@ def _not_cached_message(name, source: str) -> str:
             "(and copy ~/.cache/huggingface here), or pass --model /path/to/local/dir")
 
 
+def accelerator():
+    """This process's device: the GPU it was given (a data-parallel worker's LOCAL_RANK-th), else the CPU."""
+    if not torch.cuda.is_available():
+        return torch.device("cpu")
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    return torch.device("cuda", local if local < torch.cuda.device_count() else 0)
+
+
+def load_on_device(name: str | os.PathLike = DEFAULT_MODEL):
+    """(model, tokenizer) on `accelerator()`: FP16 on a GPU (for scoring, for a distillation student that
+    DeepSpeed casts to BF16 with FP32 masters, for a frozen teacher), FP32 on the CPU (slow 16-bit math)."""
+    where = accelerator()
+    model, tokenizer = load_model(name, dtype="float16" if where.type == "cuda" else "float32")
+    return model.to(where), tokenizer
+

@@ -32,7 +32,8 @@ def layer_outlier_ratios(model, tokens: torch.Tensor, *, multiplier: float = OWL
             h.remove()
     ratios = []
     for layer in adapter.layers(model):
-        scores = [(m.weight.detach().float().abs() * sums[m].sqrt()).reshape(-1).cpu()
+        # on the weights' device: a 7B layer's scores are ~1 GB of FP32, cheap there, slow to copy out
+        scores = [(m.weight.detach().float().abs() * sums[m].sqrt()).reshape(-1)
                   for m in layer.modules() if isinstance(m, nn.Linear) and m in sums]
         flat = torch.cat(scores)
         ratios.append(float((flat > multiplier * flat.mean()).float().mean()))

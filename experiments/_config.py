@@ -59,9 +59,14 @@ class DistillSettings:
     steps: list = field(default_factory=lambda: [50, 100, 200])
     lr: list = field(default_factory=lambda: [1e-4, 3e-3])
     seq_len: int = 128
-    batch_size: int = 8
+    batch_size: int = 8                # sequences per GPU and micro step
+    gradient_accumulation: int = 1     # micro steps per optimizer step
+    activation_checkpointing: bool = False   # recompute layers in backward (7B students: ~14 GB less per GPU)
     zero_stage: int = 0
     precision: str = "fp32"
+    # data-parallel workers per distilling trial (Ray Train, one GPU each on a GPU experiment);
+    # null: resources.gpus_per_trial when it is >= 2, else the trial distils in its own process
+    workers: int | None = None
 
 
 @dataclass(kw_only=True)
@@ -94,32 +99,51 @@ class Experiment:
     origin: str = ""                   # which YAML (or which generic sizing) the settings came from
 
     def validate(self) -> "Experiment":
-        _choice("search.sampler", self.search.sampler, SAMPLERS)
-        _choice("search.mode", self.search.mode, MODES)
-        _choice("search.multi_objective", self.search.multi_objective, MULTI_SECOND)
-        if self.search.mode == "multi" and self.search.sampler in SINGLE_OBJECTIVE_SAMPLERS:
-            raise ValueError(f"sampler {self.search.sampler} is single-objective; multi mode needs one of "
-                             f"{', '.join(s for s in SAMPLERS if s not in SINGLE_OBJECTIVE_SAMPLERS)}")
-        floor = self.search.min_tokens_per_s
-        if floor is not None and (not isinstance(floor, (int, float)) or floor <= 0):
-            raise ValueError(f"search.min_tokens_per_s must be a positive number, got {floor!r}")
-        _choice("runtime", self.runtime, RUNTIMES)
-        for key, value, least in (("trials", self.search.trials, 1), ("workers", self.search.workers, 1),
-                                  ("top_k", self.search.top_k, 0)):
-            if not isinstance(value, int) or value < least:
-                raise ValueError(f"search.{key} (--{key.replace('_', '-')}) must be an integer >= {least}, got {value!r}")
-        if self.budget_gb is not None and self.budget_gb <= 0:
-            raise ValueError(f"budget_gb must be positive, got {self.budget_gb}")
+        validate_common(self)
         if not 0 <= self.space.min_keep < 1:
             raise ValueError(f"space.min_keep must be in [0, 1), got {self.space.min_keep}")
         if not self.space.criteria:
             raise ValueError("space.criteria needs at least one criterion")
-        if self.proxy.rungs is not None and (not isinstance(self.proxy.rungs, int) or self.proxy.rungs < 1):
-            raise ValueError(f"proxy.rungs (--rungs) must be an integer >= 1, got {self.proxy.rungs!r}")
+        workers = self.distill.workers
+        if workers is not None and (not isinstance(workers, int) or isinstance(workers, bool) or workers < 0):
+            raise ValueError(f"distill.workers must be an integer >= 0 or null, got {workers!r}")
+        gpus = self.resources.gpus_per_trial
+        if workers and workers >= 2 and gpus and gpus != workers:
+            raise ValueError(f"distill.workers ({workers}) must equal resources.gpus_per_trial ({gpus}): "
+                             "each data-parallel worker drives one GPU")
         return self
+
+    def distill_workers(self) -> int:
+        """Ray Train workers per distilling trial; 0 or 1: the trial distils in its own process."""
+        if self.distill.workers is not None:
+            return self.distill.workers
+        gpus = self.resources.gpus_per_trial
+        return int(gpus) if gpus >= 2 else 0
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+
+def validate_common(exp) -> None:
+    """Checks every track's experiment shares (search settings, runtime, budget, rungs)."""
+    _choice("search.sampler", exp.search.sampler, SAMPLERS)
+    _choice("search.mode", exp.search.mode, MODES)
+    _choice("search.multi_objective", exp.search.multi_objective, MULTI_SECOND)
+    _choice("runtime", exp.runtime, RUNTIMES)
+    for key, value, least in (("trials", exp.search.trials, 1), ("workers", exp.search.workers, 1),
+                              ("top_k", exp.search.top_k, 0)):
+        if not isinstance(value, int) or value < least:
+            raise ValueError(f"search.{key} (--{key.replace('_', '-')}) must be an integer >= {least}, got {value!r}")
+    if exp.budget_gb is not None and exp.budget_gb <= 0:
+        raise ValueError(f"budget_gb must be positive, got {exp.budget_gb}")
+    if exp.search.mode == "multi" and exp.search.sampler in SINGLE_OBJECTIVE_SAMPLERS:
+        raise ValueError(f"sampler {exp.search.sampler} is single-objective; multi mode needs one of "
+                         f"{', '.join(s for s in SAMPLERS if s not in SINGLE_OBJECTIVE_SAMPLERS)}")
+    floor = exp.search.min_tokens_per_s
+    if floor is not None and (not isinstance(floor, (int, float)) or floor <= 0):
+        raise ValueError(f"search.min_tokens_per_s must be a positive number, got {floor!r}")
+    if exp.proxy.rungs is not None and (not isinstance(exp.proxy.rungs, int) or exp.proxy.rungs < 1):
+        raise ValueError(f"proxy.rungs (--rungs) must be an integer >= 1, got {exp.proxy.rungs!r}")
 
 
 def _choice(name, value, allowed):
@@ -131,12 +155,27 @@ _SECTIONS = {"search": SearchSettings, "space": SpaceSettings, "distill": Distil
              "proxy": ProxySettings, "resources": Resources}
 
 
-def from_dict(data: dict) -> Experiment:
+def from_dict(data: dict):
+    """An Experiment (track 1, `track: prune` or no track key) or a ScratchExperiment (`track: scratch`)."""
     data = dict(data or {})
+    track = data.pop("track", "prune")
+    if track == "scratch":
+        from ._scratch_config import scratch_from_dict
+        return scratch_from_dict(data)
+    if track != "prune":
+        raise ValueError(f"track must be prune (track 1: compress a model) or scratch (track 2), got {track!r}")
     unknown = set(data) - {f.name for f in dataclasses.fields(Experiment)}
     if unknown:
         raise ValueError(f"unknown experiment keys {sorted(unknown)}")
-    for key, cls in _SECTIONS.items():
+    parse_sections(data, _SECTIONS)
+    if "model" not in data:
+        raise ValueError("an experiment needs a model")
+    return Experiment(**data).validate()
+
+
+def parse_sections(data: dict, sections: dict) -> None:
+    """Replace each section's mapping in `data` by its settings object; unknown keys are errors."""
+    for key, cls in sections.items():
         section = data.get(key) or {}
         if not isinstance(section, dict):
             raise ValueError(f"experiment section {key!r} must be a mapping")
@@ -144,9 +183,6 @@ def from_dict(data: dict) -> Experiment:
         if bad:
             raise ValueError(f"unknown keys in {key!r}: {sorted(bad)}")
         data[key] = cls(**section)
-    if "model" not in data:
-        raise ValueError("an experiment needs a model")
-    return Experiment(**data).validate()
 
 
 def config_path_for(model_or_path: str) -> Path | None:
@@ -191,6 +227,8 @@ def load_experiment(*, model: str | None, config: str | None = None, overrides: 
         *parents, leaf = dotted.split(".")
         for key in parents:
             target = target.setdefault(key, {})
+            if not isinstance(target, dict):
+                raise ValueError(f"cannot set {dotted}: {key!r} is not a section")
         target[leaf] = value
     return from_dict(data)
 

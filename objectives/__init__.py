@@ -20,7 +20,8 @@ from ._fidelity import LEVEL_BLOCKS, FidelityObjective, TeacherCache
 from ._composite import COMPOSITE, ProxyWeights, composite_score
 from ._evaluate import describe, evaluate_all
 from ._ladder import Ladder, Rung, accuracy_change, parse_ladder, proxy_modes, rank_agreement
+from ._heldout import HeldoutObjective
 
-__all__ = [*globals().get("__all__", []), "TASKS", "Task", "get_task", "ProxyAccuracyObjective", "FidelityObjective", "LEVEL_BLOCKS",
+__all__ = [*globals().get("__all__", []), "TASKS", "Task", "get_task", "ProxyAccuracyObjective", "FidelityObjective",
            "TeacherCache", "LEVEL_BLOCKS", "COMPOSITE", "ProxyWeights", "composite_score", "describe", "evaluate_all",
-           "Ladder", "Rung", "accuracy_change", "parse_ladder", "proxy_modes", "rank_agreement"]
+           "Ladder", "Rung", "accuracy_change", "parse_ladder", "proxy_modes", "rank_agreement", "HeldoutObjective"]

@@ -3,6 +3,11 @@
     score = accuracy * proxy_accuracy
             - kl * kl_to_teacher
             - log_ppl_ratio * log(perplexity / teacher_perplexity)
+            - nats_per_byte * heldout_nats_per_byte
+
+Track 1 (pruning) uses the first three terms (nats_per_byte = 0). Track 2 (training from scratch) has no
+teacher, so kl = log_ppl_ratio = 0 and the held-out term is the model's own C4 / Alpaca-zh loss per UTF-8
+byte (objectives/_heldout.py): per byte, not per token, because Track 2 trials differ in vocabulary.
 
 proxy_accuracy is a fraction (0..1) and the other two are in nats, so the weights trade "one point of
 accuracy" against "one nat of divergence". The defaults keep accuracy at weight 1 but let the two
@@ -33,7 +38,7 @@ from dataclasses import asdict, dataclass
 
 COMPOSITE = "composite_score"
 TERMS = {"accuracy": ("proxy_accuracy",), "kl": ("kl_to_teacher",),
-         "log_ppl_ratio": ("perplexity", "teacher_perplexity")}
+         "log_ppl_ratio": ("perplexity", "teacher_perplexity"), "nats_per_byte": ("heldout_nats_per_byte",)}
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -41,6 +46,7 @@ class ProxyWeights:
     accuracy: float = 1.0          # per unit of proxy_accuracy (fraction)
     kl: float = 1.0                # per nat of KL(teacher || candidate)
     log_ppl_ratio: float = 1.0     # per nat of log(perplexity / teacher_perplexity)
+    nats_per_byte: float = 0.0     # per nat of held-out loss per byte (Track 2; no teacher)
 
     def __post_init__(self):
         for name, value in asdict(self).items():
@@ -87,4 +93,6 @@ def composite_score(metrics: dict, weights: ProxyWeights | None = None) -> float
         if ppl <= 0 or ref <= 0:
             raise ValueError(f"perplexities must be positive, got {ppl} and {ref}")
         score -= weights.log_ppl_ratio * reliable(math.log(ppl / ref), se("log_ppl_ratio_se"))
+    if weights.nats_per_byte:
+        score -= weights.nats_per_byte * float(metrics["heldout_nats_per_byte"])
     return score

@@ -4,7 +4,9 @@ from __future__ import annotations
 import dataclasses
 import os
 import sys
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 # Checkpoint Tune's experiment state at every loop step (default: at most every 10 s), so after a
 # killed driver Tune's state and the Optuna DB agree exactly and resume loses no completed trial.
@@ -29,7 +31,12 @@ def build_setup(exp: experiments.Experiment, paths: ExperimentDir, *, tracking_u
     base = compress.shapes_from_config(config)
     profile = objectives.get_profile(exp.device)
     budget = exp.budget_gb * GB if exp.budget_gb else profile.memory_budget_bytes
-    spec = spaces.SpaceSpec(num_layers=base.num_layers, runtime=exp.runtime, criteria=tuple(exp.space.criteria),
+    runtime = exp.runtime
+    if runtime == "llama.cpp" and base.model_type == "phi":
+        # llama.cpp's phi2 graph reads one shape for all layers (GGUF `deci`, which holds per-layer shapes,
+        # has no parallel block): search uniform shapes with whole-layer drops, as for MLC
+        runtime = "mlc"
+    spec = spaces.SpaceSpec(num_layers=base.num_layers, runtime=runtime, criteria=tuple(exp.space.criteria),
                             attn_unit=exp.space.attn_unit, min_keep=exp.space.min_keep,
                             allow_drop=exp.space.allow_drop, multi=exp.search.mode == "multi",
                             min_budget_use=exp.space.min_budget_use,
@@ -42,7 +49,18 @@ def build_setup(exp: experiments.Experiment, paths: ExperimentDir, *, tracking_u
                       tasks=list(exp.proxy.tasks), weights=dict(exp.proxy.weights),
                       teacher_cache=str(paths.teacher_cache), multi=exp.search.multi_objective
                       if exp.search.mode == "multi" else None, tracking_uri=tracking_uri,
-                      distill=exp.to_dict()["distill"], seed=exp.search.seed, unsafe_exec=exp.proxy.unsafe_exec)
+                      distill=exp.to_dict()["distill"], seed=exp.search.seed, unsafe_exec=exp.proxy.unsafe_exec,
+                      **_parallel_settings(exp))
+
+
+def _parallel_settings(exp: experiments.Experiment) -> dict:
+    workers = exp.distill_workers() if exp.distill.enabled else 0
+    if workers < 2:
+        return {}
+    gpus = exp.resources.gpus_per_trial
+    # a Ray Train worker per GPU; the trial's CPUs are shared among its workers
+    return {"distill_workers": workers, "use_gpu": gpus > 0,
+            "cpus_per_worker": max(0.25, exp.resources.cpus_per_trial / workers)}
 
 
 def prepare_teacher(setup: TrialSetup, paths: ExperimentDir) -> dict:
@@ -78,6 +96,7 @@ def attach_rankings(setup: TrialSetup, paths: ExperimentDir, model=None, tokeniz
 
 
 DEFAULT_DASHBOARD_PORT = 8265
+TRAIN_DRIVER_CPU = 0.01        # a data-parallel trial's own share: it relays reports, its workers compute
 # Ray Train (data-parallel distillation inside a trial): a trial's worker group may have to wait for
 # GPUs another trial is releasing, and a trial's function thread needs more than Tune's default 2 s
 # to wind its Train run down before the actor is reused.
@@ -94,6 +113,36 @@ def _free_port(preferred: int) -> int:
                 continue
             return s.getsockname()[1]
     raise OSError("no free port for the Ray dashboard")
+
+
+def _headline(exp: experiments.Experiment, setup: TrialSetup) -> str:
+    return (f"model {exp.model}, device {exp.device}, budget {human_bytes(setup.budget_bytes)}, {exp.search.trials} "
+            f"trials ({exp.search.sampler}, {exp.search.mode}), runtime {exp.runtime}")
+
+
+@dataclass(frozen=True, kw_only=True)
+class TrialKind:
+    """What a search's trials do. The driver (Tune, Optuna, ASHA, MLflow, progress, report, top-k) is the same
+    for every kind: Track 1 prunes a model (PRUNE, below), Track 2 trains one from scratch (search/_scratch_trial.py)."""
+    setup: Callable          # (exp, paths, *, tracking_uri) -> the setup shipped to every trial
+    prepare: Callable        # (setup, paths) -> {baseline name: params}, enqueued first (launch only)
+    trainable: Callable      # Tune function trainable (config, setup)
+    space: Callable          # setup -> picklable Optuna define-by-run function
+    materialise: Callable    # (row, rank, setup, paths) -> top-k entry, its checkpoint saved
+    headline: Callable       # (exp, setup) -> the launch line's description
+    columns: tuple = ()      # metrics kept in results.json / trials.csv beyond _report.COLUMNS
+    reference: str = "uniform-l1"   # the baseline the best trial's gain is measured against
+
+
+PRUNE = TrialKind(setup=build_setup, prepare=prepare_teacher, trainable=run_trial, space=lambda s: _SpaceFn(s.spec),
+                  materialise=_report.materialise, headline=_headline)
+
+
+def kind_of(exp) -> TrialKind:
+    if getattr(exp, "track", "prune") == "scratch":
+        from search._scratch_trial import SCRATCH
+        return SCRATCH
+    return PRUNE
 
 
 def start_ray(address: str | None):
@@ -119,7 +168,7 @@ def start_ray(address: str | None):
 
 
 def make_tuner(exp: experiments.Experiment, setup: TrialSetup, paths: ExperimentDir, baselines: dict | None,
-               *, restore: bool = False):
+               *, restore: bool = False, kind: TrialKind = PRUNE):
     from optuna.storages import RDBStorage
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
@@ -127,8 +176,10 @@ def make_tuner(exp: experiments.Experiment, setup: TrialSetup, paths: Experiment
     from search._searcher import ConstrainedOptunaSearch, PlanKey, make_sampler
     from search._tune_state import StateSnapshot, repair
 
-    trainable = tune.with_resources(tune.with_parameters(run_trial, setup=setup),
-                                    {"cpu": exp.resources.cpus_per_trial, "gpu": exp.resources.gpus_per_trial})
+    # a trial that distils on Ray Train workers only waits for them: they hold the CPUs and GPUs
+    trial_resources = {"cpu": TRAIN_DRIVER_CPU} if setup.distill_workers >= 2 else \
+        {"cpu": exp.resources.cpus_per_trial, "gpu": exp.resources.gpus_per_trial}
+    trainable = tune.with_resources(tune.with_parameters(kind.trainable, setup=setup), trial_resources)
     progress = ProgressPrinter(total=exp.search.trials)
     callbacks = [progress, StateSnapshot(paths.tune)]
     run_config = tune.RunConfig(storage_path=str(paths.path), name="tune", verbose=0, callbacks=callbacks,
@@ -143,14 +194,17 @@ def make_tuner(exp: experiments.Experiment, setup: TrialSetup, paths: Experiment
         second, second_mode = SECOND_OBJECTIVE[setup.multi]
         metric, mode = [metric, second], [mode, second_mode]
     searcher = ConstrainedOptunaSearch(
-        space=_SpaceFn(setup.spec), metric=metric, mode=mode, baselines=baselines, max_t=setup.rungs,
-        sampler=make_sampler(exp.search.sampler, seed=exp.search.seed, key=PlanKey(setup),
+        space=kind.space(setup), metric=metric, mode=mode, baselines=baselines, max_t=setup.rungs,
+        sampler=make_sampler(exp.search.sampler, seed=exp.search.seed, key=PlanKey(setup) if kind is PRUNE else None,
                              warm_start=(baselines or {}).get("owl")),
         storage=RDBStorage(paths.optuna_url), study_name=paths.name)
     scheduler = ASHAScheduler(time_attr="training_iteration", metric="score", mode="max", max_t=setup.rungs,
                               grace_period=1, reduction_factor=2) if setup.rungs > 1 else None
     tune_config = tune.TuneConfig(search_alg=searcher, scheduler=scheduler, num_samples=exp.search.trials,
-                                  max_concurrent_trials=exp.search.workers, reuse_actors=True)
+                                  max_concurrent_trials=exp.search.workers,
+                                  # data-parallel trials run for minutes: a fresh actor costs seconds and keeps
+                                  # each trial's Train run independent of the previous one's teardown
+                                  reuse_actors=setup.distill_workers < 2)
     return tune.Tuner(trainable, tune_config=tune_config, run_config=run_config), progress
 
 
@@ -166,13 +220,13 @@ class _SpaceFn:
 
 def launch(exp: experiments.Experiment, *, name: str, root: Path, tracking_uri: str | None, address: str | None,
            full_eval_top: int = 0) -> int:
+    kind = kind_of(exp)
     paths = ExperimentDir.create(root, name)   # refuses an existing experiment: nothing is overwritten
     uri = tracking_uri or _tracking.default_tracking_uri(root)
     experiments.save_experiment(exp, paths.config)
-    setup = build_setup(exp, paths, tracking_uri=uri)
-    print(f"experiment {name}: model {exp.model}, device {exp.device}, budget {human_bytes(setup.budget_bytes)}, "
-          f"{exp.search.trials} trials ({exp.search.sampler}, {exp.search.mode}), runtime {exp.runtime}", flush=True)
-    baselines = prepare_teacher(setup, paths)
+    setup = kind.setup(exp, paths, tracking_uri=uri)
+    print(f"experiment {name}: {kind.headline(exp, setup)}", flush=True)
+    baselines = kind.prepare(setup, paths)
     exp_id, parent = _tracking.ensure_parent(uri, name, root / "mlartifacts", tags={"experiment_dir": str(paths.path)})
     setup.mlflow_experiment_id, setup.parent_run_id = exp_id, parent
     paths.write_state({"tracking_uri": uri, "mlflow_experiment_id": exp_id, "parent_run_id": parent,
@@ -185,23 +239,25 @@ def resume(*, name: str, root: Path, address: str | None) -> int:
     paths = ExperimentDir.open(root, name)
     exp = experiments.read_experiment(paths.config)
     state = paths.read_state()
-    setup = build_setup(exp, paths, tracking_uri=state["tracking_uri"])
+    setup = kind_of(exp).setup(exp, paths, tracking_uri=state["tracking_uri"])
     exp_id, parent = _tracking.ensure_parent(state["tracking_uri"], name, root / "mlartifacts", tags={},
                                              run_id=state["parent_run_id"])
     setup.mlflow_experiment_id, setup.parent_run_id = exp_id, parent
     if not paths.tune_state_exists():
         raise ValueError(f"experiment {name} has no Tune state to resume (it stopped before its first trial)")
-    attach_rankings(setup, paths)
+    if kind_of(exp) is PRUNE:
+        attach_rankings(setup, paths)
     print(f"resuming experiment {name} from {paths.path}", flush=True)
     return _fit_and_report(exp, setup, paths, baselines=None, address=address, restore=True)
 
 
 def _fit_and_report(exp, setup, paths, *, baselines, address, restore) -> int:
+    kind = kind_of(exp)
     start_ray(address)
-    tuner, progress = make_tuner(exp, setup, paths, baselines, restore=restore)
+    tuner, progress = make_tuner(exp, setup, paths, baselines, restore=restore, kind=kind)
     grid = tuner.fit()
-    table = _report.collect(grid, setup, paths)
-    summary = _report.finish(table, exp, setup, paths)
+    table = _report.collect(grid, setup, paths, columns=kind.columns)
+    summary = _report.finish(table, exp, setup, paths, save_top=kind.materialise, reference=kind.reference)
     paths.write_state({**paths.read_state(), "status": "finished"})
     _report.print_summary(summary, stream=sys.stdout)
     return 0

@@ -12,16 +12,17 @@ from search import _tracking
 from search._trial import GB, load_on_device, plan_for, recover, schedule_for
 
 COLUMNS = ("trial_id", "name", "status", "rung", "score", "proxy_accuracy", "kl_to_teacher", "perplexity",
-           "peak_memory_bytes", "decode_tokens_per_s", "params", "kept_fraction", "constraint", "reason")
+           "peak_memory_bytes", "decode_tokens_per_s", "params", "kept_fraction", "distill_step", "distill_world", "constraint", "reason")
 
 
-def collect(grid, setup, paths) -> list[dict]:
+def collect(grid, setup, paths, *, columns: tuple = ()) -> list[dict]:
+    """One row per trial; `columns`: metrics a trial kind keeps beyond COLUMNS."""
     rows = []
     for result in grid:
         metrics = result.metrics or {}
         config = dict(result.config or {})
         trial_id = metrics.get("trial_id", "?")
-        row = {k: metrics.get(k) for k in COLUMNS if k in metrics}
+        row = {k: metrics.get(k) for k in COLUMNS + tuple(columns) if k in metrics}
         row.update(trial_id=trial_id, name=config.get("baseline") or trial_id,
                    params_json=json.dumps({k: v for k, v in config.items() if k != "baseline"}),
                    **{k: v for k, v in metrics.items() if k.startswith("score_rung")})
@@ -48,7 +49,10 @@ def pareto_front(rows: list[dict], second: str, second_mode: str) -> list[dict]:
     return sorted(front, key=lambda r: -r["score"])
 
 
-def finish(rows: list[dict], exp, setup, paths) -> dict:
+def finish(rows: list[dict], exp, setup, paths, *, save_top=None, reference: str = "uniform-l1") -> dict:
+    """results.json, trials.csv, the top-k checkpoints (saved by `save_top`, default: re-prune with
+    `materialise`) and the MLflow parent run. `reference`: the baseline the best trial's gain is measured against."""
+    save_top = save_top or materialise
     ranked = sorted(feasible_complete(rows), key=lambda r: -r["score"])
     summary = {"experiment": paths.name, "trials": len(rows),
                "complete": sum(r["status"] == "complete" for r in rows),
@@ -56,21 +60,25 @@ def finish(rows: list[dict], exp, setup, paths) -> dict:
                "failed": [{"trial_id": r["trial_id"], "reason": r.get("reason")} for r in rows if r["status"] == "failed"],
                "budget_bytes": setup.budget_bytes, "baselines": {}, "best": ranked[0] if ranked else None}
     for r in rows:
-        if r["name"] in ("uniform-l1", "owl"):
+        if r["name"] != r["trial_id"]:   # a named baseline (enqueued first)
             summary["baselines"][r["name"]] = r
-    if summary["best"] and "uniform-l1" in summary["baselines"]:
-        base = summary["baselines"]["uniform-l1"].get("score")
-        summary["gain_over_uniform_l1"] = summary["best"]["score"] - base if base is not None else None
+    if summary["best"] and reference in summary["baselines"]:
+        base = summary["baselines"][reference].get("score")
+        summary[_gain_key(reference)] = summary["best"]["score"] - base if base is not None else None
     summary["rung_agreement"] = rung_agreement(rows, setup.rungs)
     if setup.multi:
         from search._driver import SECOND_OBJECTIVE
         summary["pareto_front"] = pareto_front(ranked, *SECOND_OBJECTIVE[setup.multi])
     top_rows = (summary.get("pareto_front") or ranked)[: exp.search.top_k]
-    summary["top"] = [materialise(r, rank, setup, paths) for rank, r in enumerate(top_rows, start=1)]
+    summary["top"] = [save_top(r, rank, setup, paths) for rank, r in enumerate(top_rows, start=1)]
     paths.write_json(paths.results, {"summary": summary, "trials": rows})
     _write_csv(rows, paths.path / "trials.csv")
     _log_parent(summary, rows, setup, paths)
     return summary
+
+
+def _gain_key(reference: str) -> str:
+    return "gain_over_" + reference.replace("-", "_")
 
 
 def rung_agreement(rows: list[dict], rungs: int) -> dict | None:
@@ -89,7 +97,7 @@ def materialise(row: dict, rank: int, setup, paths) -> dict:
     params = json.loads(row["params_json"])
     plan = plan_for(params, setup)
     schedule = schedule_for(params, setup)
-    model, tokenizer = load_on_device(setup.model_source, training=schedule is not None)
+    model, tokenizer = load_on_device(setup.model_source)
     result = compress.prune(model, tokenizer, plan, rankings=setup.rankings)   # the rankings the trial used
     if schedule is not None:  # what the trial scored was the recovered student: save that
         model = recover(model, tokenizer, result, schedule, setup)
@@ -101,8 +109,9 @@ def materialise(row: dict, rank: int, setup, paths) -> dict:
 
 
 def _write_csv(rows, path) -> None:
+    extra = dict.fromkeys(k for r in rows for k in r if k not in COLUMNS and k != "params_json")
     with atomic_file(path) as tmp, open(tmp, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(COLUMNS), extrasaction="ignore")
+        writer = csv.DictWriter(f, fieldnames=list(COLUMNS) + list(extra), extrasaction="ignore")
         writer.writeheader()
         writer.writerows(rows)
 
@@ -114,8 +123,8 @@ def _log_parent(summary, rows, setup, paths) -> None:
     run_id = setup.parent_run_id
     if summary["best"]:
         c.log_metric(run_id, "best_score", summary["best"]["score"])
-    if summary.get("gain_over_uniform_l1") is not None:
-        c.log_metric(run_id, "gain_over_uniform_l1", summary["gain_over_uniform_l1"])
+    for key, gain in _gains(summary):
+        c.log_metric(run_id, key, gain)
     agreement = summary.get("rung_agreement") or {}
     for rung, rho in (agreement.get("spearman") or {}).items():
         if rho is not None:
@@ -196,8 +205,9 @@ def print_summary(summary, *, stream) -> None:
             print(f"{label:<14}{_f(r.get('score'))}{_f(r.get('proxy_accuracy'))}{_f(r.get('kl_to_teacher'))}"
                   f"{_f(r.get('perplexity'))}{human_bytes(r.get('peak_memory_bytes')):>12}{int(r.get('params') or 0):12,}",
                   file=stream)
-    if summary.get("gain_over_uniform_l1") is not None:
-        print(f"gain over uniform-L1 baseline at the same budget: {summary['gain_over_uniform_l1']:+.4f}", file=stream)
+    for key, gain in _gains(summary):
+        name = {"uniform_l1": "uniform-L1"}.get(key.removeprefix("gain_over_"), key.removeprefix("gain_over_"))
+        print(f"gain over {name.replace('_', '-')} baseline at the same budget: {gain:+.4f}", file=stream)
     agreement = summary.get("rung_agreement")
     if agreement and any(rho is not None for rho in agreement["spearman"].values()):
         rhos = ", ".join(f"{rung} {'-' if rho is None else f'{rho:+.2f}'}" for rung, rho in agreement["spearman"].items())
@@ -206,6 +216,10 @@ def print_summary(summary, *, stream) -> None:
     if summary.get("pareto_front"):
         print(f"Pareto front: {len(summary['pareto_front'])} candidates", file=stream)
     print(top_table(summary), file=stream)
+
+
+def _gains(summary: dict) -> list[tuple[str, float]]:
+    return [(k, v) for k, v in summary.items() if k.startswith("gain_over_") and v is not None]
 
 
 def human_bytes(n) -> str:

@@ -67,6 +67,12 @@ class TrialRun:
         c.log_text(self.run_id, json.dumps(record, indent=2), "plan.json")
         c.log_figure(self.run_id, kept_ratio_figure(result), "kept_ratio.png")
 
+    def log_record(self, record: dict, name: str) -> None:
+        """A JSON artifact of the trial (e.g. a Track 2 architecture and schedule)."""
+        if not self.uri:
+            return
+        client(self.uri).log_text(self.run_id, json.dumps(record, indent=2), name)
+
     def log_metrics(self, metrics: dict, *, step: int) -> None:
         if not self.uri:
             return

@@ -40,6 +40,11 @@ class TrialSetup:
     ladder: list = field(default_factory=list)   # the fidelity ladder's rungs (objectives.Rung mappings)
     rankings: Any = None                  # compress.Rankings of the dense model, computed once by the driver
     min_tokens_per_s: float | None = None # throughput floor: the constraint the sampler sees (repair cannot ensure it)
+    # data-parallel distillation: >= 2 runs it on that many Ray Train workers (one GPU each when use_gpu)
+    distill_workers: int = 0
+    use_gpu: bool = False
+    cpus_per_worker: float = 1.0
+    train_storage: str | None = None      # Ray Train run folders (None: Ray's default, ~/ray_results)
 
     def profile(self):
         return objectives.get_profile(self.profile_name).with_budget(int(self.budget_bytes))
@@ -53,19 +58,14 @@ def plan_for(params: dict, setup: TrialSetup) -> compress.Plan:
     return spaces.params_to_plan(params, setup.spec, memory_of=setup.memory_of(), budget_bytes=setup.budget_bytes)
 
 
-def load_on_device(source: str, *, training: bool = False):
-    """On a GPU worker (Ray sets CUDA_VISIBLE_DEVICES from gpus_per_trial): FP16 for scoring, FP32 master
-    weights when it will be trained (DeepSpeed then computes in bf16); on CPU always FP32."""
-    import torch
-    cuda = torch.cuda.is_available()
-    model, tokenizer = compress.load_model(source, dtype="float16" if cuda and not training else "float32")
-    return model.to("cuda" if cuda else "cpu"), tokenizer
+device = compress.accelerator
+load_on_device = compress.load_on_device
 
 
-def build_candidate(params: dict, setup: TrialSetup):
+def build_candidate(params: dict, setup: TrialSetup, plan: compress.Plan | None = None):
     """The pruned model for these parameters."""
-    plan = plan_for(params, setup)
-    model, tokenizer = load_on_device(setup.model_source, training=spaces.distill_schedule_params(params) is not None)
+    plan = plan or plan_for(params, setup)
+    model, tokenizer = load_on_device(setup.model_source)
     result = compress.prune(model, tokenizer, plan, rankings=setup.rankings)
     return plan, result, model, tokenizer
 
@@ -77,7 +77,8 @@ def schedule_for(params: dict, setup: TrialSetup) -> compress.DistillSchedule | 
     if sampled is None:
         return None
     steps = int(sampled["steps"])
-    fixed = {k: setup.distill[k] for k in ("seq_len", "batch_size", "zero_stage", "precision") if k in setup.distill}
+    fixed = {k: setup.distill[k] for k in ("seq_len", "batch_size", "gradient_accumulation", "zero_stage", "precision",
+                                           "activation_checkpointing") if k in setup.distill}
     return compress.DistillSchedule(
         steps=steps, lr=float(sampled["lr"]), warmup_steps=int(sampled["warmup"] * steps),
         temperature=float(sampled["temperature"]), kd_weight=float(sampled["kd_weight"]),
@@ -85,36 +86,42 @@ def schedule_for(params: dict, setup: TrialSetup) -> compress.DistillSchedule | 
         seed=setup.seed, **fixed)
 
 
+def check_distill_memory(plan: compress.Plan, schedule, setup: TrialSetup, *, gpus: int) -> dict:
+    """Before anything is loaded: the distillation's per-device memory, from shapes alone, against what
+    this device has free now. A trial that cannot fit fails at once with the breakdown, not after minutes
+    of loading (or with an allocator error halfway through a step)."""
+    import torch
+    where = device()
+    student = plan.realised_shapes(setup.base_shapes)
+    estimate = compress.estimate_for_shapes(student, setup.base_shapes, schedule, gpus=gpus, device_type=where.type)
+    free = int(torch.cuda.mem_get_info(where)[0]) if where.type == "cuda" else compress.available_memory("cpu")
+    compress.check_fits(estimate, free)
+    return estimate
+
+
 def recover(model, tokenizer, result, schedule, setup: TrialSetup, on_report=None):
-    """Distil the pruned `model` from the dense teacher; returns the recovered student."""
-    teacher, _ = load_on_device(setup.model_source, training=True)
+    """Distil the pruned `model` from the dense teacher (loaded 16-bit on a GPU, frozen); returns the student."""
+    teacher, _ = load_on_device(setup.model_source)
     student, _ = compress.distill(model, teacher, tokenizer, schedule, layer_map=result.layer_map, on_report=on_report)
     return student
 
 
 def run_trial(config: dict, setup: TrialSetup) -> None:
-    """Ray Tune function trainable. Reports once per fidelity rung; ASHA may stop it between rungs."""
+    """Ray Tune function trainable. Reports once per fidelity rung; ASHA may stop it between rungs.
+
+    With `setup.distill_workers` >= 2 a distilling trial runs on that many Ray Train workers (search/
+    _data_parallel.py) and relays their reports; otherwise everything runs in this process."""
     from ray import tune
 
     params = {k: v for k, v in config.items() if k != "baseline"}
-    run = _tracking.TrialRun.start(setup, tune.get_context().get_trial_id(), params, baseline=config.get("baseline", ""))
+    baseline = config.get("baseline", "")
+    run = _tracking.TrialRun.start(setup, tune.get_context().get_trial_id(), params, baseline=baseline)
     try:
-        trial = Evaluation(params, setup)
-        model, tokenizer, result = trial.model, trial.tokenizer, trial.result
-        run.log_plan(trial.plan, result)
-
-        def evaluate_and_report(extra: dict | None = None) -> None:
-            report = trial.report({"baseline": config.get("baseline", ""), **(extra or {})})
-            run.log_metrics(report, step=report["rung"])
-            tune.report(report)  # ASHA may stop the trial here (SystemExit(0))
-
-        schedule = schedule_for(params, setup)
-        if schedule is None:
-            for _ in range(setup.rungs):
-                evaluate_and_report()
-        else:  # the fidelity ladder follows distillation: one report per share of the steps
-            recover(model, tokenizer, result, schedule, setup, on_report=lambda step, m: evaluate_and_report(
-                {"distill_step": step, "distill_loss": m["loss"]}) or False)
+        if setup.distill_workers >= 2 and schedule_for(params, setup) is not None:
+            from search import _data_parallel
+            _data_parallel.run(params, setup, run, baseline=baseline, trial_id=tune.get_context().get_trial_id())
+        else:
+            trial_body(params, setup, run, baseline=baseline, report=_tune_report)
         run.finish("FINISHED")
     except SystemExit as stop:  # Tune ends a trial the scheduler stopped with sys.exit(0) inside report()
         if stop.code in (0, None):
@@ -129,12 +136,12 @@ def run_trial(config: dict, setup: TrialSetup) -> None:
 
 class Evaluation:
     """One trial's candidate and its fidelity ladder, without Ray: `report()` scores the next rung.
-    run_trial reports each to Tune; bench/search_quality.py drives the same object in-process."""
+    trial_body reports each to Tune; bench/search_quality.py drives the same object in-process."""
 
-    def __init__(self, params: dict, setup: TrialSetup):
+    def __init__(self, params: dict, setup: TrialSetup, plan: compress.Plan | None = None):
         self.start = time.perf_counter()
         self.setup = setup
-        self.plan, self.result, self.model, self.tokenizer = build_candidate(params, setup)
+        self.plan, self.result, self.model, self.tokenizer = build_candidate(params, setup, plan)
         self.ladder = objectives.Ladder(setup.ladder, tasks=setup.tasks, unsafe_exec=setup.unsafe_exec,
                                         weights=objectives.ProxyWeights.from_dict(setup.weights))
         self.context = objectives.EvalContext(profile=setup.profile(), teacher_cache=setup.teacher_cache,
@@ -153,6 +160,43 @@ class Evaluation:
         report.update(rung=rung, rungs=self.setup.rungs, kept_fraction=self.result.params / self.result.base_params,
                       **{f"score_rung{k}": v for k, v in enumerate(self.scores)}, **(extra or {}))
         return report
+
+
+def _tune_report(metrics: dict) -> bool:
+    from ray import tune
+    tune.report(metrics)   # ASHA may stop the trial here (SystemExit(0))
+    return False
+
+
+def trial_body(params: dict, setup: TrialSetup, run, *, baseline: str, report, rank: int = 0, world: int = 1):
+    """Prune (and distil) the candidate for `params`, scoring it once per fidelity rung; returns
+    (plan, prune result, model). `report(metrics) -> stop?` gets rank 0's scores. In a data-parallel
+    distillation every rank runs this; only rank 0 logs and reports (under ZeRO-3 every rank also runs
+    the scoring forwards, which are collectives there)."""
+    plan = plan_for(params, setup)
+    schedule = schedule_for(params, setup)
+    if schedule is not None:
+        check_distill_memory(plan, schedule, setup, gpus=world)
+    trial = Evaluation(params, setup, plan)
+    if rank == 0:
+        run.log_plan(plan, trial.result)
+
+    def evaluate_and_report(extra: dict | None = None) -> bool:
+        scores = trial.report({"baseline": baseline, **(extra or {})})
+        if rank != 0:
+            return False
+        run.log_metrics(scores, step=scores["rung"])
+        return bool(report(scores))
+
+    model = trial.model
+    if schedule is None:
+        for _ in range(setup.rungs):
+            if evaluate_and_report():
+                break
+    else:  # the fidelity ladder follows distillation: one report per share of the steps
+        model = recover(model, trial.tokenizer, trial.result, schedule, setup, on_report=lambda step, m:
+                        evaluate_and_report({"distill_step": step, "distill_loss": m["loss"], "distill_world": world}))
+    return plan, trial.result, model
 
 
 def score_report(metrics: dict, setup: TrialSetup, *, seconds: float) -> dict:

@@ -57,6 +57,9 @@ def _add_common(p):
 
 
 def add_launch_args(p):
+    p.add_argument("--track", default="prune", choices=["prune", "scratch"],
+                   help="prune: compress a pre-trained model (track 1, default); scratch: search and train an "
+                        "architecture from scratch on C4 + Alpaca-zh (track 2)")
     p.add_argument("--model", default=None, help="registry name, HF id or local dir (default: stories260k)")
     p.add_argument("--config", default=None, help="experiment YAML (default: experiments/<model>.yaml)")
     p.add_argument("--experiment", default=None, help="experiment name (default: the model name)")
@@ -73,7 +76,17 @@ def add_launch_args(p):
     p.add_argument("--min-tokens-per-s", type=float, default=None, metavar="TPS",
                    help="decode throughput floor on the device profile: a constraint the sampler sees")
     p.add_argument("--distill", action=argparse.BooleanOptionalAction, default=None, help="distillation in trials")
+    scratch = p.add_argument_group("track 2 (--track scratch)")
+    scratch.add_argument("--size-gb", type=float, default=None, help="peak inference memory budget in GiB the "
+                         "architecture must fit (same as --budget-gb; default: the device's)")
+    scratch.add_argument("--tokens", type=int, default=None, help="training tokens per trial (default: the experiment's)")
+    scratch.add_argument("--datasets", nargs="+", default=None, help="training data: c4 and/or alpaca_zh (nothing else "
+                         "is allowed)")
+    scratch.add_argument("--dtype", default=None, help="saved weights: float16 (default) or float32")
     p.add_argument("--tracking-uri", default=None, help="MLflow tracking URI (default: sqlite:///<root>/mlflow.db)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="settings",
+                   help="override any experiment setting (VALUE is YAML), e.g. --set distill.seq_len=256 "
+                        "--set resources.gpus_per_trial=0; repeatable, applied after the other flags")
     p.add_argument("--full-eval-top", type=int, default=0, metavar="K",
                    help="after the search, run OpenCompass on the top K candidates and report the proxy-vs-full "
                         "Spearman correlation")
@@ -94,6 +107,21 @@ def _add_unsafe_exec(p):
                         "missing): they then run with resource limits only")
 
 
+def _settings(items: list[str]) -> dict:
+    """--set KEY=VALUE pairs -> {dotted key: YAML value}; the experiment schema rejects unknown keys."""
+    import yaml
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ValueError(f"--set takes KEY=VALUE (e.g. distill.seq_len=256), got {item!r}")
+        try:
+            out[key.strip()] = yaml.safe_load(value)
+        except yaml.YAMLError as err:
+            raise ValueError(f"--set {key}: value {value!r} is not valid YAML ({type(err).__name__})") from None
+    return out
+
+
 def launch(args) -> int:
     import experiments
     from pathlib import Path
@@ -102,12 +130,15 @@ def launch(args) -> int:
         raise ValueError("--full-eval-top must be >= 0")
     if args.full_eval_limit is not None and args.full_eval_limit < 1:
         raise ValueError("--full-eval-limit must be >= 1")
+    from search import _verbs_scratch
+    if _verbs_scratch.is_scratch(args):
+        return _verbs_scratch.launch_scratch(args)
     overrides = {"budget_gb": args.budget_gb, "device": args.device, "runtime": args.runtime,
                  "search.trials": args.trials, "search.sampler": args.sampler, "search.mode": args.mode,
                  "search.multi_objective": args.versus, "search.workers": args.workers,
                  "proxy.rungs": args.rungs, "distill.enabled": args.distill,
                  "search.min_tokens_per_s": args.min_tokens_per_s,
-                 "proxy.unsafe_exec": True if args.unsafe_exec else None}
+                 "proxy.unsafe_exec": True if args.unsafe_exec else None, **_settings(args.settings)}
     exp = experiments.load_experiment(model=args.model, config=args.config, overrides=overrides,
                                       model_params=_param_count)
     root = Path(args.root)
@@ -300,11 +331,12 @@ def evaluate(args) -> int:
         raise ValueError(f"teacher vocabulary ({compress.load_config(args.teacher).vocab_size} tokens) differs from "
                          f"the candidate's ({vocab}): KL to the teacher needs the same tokenizer")
     judges = ["memory", "throughput", proxy]
-    model, tokenizer = compress.load_model(args.model, dtype="float32")
+    model, tokenizer = compress.load_on_device(args.model)          # FP16 on a GPU, FP32 on the CPU
     context = objectives.EvalContext(profile=profile, data_dir=args.data_dir)
     if args.teacher:
-        teacher, teacher_tok = compress.load_model(args.teacher, dtype="float32")
+        teacher, teacher_tok = compress.load_on_device(args.teacher)
         cache = objectives.TeacherCache.build(teacher, teacher_tok or tokenizer)
+        del teacher                                                  # its logits are cached: free the device
         cache.check_student(model, tokenizer)
         context.teacher_cache = cache
         judges.append("fidelity")
@@ -316,7 +348,8 @@ def evaluate(args) -> int:
                for name, value in values.items()}
     if args.json:
         _print_json({"model": str(args.model), "teacher": args.teacher, "device": profile.name,
-                     "fidelity": args.fidelity, "metrics": metrics})
+                     "accelerator": str(next(model.parameters()).device), "fidelity": args.fidelity,
+                     "metrics": metrics})
         return 0
     for name, m in metrics.items():
         arrow = "higher better" if m["higher_is_better"] else "lower better"

@@ -168,10 +168,16 @@ def test_refuses_fp16_on_cpu(teacher, tok):
 def test_memory_estimate_partitions_by_zero_stage():
     kw = dict(gpus=8, precision="bf16", seq_len=2048, batch_size=1, hidden=4096, layers=32, vocab=128256)
     est = {s: estimate_training_memory(4_000_000_000, 8_000_000_000, zero_stage=s, **kw) for s in (0, 1, 2, 3)}
-    assert est[0]["optimizer"] == 4_000_000_000 * 12 and est[1]["optimizer"] == est[0]["optimizer"] // 8
+    # 16-bit training: 2 + 2 bytes of bf16 weights and grads, 4 + 4 + 8 of FP32 masters, their grads, moments
+    state = ("weights", "grads", "master", "master_grads", "moments")
+    assert sum(est[0][k] for k in state) == 4_000_000_000 * 20
+    for key in ("master", "master_grads", "moments"):
+        assert est[1][key] == est[0][key] // 8
     assert est[2]["grads"] == est[0]["grads"] // 8 and est[3]["weights"] == est[0]["weights"] // 8
     assert est[0]["total"] > est[1]["total"] > est[2]["total"] > est[3]["total"]
-    assert est[3]["teacher"] == 16_000_000_000  # the teacher is not partitioned: it is no engine
+    assert est[3]["teacher"] == 16_000_000_000  # a frozen BF16 teacher, not partitioned: it is no engine
+    fp32 = estimate_training_memory(4_000_000_000, 8_000_000_000, zero_stage=0, **{**kw, "precision": "fp32"})
+    assert sum(fp32[k] for k in state) == 4_000_000_000 * 16 and fp32["teacher"] == 16_000_000_000
     check_fits(est[3], 80 * 10**9)
     with pytest.raises(ValueError, match="try more GPUs"):
         check_fits(est[3], 10**9)
@@ -227,3 +233,16 @@ def test_on_report_may_run_the_student_with_hidden_matching_on(teacher, tok):
     schedule = DistillSchedule(**{**FAST, "steps": 4, "report_every": 2, "hidden_weight": 0.5})
     _, history = distill(student, teacher, tok, schedule, layer_map=result.layer_map, on_report=score_student)
     assert [h["step"] for h in history] == [2, 4]
+
+
+def test_activation_checkpointing_trains_identically_and_needs_less_memory(teacher, tok):
+    kw = dict(steps=2, seq_len=32, batch_size=2, report_every=2, heldout_blocks=2)
+    plain, ckpt = copy.deepcopy(teacher), copy.deepcopy(teacher)
+    a, hist_a = distill(plain, teacher, tok, DistillSchedule(**kw))
+    b, hist_b = distill(ckpt, teacher, tok, DistillSchedule(**kw, activation_checkpointing=True))
+    assert hist_a[-1]["loss"] == pytest.approx(hist_b[-1]["loss"], rel=1e-5)   # recomputation, same math
+    assert not b.is_gradient_checkpointing                                      # handed back for scoring
+    est = {c: estimate_training_memory(5_600_000_000, 7_600_000_000, zero_stage=3, gpus=2, precision="bf16",
+                                       seq_len=1024, batch_size=4, hidden=3584, layers=28, vocab=152064,
+                                       checkpointing=c) for c in (False, True)}
+    assert est[False]["activations"] - est[True]["activations"] > 10e9

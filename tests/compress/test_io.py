@@ -89,3 +89,18 @@ def test_uncached_hub_model_offline_gives_one_clear_line(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(ValueError, match="not in the local Hugging Face cache.*huggingface-cli download microsoft/phi-2"):
         compress.load_config("phi-2")
+
+
+def test_saved_tokenizer_config_names_a_class_transformers_4_knows(tmp_path):
+    """transformers 5 writes "TokenizersBackend", which transformers 4 (OpenCompass 0.3.1's era) cannot load."""
+    import json
+
+    from transformers import AutoTokenizer
+    model, tok = compress.load_model("stories260k")
+    out = compress.save_pruned(model, tok, tmp_path / "m")
+    config = json.loads((out / "tokenizer_config.json").read_text())
+    assert config["tokenizer_class"] == "PreTrainedTokenizerFast"
+    assert "is_local" not in config and "local_files_only" not in config
+    again = AutoTokenizer.from_pretrained(out)
+    text = "Once upon a time, a little fox"
+    assert again(text)["input_ids"] == tok(text)["input_ids"]

@@ -27,8 +27,8 @@ CASES = [
     ("unknown device profile", ["evaluate", "--device", "phone-12g"], "did you mean 'phone-12gb'"),
     ("unknown task", ["evaluate", "--tasks", "gsm8"], "did you mean 'gsm8k'"),
     ("unknown sampler: one line, no usage", ["launch", "--sampler", "tp", "--root", "{root}"], "did you mean 'tpe'"),
-    ("no prefix matching (--track)", ["launch", "--track", "scratch", "--root", "{root}"],
-     "unrecognized arguments: --track"),
+    ("no prefix matching (--tracking)", ["launch", "--tracking", "x", "--root", "{root}"],
+     "unrecognized arguments: --tracking"),
     ("unknown experiment key", ["launch", "--config", "{yaml_typo}", "--root", "{root}"], "unknown keys in 'search'"),
     ("unknown ladder rung key", ["launch", "--config", "{yaml_ladder}", "--root", "{root}"],
      "unknown ladder rung keys ['kl_tokens']"),
@@ -76,6 +76,24 @@ CASES = [
     ("top --k 0", ["top", "--experiment", "done", "--k", "0", "--root", "{root}"], "--k must be >= 1"),
     ("validate --top 0", ["validate", "--experiment", "done", "--top", "0", "--root", "{root}"], "--top must be >= 1"),
     ("distill a missing student", ["distill", "--student", "{tmp}/nope", "--out", "{out}"], "not found"),
+    ("track 2: a dataset other than C4 / Alpaca-zh",
+     ["launch", "--track", "scratch", "--datasets", "c4", "wikitext", "--root", "{root}"], "'wikitext' is not allowed"),
+    ("track 2: a budget no architecture fits", ["launch", "--track", "scratch", "--size-gb", "0.00005", "--root", "{root}"],
+     "no architecture of the space fits"),
+    ("track 2: a quantized dtype", ["launch", "--track", "scratch", "--dtype", "int8", "--root", "{root}"],
+     "FP16 or FP32 weights (no quantization)"),
+    ("track 2: distillation", ["launch", "--track", "scratch", "--distill", "--root", "{root}"],
+     "distillation from a teacher (--distill) is not allowed"),
+    ("track 2: a pre-trained model", ["launch", "--track", "scratch", "--model", "stories260k", "--root", "{root}"],
+     "--model (a pre-trained model) is not allowed"),
+    ("track 2: a teacher in the experiment", ["launch", "--config", "{yaml_teacher}", "--root", "{root}"],
+     "distillation from a teacher or a pre-trained model is not allowed"),
+    ("track 2: fewer tokens than rungs", ["launch", "--track", "scratch", "--tokens", "100", "--root", "{root}"],
+     "fewer than the 3 fidelity rungs"),
+    ("track 2: existing experiment name", ["launch", "--track", "scratch", "--experiment", "exists", "--root", "{root}"],
+     "already exists"),
+    ("track 2 flag on a track 1 launch", ["launch", "--tokens", "1000", "--root", "{root}"],
+     "--tokens applies to --track scratch"),
 ]
 
 
@@ -105,6 +123,8 @@ def world(tmp_path_factory):
     paths["yaml_l3"].write_text("model: stories260k\ndevice: stories260k-tiny\nspace: {criteria: [l3]}\n")
     paths["yaml_ladder"] = tmp / "ladder.yaml"
     paths["yaml_ladder"].write_text("model: stories260k\ndevice: stories260k-tiny\nproxy: {ladder: [{kl_tokens: 256}]}\n")
+    paths["yaml_teacher"] = tmp / "teacher.yaml"
+    paths["yaml_teacher"].write_text("track: scratch\ndistill: {enabled: true}\n")
     paths["yaml_typo"] = tmp / "typo.yaml"
     paths["yaml_typo"].write_text("model: stories260k\nsearch: {trails: 3}\n")
     paths["truncated"] = _copy_model(tmp / "truncated")

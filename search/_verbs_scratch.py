@@ -1,0 +1,75 @@
+"""`python -m search launch --track scratch`: Track 2, an architecture searched and trained from scratch.
+
+    python -m search launch --track scratch [--size-gb X] [--tokens N] [--datasets c4 alpaca_zh] [--dtype D] ...
+
+Without --config the experiment is experiments/scratch.yaml (competition scale) on a machine with a GPU,
+else experiments/scratch-tiny.yaml (sub-million-parameter models on the bundled data, CPU). Everything is
+validated before the experiment folder is created: bad input writes nothing.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+
+SCRATCH_ONLY = {"size_gb": "--size-gb", "tokens": "--tokens", "datasets": "--datasets", "dtype": "--dtype"}
+
+
+def default_config() -> Path:
+    import torch
+    import experiments
+    return Path(experiments.__file__).parent / ("scratch.yaml" if torch.cuda.is_available() else "scratch-tiny.yaml")
+
+
+def is_scratch(args) -> bool:
+    """--track scratch, or a --config whose track is scratch. Track 2 flags on a Track 1 launch are refused."""
+    scratch = args.track == "scratch"
+    if not scratch and args.config and Path(args.config).is_file():
+        scratch = (yaml.safe_load(Path(args.config).read_text()) or {}).get("track") == "scratch"
+    if not scratch:
+        for attr, flag in SCRATCH_ONLY.items():
+            if getattr(args, attr) is not None:
+                raise ValueError(f"{flag} applies to --track scratch (track 2) only")
+    return scratch
+
+
+def launch_scratch(args) -> int:
+    import compress
+    import experiments
+    from search import _driver, _scratch_trial
+    from search._paths import ExperimentDir
+    from search._verbs import _free_name, _search_status, _settings
+    if args.model:
+        raise ValueError("Track 2 trains from scratch: --model (a pre-trained model) is not allowed; "
+                         "omit it, or use --track prune to compress a model")
+    if args.distill:
+        raise ValueError("Track 2 trains from scratch: distillation from a teacher (--distill) is not allowed")
+    if args.size_gb is not None and args.budget_gb is not None and args.size_gb != args.budget_gb:
+        raise ValueError("--size-gb and --budget-gb are the same budget; give one")
+    for name in args.datasets or ():
+        compress.check_source(name)
+    if args.tokens is not None and args.tokens < 1:
+        raise ValueError(f"--tokens must be a positive number of training tokens, got {args.tokens}")
+    config = Path(args.config) if args.config else default_config()
+    if not args.config:
+        print(f"track 2 experiment: {config.relative_to(config.parent.parent)}", flush=True)
+    overrides = {"budget_gb": args.size_gb if args.size_gb is not None else args.budget_gb, "device": args.device,
+                 "runtime": args.runtime, "dtype": args.dtype, "search.trials": args.trials,
+                 "search.sampler": args.sampler, "search.mode": args.mode, "search.multi_objective": args.versus,
+                 "search.workers": args.workers, "proxy.rungs": args.rungs,
+                 "train.tokens": [args.tokens] if args.tokens else None, "train.datasets": args.datasets,
+                 "proxy.unsafe_exec": True if args.unsafe_exec else None, **_settings(args.settings)}
+    exp = experiments.load_experiment(model=None, config=str(config), overrides=overrides)
+    if getattr(exp, "track", None) != "scratch":
+        raise ValueError(f"{config} is not a track 2 experiment (it needs track: scratch)")
+    root = Path(args.root)
+    name = args.experiment or _free_name(root, "scratch")
+    paths = ExperimentDir.check_new(root, name)                    # an existing experiment is refused
+    _scratch_trial.build_setup(exp, paths, tracking_uri=None)     # every check; nothing is written yet
+    exp.search.top_k = max(exp.search.top_k, args.full_eval_top)  # full evaluation needs the checkpoints
+    status = _driver.launch(exp, name=name, root=root, tracking_uri=args.tracking_uri, address=args.address)
+    status = _search_status(paths, status)
+    if status == 0 and args.full_eval_top:
+        from objectives._oc_report import full_eval_top
+        full_eval_top(paths.path, args.full_eval_top, limit=args.full_eval_limit)
+    return status
