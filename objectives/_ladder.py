@@ -8,6 +8,8 @@ promising ones pay for the proxy. A rung is a mapping (experiment YAML `proxy.la
     proxy         null (KL only) | "loglik" (the proxy's cheap mode) | any other mode the installed
                   ProxyAccuracyObjective offers (e.g. "faithful": OpenCompass-identical scoring)
     proxy_level   the proxy's item counts: its fidelity level (0 = 8 items per task, 1 = 24, 2 = all)
+    chance_z      a task counts only where the dense teacher beats chance by this many standard errors
+                  (default Z_CHANCE; null: every task counts, e.g. to time the proxy on a random-weight model)
 
 Weights follow measured noise (objectives/_composite.py, reliable()): KL and the perplexity ratio carry
 their batch-means standard errors, and the accuracy term is the paired change against the teacher's own
@@ -16,7 +18,7 @@ credits on the same items (computed once per experiment and stored in the teache
     delta = (1/T) sum_t mean_i (c_ti - t_ti),    se = (1/T) sqrt(sum_t var_i(c_ti - t_ti) / n_t)
 
 A task enters a rung's accuracy only where the dense teacher itself beats chance on that rung's items
-(one-sided z >= Z_CHANCE against the items' chance credit: 1/options for multiple choice, 0 for generated
+(one-sided z >= chance_z against the items' chance credit: 1/options for multiple choice, 0 for generated
 answers): where the teacher is at chance, a pruned model's accuracy differences are pure noise, so the task
 weighs 0 there and is not scored at all. On the bundled model every task is at chance and the proxy costs
 nothing; on Phi-2 / Llama / Qwen the tasks the teacher solves count.
@@ -49,6 +51,7 @@ class Rung:
     kl_blocks: int
     proxy: str | None = KL_ONLY
     proxy_level: int = 0
+    chance_z: float | None = Z_CHANCE
 
     def __post_init__(self):
         if not isinstance(self.kl_blocks, int) or self.kl_blocks < 1:
@@ -58,6 +61,8 @@ class Rung:
         top = _proxy.ProxyAccuracyObjective.max_fidelity
         if not isinstance(self.proxy_level, int) or not 0 <= self.proxy_level <= top:
             raise ValueError(f"ladder rung proxy_level must be 0..{top}, got {self.proxy_level!r}")
+        if self.chance_z is not None and (not isinstance(self.chance_z, (int, float)) or self.chance_z < 0):
+            raise ValueError(f"ladder rung chance_z must be a number >= 0 or null, got {self.chance_z!r}")
 
     @property
     def key(self) -> str:
@@ -75,10 +80,10 @@ def parse_ladder(rungs, *, use: int | None = None) -> tuple[Rung, ...]:
             parsed.append(entry)
             continue
         if not isinstance(entry, dict):
-            raise ValueError(f"a ladder rung is a mapping {{kl_blocks, proxy, proxy_level}}, got {entry!r}")
-        unknown = sorted(set(entry) - {"kl_blocks", "proxy", "proxy_level"})
+            raise ValueError(f"a ladder rung is a mapping {{kl_blocks, proxy, proxy_level, chance_z}}, got {entry!r}")
+        unknown = sorted(set(entry) - {"kl_blocks", "proxy", "proxy_level", "chance_z"})
         if unknown:
-            raise ValueError(f"unknown ladder rung keys {unknown}; known: kl_blocks, proxy, proxy_level")
+            raise ValueError(f"unknown ladder rung keys {unknown}; known: kl_blocks, proxy, proxy_level, chance_z")
         parsed.append(Rung(**entry))
     if use is not None:
         if not isinstance(use, int) or not 1 <= use <= len(parsed):
@@ -116,9 +121,10 @@ class Ladder:
     def informative(self, rung: Rung, cache: TeacherCache) -> tuple[str, ...]:
         """The tasks on which the dense teacher beats chance at this rung's items (all, without its credits)."""
         teacher = cache.proxy.get(rung.key)
-        if not teacher:
+        if not teacher or rung.chance_z is None:
             return self.tasks
-        return tuple(t for t in self.tasks if t in teacher and above_chance(teacher[t], chance_credits(t, rung.proxy_level)))
+        return tuple(t for t in self.tasks if t in teacher and
+                     above_chance(teacher[t], chance_credits(t, rung.proxy_level), rung.chance_z))
 
     def at_chance(self, cache: TeacherCache) -> dict[int, list[str]]:
         """Per proxy rung, the tasks left out because the teacher is at chance on them (for the launch note)."""

@@ -59,11 +59,11 @@ def bundled(tmp_path_factory):
     return model, tokenizer, path
 
 
-def score(model, tokenizer, cache, rung):
+def score(model, tokenizer, cache, rung, ladder=LADDER):
     result = compress.prune(model, tokenizer, compress.Plan.uniform(5, attn_keep=0.5, mlp_keep=0.5))
     context = objectives.EvalContext(profile=objectives.get_profile("stories260k-tiny"), teacher_cache=cache)
     candidate = objectives.Candidate(shapes=result.shapes, model=model, tokenizer=tokenizer)
-    return objectives.Ladder(LADDER, tasks=("csqa", "truthfulqa")).evaluate(candidate, context, rung)
+    return objectives.Ladder(ladder, tasks=("csqa", "truthfulqa")).evaluate(candidate, context, rung)
 
 
 def test_ladder_rungs_on_the_bundled_model(bundled):
@@ -74,6 +74,8 @@ def test_ladder_rungs_on_the_bundled_model(bundled):
     assert objectives.Ladder(LADDER, tasks=("csqa", "truthfulqa")).at_chance(loaded) == {1: ["csqa", "truthfulqa"]}
     cheap, full = score(copy.deepcopy(model), tokenizer, str(path), 0), score(copy.deepcopy(model), tokenizer, loaded, 1)
     assert "proxy_accuracy" not in cheap and "proxy_accuracy" not in full
+    ungated = score(copy.deepcopy(model), tokenizer, loaded, 1, [LADDER[0], {**LADDER[1], "chance_z": None}])
+    assert 0 <= ungated["proxy_accuracy"] <= 1 and "proxy_accuracy_delta" in ungated    # chance_z null: scored
     assert 0 < cheap["kl_to_teacher_se"] < 0.2 * cheap["kl_to_teacher"]      # KL is far above its noise
     assert full["kl_to_teacher_se"] < cheap["kl_to_teacher_se"]             # more tokens, less noise
     assert cheap["composite_score"] == pytest.approx(-reliable(cheap["kl_to_teacher"], cheap["kl_to_teacher_se"]) -
