@@ -147,7 +147,7 @@ class Evaluation:
         self.context = objectives.EvalContext(profile=setup.profile(), teacher_cache=setup.teacher_cache,
                                               seed=setup.seed, extra={"tasks": setup.tasks})
         self.candidate = objectives.Candidate(shapes=self.result.shapes, model=self.model, tokenizer=self.tokenizer)
-        self.scores: list[float] = []    # score at each rung so far (the ladder's rank agreement reads them)
+        self.scores: list = []           # score at each rung so far, None if skipped (rank agreement reads them)
 
     def report(self, extra: dict | None = None) -> dict:
         rung = len(self.scores)
@@ -158,8 +158,12 @@ class Evaluation:
         report = score_report(metrics, self.setup, seconds=time.perf_counter() - self.start)
         self.scores.append(report["score"])
         report.update(rung=rung, rungs=self.setup.rungs, kept_fraction=self.result.params / self.result.base_params,
-                      **{f"score_rung{k}": v for k, v in enumerate(self.scores)}, **(extra or {}))
+                      **{f"score_rung{k}": v for k, v in enumerate(self.scores) if v is not None}, **(extra or {}))
         return report
+
+    def skip(self) -> None:
+        """Pass over the next rung without scoring it (reported before the trial was interrupted)."""
+        self.scores.append(None)
 
 
 def _tune_report(metrics: dict) -> bool:
