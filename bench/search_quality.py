@@ -1,7 +1,7 @@
 """Benchmark: does the search beat its own warm start (OWL), uniform-L1 and random search, and which sampler?
 
     .venv/bin/python bench/search_quality.py [--trials 60] [--seeds 3] [--samplers tpe,evolution,cmaes,random]
-        [--budgets default,0.000555] [--kinds memory,params] [--long 200] [--launch 60]
+        [--budgets default,0.000555] [--kinds memory,params] [--long 200] [--launch 60] [--distill-launch 16]
 
 On the bundled stories260k, at two memory budgets (the profile's default, ~0.68 of the dense parameters, and
 --budget-gb 0.000555, ~0.55), every sampler runs `--seeds` seeds at the same trial count. Every result is
@@ -21,7 +21,8 @@ search._trial.Evaluation (plan repair, prune with the shared rankings, the fidel
 ASHA bracket for early stopping; one trial at a time instead of two. Trials are deterministic, so a plan
 already evaluated in this process reuses its scores (an identical re-evaluation). `--launch N` adds one real
 `python -m search launch` per budget with the default configuration ("mode": "launch"): its best trial is
-judged the same way, and its wall time and the load are recorded.
+judged the same way, and its wall time and the load are recorded; `--distill-launch N` one with --distill
+at the default budget, its saved (distilled) top-1 checkpoint judged.
 
 Writes bench/results/search_quality.json (medians and min/max over seeds).
 """
@@ -81,9 +82,13 @@ def judge_caches(setup) -> dict:
 def judge(params: dict, setup, caches: dict) -> dict:
     from search._trial import build_candidate
     plan, result, model, tokenizer = build_candidate(params, setup)
-    out = {f"kl_{name}": round(cache.score(model, tokenizer, blocks=cache.tokens.shape[0])["kl_to_teacher"], 4)
-           for name, cache in caches.items()}
-    return {**out, "params": result.params, "params_fraction": round(result.params / result.base_params, 4)}
+    return {**judge_model(model, tokenizer, caches), "params": result.params,
+            "params_fraction": round(result.params / result.base_params, 4)}
+
+
+def judge_model(model, tokenizer, caches: dict) -> dict:
+    return {f"kl_{name}": round(cache.score(model, tokenizer, blocks=cache.tokens.shape[0])["kl_to_teacher"], 4)
+            for name, cache in caches.items()}
 
 
 # ---- one search, in-process -----------------------------------------------------------------------
@@ -165,11 +170,14 @@ def fitness_agreement(setup, baselines: dict, caches: dict, n: int = 40) -> dict
 
 
 # ---- real launches ----------------------------------------------------------------------------------
-def launch(budget_gb, trials: int, setup, caches: dict) -> dict:
+def launch(budget_gb, trials: int, setup, caches: dict, *, distill: bool = False) -> dict:
+    """One real `python -m search launch`; its best trial judged (with --distill: the saved, distilled top-1)."""
     root = Path(tempfile.mkdtemp(prefix="edgeprune-quality-"))
     cmd = [sys.executable, "-m", "search", "launch", "--trials", str(trials), "--root", str(root), "--experiment", "q"]
     if budget_gb:
         cmd += ["--budget-gb", str(budget_gb)]
+    if distill:
+        cmd += ["--distill"]
     before, start = load(), time.perf_counter()
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)})
     seconds = time.perf_counter() - start
@@ -177,11 +185,17 @@ def launch(budget_gb, trials: int, setup, caches: dict) -> dict:
         raise SystemExit(f"launch failed:\n{proc.stderr[-3000:]}")
     summary = json.loads((root / "q" / "results.json").read_text())["summary"]
     best = summary["best"]
-    return {"mode": "launch", "trials": trials, "wall_seconds": round(seconds, 1), "load_before": before,
-            "load_after": load(), "best_name": best["name"], "best_fitness": round(best["score"], 4),
-            "complete": summary["complete"], "stopped_early": summary["stopped_early"],
-            "rung_agreement": summary.get("rung_agreement"), "experiment_dir": str(root / "q"),
-            **judge(json.loads(best["params_json"]), setup, caches)}
+    out = {"mode": "launch", "distill": distill, "trials": trials, "wall_seconds": round(seconds, 1),
+           "load_before": before, "load_after": load(), "best_name": best["name"], "best_fitness": round(best["score"], 4),
+           "complete": summary["complete"], "stopped_early": summary["stopped_early"],
+           "rung_agreement": summary.get("rung_agreement")}
+    if not distill:
+        return {**out, **judge(json.loads(best["params_json"]), setup, caches)}
+    import compress
+    top = summary["top"][0]
+    model, tokenizer = compress.load_model(top["dir"])
+    return {**out, **judge_model(model.float(), tokenizer, caches), "params": top["params"],
+            "params_fraction": round(top["params"] / setup.base_shapes.param_count(), 4), "judged": "top-1 checkpoint"}
 
 
 # ---- driver ----------------------------------------------------------------------------------------
@@ -242,9 +256,12 @@ def bench_budget(label: str, budget_gb, args, root: Path) -> dict:
                     runs.append(run)
                     print(label, kind, json.dumps(run), flush=True)
                 entry["samplers"][f"{sampler}@{trials}"] = {"mode": "in-process", "runs": runs, **summarise(runs)}
-    if args.launch:
+    if args.launch and "memory" in out:
         out["memory"]["launch"] = launch(budget_gb, args.launch, memory, caches)
         print(label, json.dumps(out["memory"]["launch"]), flush=True)
+    if args.distill_launch and label == "default" and "memory" in out:
+        out["memory"]["launch_distill"] = launch(budget_gb, args.distill_launch, memory, caches, distill=True)
+        print(label, json.dumps(out["memory"]["launch_distill"]), flush=True)
     return out
 
 
@@ -258,8 +275,9 @@ def verdicts(result: dict) -> dict:
             entry, ratios = budget[kind], out.setdefault(label, {}).setdefault(kind, {})
             base = entry["baselines"]
             found = {key: {j: s[f"kl_{j}"]["median"] for j in ("c4", "sampled")} for key, s in entry["samplers"].items()}
-            if "launch" in entry:
-                found["launch"] = {j: entry["launch"][f"kl_{j}"] for j in ("c4", "sampled")}
+            for run in ("launch", "launch_distill"):
+                if run in entry:
+                    found[run] = {j: entry[run][f"kl_{j}"] for j in ("c4", "sampled")}
             for key, kls in found.items():
                 ratios[key] = {j: {"vs_owl": round(kl / base["owl"][f"kl_{j}"], 3),
                                    "vs_uniform_l1": round(kl / base["uniform-l1"][f"kl_{j}"], 3)}
@@ -276,6 +294,7 @@ def main() -> None:
     ap.add_argument("--long", type=int, default=200, help="also this many trials at the default budget (0: skip)")
     ap.add_argument("--long-samplers", default="tpe,evolution", help="samplers run at --long trials")
     ap.add_argument("--launch", type=int, default=0, help="one real `search launch` of N trials per budget")
+    ap.add_argument("--distill-launch", type=int, default=0, help="one real `search launch --distill` of N trials")
     ap.add_argument("--kinds", default="memory,params", help="budgets in modeled memory and/or parameters")
     ap.add_argument("--out", default=str(RESULTS))
     args = ap.parse_args()
