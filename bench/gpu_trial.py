@@ -144,6 +144,9 @@ def main(argv=None) -> int:
     return 0
 
 
+QWEN_LADDER = experiments.load_experiment(model="qwen-7b").proxy.ladder
+
+
 def run_stages(rec: Recorder, args) -> None:
     from search import _driver, _tracking
     from search._record import ExperimentRecord
@@ -156,7 +159,9 @@ def run_stages(rec: Recorder, args) -> None:
     exp = experiments.load_experiment(model=str(dense), config=str(Path(__file__).parents[1] / "experiments" /
                                                                    "qwen-7b.yaml"),
                                       # the scoring trial; distillation is timed in its own stage below
+                                      # the YAML's ladder with every task scored (its random weights are at chance)
                                       overrides={"proxy.rungs": args.levels, "proxy.unsafe_exec": True,
+                                                 "proxy.ladder": [{**r, "chance_z": None} for r in QWEN_LADDER],
                                                  "distill.enabled": False, "proxy.tasks": args.tasks,
                                                  "budget_gb": pruning_budget_gb(dense) if args.shape == "tiny" else None})
     paths = ExperimentRecord.create(args.work, "experiment")

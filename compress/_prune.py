@@ -1,7 +1,9 @@
-"""Score -> group -> cut: apply a Plan to a loaded model, layer by layer, in place.
+"""Cut: apply a Plan to a loaded model, layer by layer, in place, keeping the top-ranked units.
 
-Weights are physically removed (smaller dense tensors). Each layer's old tensors are released as
-soon as its slices exist, so peak memory stays near the model's own size (see bench/prune_scale.py).
+The ranking (score + group, `_rankings.py`) is computed before any cut: once per experiment by a search
+(`rankings=`), or here for this plan alone. Weights are physically removed (smaller dense tensors). Each
+layer's old tensors are released as soon as its slices exist, so peak memory stays near the model's own
+size (see bench/prune_scale.py).
 """
 from __future__ import annotations
 
@@ -11,18 +13,13 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from ._criteria import get_criterion
-from ._data import texts, token_blocks
-from ._families import FamilyAdapter, family_of
+from ._families import family_of
 from ._groups import UnitGroup, attention_group, kept_indices, mlp_group, select_units
 from ._modeling_pruned import RemovedAttention, RemovedMLP
 from ._plan import Plan
+from ._rankings import Rankings, compute_rankings, linear_weights
 from ._release import release
 from ._shapes import LayerShape, ModelShapes, shapes_from_config
-
-CALIBRATION_DEFAULTS = {"samples": 16, "seq_len": 128, "seed": 0}
-CALIBRATION_BATCH = 4          # calibration blocks per forward pass
-INITIAL_LOSS_SCALE = 2.0**12   # taylor on a 16-bit model: halved on overflow until gradients are finite
 
 
 @dataclass
@@ -51,9 +48,12 @@ class PruneResult:
                 "seconds": round(self.seconds, 3)}
 
 
-def prune(model: nn.Module, tokenizer, plan: Plan, *, calibration=None, release_old: bool = False) -> PruneResult:
+def prune(model: nn.Module, tokenizer, plan: Plan, *, calibration=None, release_old: bool = False,
+          rankings: Rankings | None = None) -> PruneResult:
     """Prune `model` in place according to `plan`. `calibration`: LongTensor [n, seq] (else bundled C4).
 
+    rankings: unit scores computed once from this model's dense weights (`compute_rankings`); without
+    them the plan's own criterion is ranked here first, by the same code.
     release_old: return each cut weight's pages to the OS at once (only when nothing else shares the
     model's tensors, e.g. the prune command that just loaded it).
     """
@@ -61,19 +61,16 @@ def prune(model: nn.Module, tokenizer, plan: Plan, *, calibration=None, release_
     adapter = family_of(model.config)
     base = shapes_from_config(model.config)
     targets = plan.realise(base)
-    criterion = get_criterion(plan.importance)
-    if criterion.requires:
-        if calibration is None:
-            calibration = calibration_tokens(tokenizer, plan.calibration)
-        stats = collect_statistics(model, adapter, calibration, criterion.requires)
-    else:
-        stats = {}
+    if rankings is None:
+        rankings = compute_rankings(model, tokenizer, criteria=[plan.importance], attn_units=[plan.attn_unit],
+                                    calibration=plan.calibration, tokens=calibration)
+    rankings.check(plan, base)
     kept = []
     for idx, (layer, shape, target) in enumerate(zip(adapter.layers(model), base.layers, targets)):
-        before = _linear_weights(layer) if release_old else []
-        kept.append({"q_heads": _prune_attention(adapter, layer, idx, base, shape, target, plan, criterion, stats),
-                     "mlp_channels": _prune_mlp(adapter, layer, shape, target, criterion, stats)})
-        still_used = {id(t) for t in _linear_weights(layer)}
+        before = linear_weights(layer) if release_old else []
+        kept.append({"q_heads": _prune_attention(adapter, layer, idx, base, shape, target, plan, rankings),
+                     "mlp_channels": _prune_mlp(adapter, layer, idx, shape, target, plan, rankings)})
+        still_used = {id(t) for t in linear_weights(layer)}
         for tensor in before:
             if id(tensor) not in still_used:
                 release(tensor)
@@ -85,102 +82,13 @@ def prune(model: nn.Module, tokenizer, plan: Plan, *, calibration=None, release_
                        base_shapes=base, seconds=time.perf_counter() - start, kept=kept)
 
 
-def _linear_weights(layer) -> list[torch.Tensor]:
-    return [p for m in layer.modules() if isinstance(m, nn.Linear) for p in m.parameters(recurse=False)]
-
-
-def calibration_tokens(tokenizer, calibration: dict | None = None) -> torch.Tensor:
-    """Calibration blocks from bundled C4 (or the hub): a plan's "calibration" settings over the defaults."""
-    cfg = {**CALIBRATION_DEFAULTS, **(calibration or {})}
-    docs = texts("c4", split="train", hub=bool(cfg.get("hub", False)))
-    rng = torch.Generator(device="cpu").manual_seed(int(cfg["seed"]))
-    order = torch.randperm(len(docs), generator=rng, device="cpu").tolist()
-    return token_blocks(tokenizer, [docs[i] for i in order], seq_len=int(cfg["seq_len"]), count=int(cfg["samples"]))
-
-
-# ---- score: calibration statistics ------------------------------------------------------------
-def collect_statistics(model, adapter: FamilyAdapter, tokens: torch.Tensor, requires: frozenset) -> dict:
-    """{"act_sq": {module: FP32 sum of x^2 per input feature}} and/or {"grads": {param: FP32 grad sum}}.
-
-    Gradients (taylor) are taken batch by batch and summed in FP32 outside autograd: a 16-bit model's own
-    .grad would accumulate in FP16 and under/overflow. Each batch's loss is scaled (dynamic loss scaling,
-    as mixed-precision training does) so small FP16 gradients survive, and unscaled when summed."""
-    unknown = set(requires) - {"activations", "gradients"}
-    if unknown:
-        raise ValueError(f"criterion requires unknown statistics {sorted(unknown)}")
-    stats: dict = {}
-    hooks = []
-    if "activations" in requires:
-        act_sq: dict = {}
-        stats["act_sq"] = act_sq
-        for layer in adapter.layers(model):
-            consumers = [adapter.attention(layer)["o"], adapter.mlp(layer)["out"]]
-            for module in consumers:
-                hooks.append(module.register_forward_pre_hook(accumulate_input_square(act_sq, module)))
-    grad_on = "gradients" in requires
-    # only the projections a criterion scores need gradients (not embeddings, norms or the LM head)
-    params = [p for layer in adapter.layers(model) for p in _linear_weights(layer)]
-    try:
-        for p in model.parameters():
-            p.requires_grad_(False)
-        for p in params:
-            p.requires_grad_(grad_on)
-        device = params[0].device
-        if grad_on:
-            stats["grads"] = _gradient_sums(model, params, tokens, device)
-        else:
-            with torch.no_grad():
-                for batch in tokens.split(CALIBRATION_BATCH):
-                    model(input_ids=batch.to(device), use_cache=False)
-    finally:
-        for h in hooks:
-            h.remove()
-        for p in params:
-            p.requires_grad_(False)
-            p.grad = None
-    return stats
-
-
-def _gradient_sums(model, params, tokens: torch.Tensor, device) -> dict:
-    half = params[0].dtype in (torch.float16, torch.bfloat16)
-    scale = INITIAL_LOSS_SCALE if half else 1.0
-    sums = {p: torch.zeros_like(p, dtype=torch.float32) for p in params}
-    for batch in tokens.split(CALIBRATION_BATCH):
-        batch = batch.to(device)
-        while True:
-            for p in params:
-                p.grad = None
-            logits = model(input_ids=batch, use_cache=False).logits.float()   # the loss itself in FP32
-            loss = torch.nn.functional.cross_entropy(logits[:, :-1].flatten(0, 1), batch[:, 1:].flatten())
-            (loss * scale).backward()
-            finite = all(p.grad is None or torch.isfinite(p.grad).all() for p in params)
-            if finite or scale <= 1.0:
-                break
-            scale /= 2                                                        # overflow: retry this batch
-        for p in params:
-            if p.grad is not None:
-                sums[p] += p.grad.float() / scale
-    return sums
-
-
-def accumulate_input_square(store: dict, module):
-    def hook(_module, args):
-        x = args[0].detach().float()
-        total = x.pow(2).reshape(-1, x.shape[-1]).sum(0)
-        store[module] = store.get(module, 0) + total
-    return hook
-
-
-def _scores(criterion, group: UnitGroup, stats: dict) -> torch.Tensor:
-    for c in group.couplings:
-        if c.consumer:
-            c.act_sq = stats.get("act_sq", {}).get(c.module)
-        c.grads = stats.get("grads")
-    return criterion.score(group)
-
-
 # ---- cut ---------------------------------------------------------------------------------------
-def _prune_attention(adapter, layer, idx, base, shape, target, plan, criterion, stats) -> list[int] | None:
+def _ranked(group: UnitGroup, scores, keep: int):
+    """The kept units of `group`, selected on the device of its weights (where ties break as they always did)."""
+    return select_units(group, scores.to(group.couplings[0].module.weight.device), keep)
+
+
+def _prune_attention(adapter, layer, idx, base, shape, target, plan, rankings) -> list[int] | None:
     """Cut one layer's attention; return the kept query-head indices (None when untouched)."""
     if target.num_attention_heads == shape.num_attention_heads:
         return None
@@ -195,7 +103,7 @@ def _prune_attention(adapter, layer, idx, base, shape, target, plan, criterion, 
                             head_dim=base.head_dim, unit=unit)
     keep = target.num_key_value_heads if unit == "kv_group" else \
         target.num_attention_heads // target.num_key_value_heads
-    units = select_units(group, _scores(criterion, group, stats), keep)
+    units = _ranked(group, rankings.layer_scores(plan.importance, "attn", idx, plan.attn_unit), keep)
     attn = layer.self_attn
     _cut(attn, group, _attn_names(adapter, unit), units)
     attn.num_key_value_groups = target.num_attention_heads // target.num_key_value_heads
@@ -209,7 +117,7 @@ def _attn_names(adapter, unit):
     return ["q_proj", "k_proj", "v_proj", adapter.o_proj] if unit == "kv_group" else ["q_proj", adapter.o_proj]
 
 
-def _prune_mlp(adapter, layer, shape, target, criterion, stats) -> list[int] | None:
+def _prune_mlp(adapter, layer, idx, shape, target, plan, rankings) -> list[int] | None:
     """Cut one layer's MLP; return the kept channel indices (None when untouched)."""
     if target.intermediate_size == shape.intermediate_size:
         return None
@@ -220,7 +128,7 @@ def _prune_mlp(adapter, layer, shape, target, criterion, stats) -> list[int] | N
             layer.post_attention_layernorm = nn.Identity()
         return []
     group = mlp_group(mods, ffn=shape.intermediate_size)
-    units = select_units(group, _scores(criterion, group, stats), target.intermediate_size)
+    units = _ranked(group, rankings.layer_scores(plan.importance, "mlp", idx), target.intermediate_size)
     _cut(layer.mlp, group, list(adapter.mlp_in) + [adapter.mlp_out], units)
     return units.tolist()
 

@@ -14,7 +14,12 @@ from pathlib import Path
 import yaml
 
 HERE = Path(__file__).parent
-SAMPLERS = ("tpe", "nsga2", "gp", "random")
+SAMPLERS = ("tpe", "evolution", "cmaes", "nsga2", "gp", "random")
+SINGLE_OBJECTIVE_SAMPLERS = ("evolution", "cmaes")
+# The fidelity ladder (objectives/_ladder.py), one mapping per ASHA rung, cheapest first: KL on 8 held-out
+# blocks of 256 tokens, then KL on 32 plus the task proxy's level-0 items (the tasks the dense model beats
+# chance on). bench/search_quality.py measured the choice (README "The search").
+DEFAULT_LADDER = ({"kl_blocks": 8}, {"kl_blocks": 32, "proxy": "loglik", "proxy_level": 0})
 MODES = ("single", "multi")
 RUNTIMES = ("llama.cpp", "mlc")
 MULTI_SECOND = ("memory", "tokens_per_s")
@@ -37,6 +42,7 @@ class SearchSettings:
     seed: int = 0
     top_k: int = 3
     max_failures: int = 3              # retries of a trial whose worker or node died (Tune FailureConfig)
+    min_tokens_per_s: float | None = None   # decode throughput floor (the device profile's tok/s): a constraint
 
 
 @dataclass(kw_only=True)
@@ -66,7 +72,8 @@ class DistillSettings:
 
 @dataclass(kw_only=True)
 class ProxySettings:
-    rungs: int = 2
+    ladder: list = field(default_factory=lambda: [dict(r) for r in DEFAULT_LADDER])
+    rungs: int | None = None           # use the ladder's last N rungs (None: all of them)
     tasks: list = field(default_factory=lambda: ["csqa", "bbh", "gsm8k", "humaneval", "truthfulqa", "chid"])
     weights: dict = field(default_factory=dict)
     unsafe_exec: bool = False          # run HumanEval programs unisolated where no sandbox exists (--unsafe-exec)
@@ -130,8 +137,14 @@ def validate_common(exp) -> None:
             raise ValueError(f"search.{key} (--{key.replace('_', '-')}) must be an integer >= {least}, got {value!r}")
     if exp.budget_gb is not None and exp.budget_gb <= 0:
         raise ValueError(f"budget_gb must be positive, got {exp.budget_gb}")
-    if exp.proxy.rungs < 1:
-        raise ValueError("proxy.rungs must be >= 1")
+    if exp.search.mode == "multi" and exp.search.sampler in SINGLE_OBJECTIVE_SAMPLERS:
+        raise ValueError(f"sampler {exp.search.sampler} is single-objective; multi mode needs one of "
+                         f"{', '.join(s for s in SAMPLERS if s not in SINGLE_OBJECTIVE_SAMPLERS)}")
+    floor = exp.search.min_tokens_per_s
+    if floor is not None and (not isinstance(floor, (int, float)) or floor <= 0):
+        raise ValueError(f"search.min_tokens_per_s must be a positive number, got {floor!r}")
+    if exp.proxy.rungs is not None and (not isinstance(exp.proxy.rungs, int) or exp.proxy.rungs < 1):
+        raise ValueError(f"proxy.rungs (--rungs) must be an integer >= 1, got {exp.proxy.rungs!r}")
 
 
 def _choice(name, value, allowed):

@@ -18,11 +18,12 @@ __all__ = ["OBJECTIVES", "Candidate", "EvalContext", "Metric", "Objective",
 # benchmark proxy, teacher fidelity, composite score and evaluate_all
 from ._tasks import TASKS, Task, get_task
 from ._proxy import ProxyAccuracyObjective
-from ._fidelity import FidelityObjective, TeacherCache
+from ._fidelity import LEVEL_BLOCKS, FidelityObjective, TeacherCache
 from ._composite import COMPOSITE, ProxyWeights, composite_score
 from ._evaluate import describe, evaluate_all
+from ._ladder import Ladder, Rung, accuracy_change, parse_ladder, proxy_modes, rank_agreement
 from ._heldout import HeldoutObjective
 
 __all__ = [*globals().get("__all__", []), "TASKS", "Task", "get_task", "ProxyAccuracyObjective", "FidelityObjective",
-           "TeacherCache", "COMPOSITE", "ProxyWeights", "composite_score", "describe", "evaluate_all",
-           "HeldoutObjective"]
+           "TeacherCache", "LEVEL_BLOCKS", "COMPOSITE", "ProxyWeights", "composite_score", "describe", "evaluate_all",
+           "Ladder", "Rung", "accuracy_change", "parse_ladder", "proxy_modes", "rank_agreement", "HeldoutObjective"]

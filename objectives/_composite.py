@@ -16,6 +16,20 @@ model, or any heavily pruned one): on a level-0 proxy each task has 8-27 items, 
 steps of 0.02-0.05 of the aggregate and differences under ~0.05 are noise, whereas KL and the
 perplexity ratio change smoothly with every unit pruned. A term whose weight is 0 may be absent from
 `metrics`; a term with a non-zero weight must be present.
+
+Noise weighting. Each term is a difference from the dense teacher measured on a sample (tokens, items),
+and where its standard error was measured (`<metric>_se`) it enters the score shrunk toward "no change" by
+that noise, positive-part James-Stein style:
+
+    reliable(x, se) = x * max(0, 1 - se^2 / x^2)
+
+so a term's effective weight is its nominal weight times max(0, 1 - (se/x)^2): a change within one standard
+error of zero counts for nothing, one of k standard errors for (1 - 1/k^2) of its value. In a search the
+accuracy term is the paired change against the teacher's own answers to the same items
+(`proxy_accuracy_delta`, its se from the per-item credit differences: objectives/_ladder.py), so on a model
+whose accuracies sit at chance (the bundled one) it is mostly noise and weighs ~0, while KL, whose se over
+hundreds of tokens is a few % of its value, keeps its full weight. Without teacher answers (`evaluate`) the
+accuracy term is the plain proxy_accuracy.
 """
 from __future__ import annotations
 
@@ -53,6 +67,13 @@ class ProxyWeights:
         return [m for term, metrics in TERMS.items() if getattr(self, term) for m in metrics]
 
 
+def reliable(value: float, se: float | None) -> float:
+    """`value` shrunk toward 0 by its standard error (positive-part James-Stein); unchanged without an se."""
+    if se is None or not value:
+        return value
+    return value * max(0.0, 1.0 - (se / value) ** 2)
+
+
 def composite_score(metrics: dict, weights: ProxyWeights | None = None) -> float:
     weights = weights or ProxyWeights()
     missing = [m for m in weights.needs() if m not in metrics]
@@ -60,15 +81,18 @@ def composite_score(metrics: dict, weights: ProxyWeights | None = None) -> float
         raise ValueError(f"composite score needs {', '.join(missing)} (run the objectives that produce them, "
                          "or set their weight to 0)")
     score = 0.0
+    se = lambda name: float(metrics[name]) if name in metrics else None  # noqa: E731
     if weights.accuracy:
-        score += weights.accuracy * float(metrics["proxy_accuracy"])
+        accuracy = reliable(float(metrics["proxy_accuracy_delta"]), se("proxy_accuracy_delta_se")) \
+            if "proxy_accuracy_delta" in metrics else float(metrics["proxy_accuracy"])
+        score += weights.accuracy * accuracy
     if weights.kl:
-        score -= weights.kl * float(metrics["kl_to_teacher"])
+        score -= weights.kl * reliable(float(metrics["kl_to_teacher"]), se("kl_to_teacher_se"))
     if weights.log_ppl_ratio:
         ppl, ref = float(metrics["perplexity"]), float(metrics["teacher_perplexity"])
         if ppl <= 0 or ref <= 0:
             raise ValueError(f"perplexities must be positive, got {ppl} and {ref}")
-        score -= weights.log_ppl_ratio * math.log(ppl / ref)
+        score -= weights.log_ppl_ratio * reliable(math.log(ppl / ref), se("log_ppl_ratio_se"))
     if weights.nats_per_byte:
         score -= weights.nats_per_byte * float(metrics["heldout_nats_per_byte"])
     return score

@@ -14,7 +14,13 @@ Merging outcomes can only lose information, so this is a lower bound on the full
 the candidate's tail is a scaled copy of the teacher's, and the gap is small once the teacher's top-k
 holds nearly all its mass (k = 64 typically leaves well under 1 % in the tail for 8B-scale models).
 
-Fidelity level k uses the first `level_blocks[k]` blocks of `seq_len` tokens (nested, like the proxy).
+Fidelity level k uses the first `level_blocks[k]` blocks of `seq_len` tokens (nested, like the proxy); a
+fidelity ladder rung may ask for any number of blocks instead (`blocks=`).
+
+Noise: next to each mean, its standard error by batch means (per-token values are autocorrelated within a
+document, so the positions are cut into windows of `SE_WINDOW` tokens and the SE is that of the window
+means): `kl_to_teacher_se`, and `log_ppl_ratio_se` for log(perplexity / teacher perplexity), the mean of
+the per-token NLL differences. The composite score weights each term by its reliability (_composite.py).
 """
 from __future__ import annotations
 
@@ -34,6 +40,7 @@ EXACT_VOCAB = 4096                 # store the full distribution up to this voca
 SEQ_LEN = 256
 LEVEL_BLOCKS = (2, 4, 8)           # blocks of SEQ_LEN held-out tokens per fidelity level
 LOGITS_PER_FORWARD = 1 << 25       # floats of logits materialised at once (chunking for big vocabularies)
+SE_WINDOW = 32                     # tokens per batch mean for standard errors
 
 
 def vocab_fingerprint(tokenizer) -> str | None:
@@ -70,18 +77,25 @@ class TeacherCache:
     vocab_hash: str | None = None
     level_blocks: tuple[int, ...] = LEVEL_BLOCKS
     meta: dict = field(default_factory=dict)
+    # the teacher's own proxy credits per item, "mode/level" -> {task: [credit, ...]} (filled by the search
+    # driver for the ladder's proxy rungs): a trial's accuracy change is measured against them, item by item
+    proxy: dict = field(default_factory=dict)
 
     @property
     def exact(self) -> bool:
         return self.indices is None
 
-    def blocks(self, level: int) -> int:
+    def blocks(self, level: int, blocks: int | None = None) -> int:
+        if blocks is not None:
+            if not isinstance(blocks, int) or blocks < 1:
+                raise ValueError(f"blocks must be a positive integer, got {blocks!r}")
+            return min(blocks, self.tokens.shape[0])
         if not 0 <= level < len(self.level_blocks):
             raise ValueError(f"fidelity must be 0..{len(self.level_blocks) - 1}, got {level}")
         return min(self.level_blocks[level], self.tokens.shape[0])
 
-    def teacher_perplexity(self, level: int) -> float:
-        return math.exp(float(self.nll[:self.blocks(level)].mean()))
+    def teacher_perplexity(self, level: int, blocks: int | None = None) -> float:
+        return math.exp(float(self.nll[:self.blocks(level, blocks)].mean()))
 
     # ---- building ------------------------------------------------------------------------------
     @classmethod
@@ -126,7 +140,8 @@ class TeacherCache:
         path.parent.mkdir(parents=True, exist_ok=True)
         payload = {"tokens": self.tokens, "values": self.values, "lse": self.lse, "nll": self.nll,
                    "indices": self.indices, "vocab_size": self.vocab_size, "vocab_hash": self.vocab_hash,
-                   "level_blocks": list(self.level_blocks), "meta": dict(self.meta), "format": 1}
+                   "level_blocks": list(self.level_blocks), "meta": dict(self.meta), "proxy": dict(self.proxy),
+                   "format": 1}
         from compress._atomic import atomic_file
         with atomic_file(path) as tmp:
             torch.save(payload, tmp)
@@ -146,7 +161,7 @@ class TeacherCache:
             raise ValueError(f"{path} is not a teacher cache written by this version")
         return cls(tokens=data["tokens"], values=data["values"], indices=data["indices"], lse=data["lse"],
                    nll=data["nll"], vocab_size=int(data["vocab_size"]), vocab_hash=data["vocab_hash"],
-                   level_blocks=tuple(data["level_blocks"]), meta=data["meta"])
+                   level_blocks=tuple(data["level_blocks"]), meta=data["meta"], proxy=data.get("proxy") or {})
 
     @classmethod
     def load_or_build(cls, path, model, tokenizer, **kwargs) -> "TeacherCache":
@@ -168,12 +183,13 @@ class TeacherCache:
             raise ValueError("the candidate's tokenizer vocabulary differs from the teacher's: KL to the teacher "
                              "needs the same tokenizer (build the cache from this model's teacher)")
 
-    def score(self, model, tokenizer=None, *, level: int = 0) -> dict[str, float]:
-        """Mean KL(teacher || model) per token in nats, and the model's perplexity, on level's blocks."""
+    def score(self, model, tokenizer=None, *, level: int = 0, blocks: int | None = None) -> dict[str, float]:
+        """Mean KL(teacher || model) per token in nats, and the model's perplexity, on level's blocks (or the
+        first `blocks`), with their standard errors."""
         self.check_student(model, tokenizer)
-        tokens = self.tokens[:self.blocks(level)]
-        kl_sum = nll_sum = 0.0
-        count = 0
+        n_blocks = self.blocks(level, blocks)
+        tokens = self.tokens[:n_blocks]
+        kls, nlls = [], []
         for start, logits in _chunks(model, tokens):
             end = start + logits.shape[0]
             log_q = logits.log_softmax(-1)
@@ -187,11 +203,20 @@ class TeacherCache:
                 p_tail = (1 - p.sum(-1)).clamp(min=0)
                 log_q_tail = log_q.scatter(-1, idx, float("-inf")).logsumexp(-1)
                 kl = head + torch.xlogy(p_tail, p_tail) - p_tail * log_q_tail
-            kl_sum += float(kl.clamp(min=0).sum())
-            nll_sum += float(-log_q.gather(-1, tokens[start:end, 1:, None])[..., 0].sum())
-            count += kl.numel()
-        return {"kl_to_teacher": kl_sum / count, "perplexity": math.exp(nll_sum / count),
-                "teacher_perplexity": self.teacher_perplexity(level)}
+            kls.append(kl.clamp(min=0).double())
+            nlls.append(-log_q.gather(-1, tokens[start:end, 1:, None])[..., 0].double())
+        kl, nll = torch.cat(kls), torch.cat(nlls)
+        return {"kl_to_teacher": float(kl.mean()), "kl_to_teacher_se": batch_means_se(kl),
+                "perplexity": math.exp(float(nll.mean())), "teacher_perplexity": self.teacher_perplexity(level, n_blocks),
+                "log_ppl_ratio_se": batch_means_se(nll - self.nll[:n_blocks].double())}
+
+
+def batch_means_se(values: torch.Tensor, window: int = SE_WINDOW) -> float:
+    """Standard error of the mean of [blocks, positions] per-token values, by non-overlapping windows' means."""
+    means = torch.cat([chunk.mean(-1) for chunk in values.split(window, dim=-1)])
+    if means.numel() < 2:
+        return 0.0
+    return float(means.std() / math.sqrt(means.numel()))
 
 
 @OBJECTIVES.register("fidelity")
@@ -200,14 +225,17 @@ class FidelityObjective(Objective):
     name = "fidelity"
     max_fidelity = len(LEVEL_BLOCKS) - 1
 
-    def __init__(self, *, teacher_cache=None):
+    def __init__(self, *, teacher_cache=None, blocks: int | None = None):
         self.teacher_cache = teacher_cache
+        self.block_count = blocks            # None: the fidelity level's blocks
         self._loaded: dict[str, TeacherCache] = {}
 
     def metrics(self) -> list[Metric]:
         return [Metric(name="kl_to_teacher", unit="nats", higher_is_better=False),
+                Metric(name="kl_to_teacher_se", unit="nats", higher_is_better=False),
                 Metric(name="perplexity", unit="perplexity", higher_is_better=False),
-                Metric(name="teacher_perplexity", unit="perplexity", higher_is_better=False)]
+                Metric(name="teacher_perplexity", unit="perplexity", higher_is_better=False),
+                Metric(name="log_ppl_ratio_se", unit="nats", higher_is_better=False)]
 
     def cache_for(self, context: EvalContext) -> TeacherCache:
         cache = self.teacher_cache if self.teacher_cache is not None else getattr(context, "teacher_cache", None)
@@ -225,4 +253,5 @@ class FidelityObjective(Objective):
         if candidate.model is None:
             raise ValueError("the fidelity objective needs a loaded model on the candidate")
         candidate.model.eval()
-        return self.cache_for(context).score(candidate.model, candidate.tokenizer, level=fidelity)
+        return self.cache_for(context).score(candidate.model, candidate.tokenizer, level=fidelity,
+                                             blocks=self.block_count)

@@ -55,6 +55,7 @@ class ProxyAccuracyObjective(Objective):
         if "humaneval" in tasks:
             require_isolation(unsafe_exec)   # refuse before any model work, in one line
         self.last_seconds: dict[str, float] = {}   # per task, from the latest evaluate (for reports)
+        self.last_credits: dict[str, list[float]] = {}   # per task, each item's credit in item order
 
     def metrics(self) -> list[Metric]:
         out = []
@@ -77,6 +78,7 @@ class ProxyAccuracyObjective(Objective):
             task = get_task(name)
             items = task.items(data_dir, level=fidelity)
             credits = self.score_items(candidate.model, candidate.tokenizer, task, items, fidelity)
+            self.last_credits[name] = credits
             accuracy = sum(credits) / len(credits) if credits else 0.0
             result[f"{name}_accuracy"] = accuracy
             result[f"{name}_items"] = float(len(credits))

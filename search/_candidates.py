@@ -125,12 +125,11 @@ def materialise_missing(rows: list[dict], setup, exp) -> None:
 
 def _rebuild(row: dict, setup) -> None:
     import compress
-    from search._trial import load_on_device, plan_for, recover, schedule_for
+    from search._trial import build_candidate, plan_for, recover, schedule_for
     params = json.loads(row["params_json"])
     plan = plan_for(params, setup)
     schedule = schedule_for(params, setup)
-    model, tokenizer = load_on_device(setup.model_source)
-    result = compress.prune(model, tokenizer, plan)
+    plan, result, model, tokenizer = build_candidate(params, setup, plan)    # with the rankings the trial used
     if schedule is not None:          # what the trial scored was the recovered student: save that
         model = recover(model, tokenizer, result, schedule, setup)
     row = {k: v for k, v in row.items() if k != "params_json"}

@@ -48,9 +48,12 @@ def build_setup(exp: experiments.Experiment, record: ExperimentRecord, *, teache
                             min_budget_use=exp.space.min_budget_use,
                             distill_steps=tuple(exp.distill.steps) if exp.distill.enabled else (),
                             distill_lr=tuple(exp.distill.lr))
+    ladder = objectives.parse_ladder(exp.proxy.ladder, use=exp.proxy.rungs)
     return TrialSetup(model_source=source, base_shapes=base, spec=spec,
                       profile_name=objectives.shippable_profile(exp.device), budget_bytes=float(budget),
-                      rungs=exp.proxy.rungs, tasks=list(exp.proxy.tasks), weights=dict(exp.proxy.weights),
+                      rungs=len(ladder), ladder=[dataclasses.asdict(r) for r in ladder],
+                      min_tokens_per_s=exp.search.min_tokens_per_s,
+                      tasks=list(exp.proxy.tasks), weights=dict(exp.proxy.weights),
                       teacher_cache=teacher_cache, multi=exp.search.multi_objective if exp.search.mode == "multi"
                       else None, distill=exp.to_dict()["distill"], seed=exp.search.seed,
                       unsafe_exec=exp.proxy.unsafe_exec, top_uri=record.top.uri, top_k=exp.search.top_k,
@@ -69,19 +72,43 @@ def _parallel_settings(exp: experiments.Experiment, record: ExperimentRecord) ->
 
 
 def prepare_teacher(setup: TrialSetup, record: ExperimentRecord, *, baselines: bool = True) -> dict | None:
-    """Once per experiment: the teacher's outputs on held-out C4 (kept in the run directory for `resume`,
-    shipped to trials through the object store) and the OWL baseline's layer scores."""
+    """Once per experiment, from the dense model: the teacher's outputs (held-out C4, and its own answers to
+    the ladder's proxy items), every criterion's unit rankings (trials only slice), the OWL layer scores.
+    The first two are kept in the run directory (for `resume`) and reach trials through the object store."""
     model, tokenizer = load_on_device(setup.model_source)
+    ladder = objectives.Ladder(setup.ladder, tasks=setup.tasks, unsafe_exec=setup.unsafe_exec)
     if record.teacher_cache.exists():
         cache = objectives.TeacherCache.load(record.teacher_cache)
     else:
-        cache = objectives.TeacherCache.build(model, tokenizer)
+        blocks = max(r.kl_blocks for r in ladder.rungs)
+        cache = objectives.TeacherCache.build(model, tokenizer, level_blocks=sorted({*objectives.LEVEL_BLOCKS, blocks}))
+        cache.proxy = ladder.teacher_credits(model, tokenizer, objectives.EvalContext(seed=setup.seed))
         cache.save(record.teacher_cache)
+    if baselines:     # said once, at launch
+        for rung, tasks in ladder.at_chance(cache).items():
+            if tasks:
+                print(f"fidelity ladder rung {rung}: the dense model is at chance on {', '.join(tasks)}: weight 0, "
+                      "not scored", flush=True)
     setup.teacher_cache = Shipped.put(cache)
+    attach_rankings(setup, record, model, tokenizer)
     if not baselines:
         return None
     ratios = compress.layer_outlier_ratios(model, compress.calibration_tokens(tokenizer))
     return {"uniform-l1": spaces.uniform_l1(setup.spec), "owl": spaces.owl(setup.spec, ratios)}
+
+
+def attach_rankings(setup: TrialSetup, record: ExperimentRecord, model=None, tokenizer=None) -> None:
+    """The dense model's unit rankings for every criterion of the space, computed once and cached next to
+    the teacher cache (`rankings.pt`); shipped to trials through the object store."""
+    if record.rankings.exists():
+        rankings = compress.Rankings.load(record.rankings)
+    else:
+        if model is None:
+            model, tokenizer = load_on_device(setup.model_source)
+        rankings = compress.compute_rankings(model, tokenizer, criteria=setup.spec.criteria,
+                                             attn_units=[setup.spec.attn_unit])
+        rankings.save(record.rankings)
+    setup.rankings = Shipped.put(rankings)
 
 
 # Ray Train (data-parallel distillation inside a trial): a trial's worker group may have to wait for
@@ -136,7 +163,7 @@ def make_tuner(exp: experiments.Experiment, setup, record: ExperimentRecord, bas
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
     from search._progress import ProgressPrinter
-    from search._searcher import ConstrainedOptunaSearch, make_sampler
+    from search._searcher import ConstrainedOptunaSearch, PlanKey, make_sampler
     from search._tune_state import StateSnapshot, repair
 
     # a trial that distils on Ray Train workers only waits for them: they hold the CPUs and GPUs
@@ -166,7 +193,8 @@ def make_tuner(exp: experiments.Experiment, setup, record: ExperimentRecord, bas
         metric, mode = [metric, second[0]], [mode, second[1]]
     searcher = ConstrainedOptunaSearch(
         space=kind.space(setup), metric=metric, mode=mode, baselines=baselines, max_t=setup.rungs,
-        sampler=make_sampler(exp.search.sampler, seed=exp.search.seed),
+        sampler=make_sampler(exp.search.sampler, seed=exp.search.seed, key=PlanKey(setup) if kind is PRUNE else None,
+                             warm_start=(baselines or {}).get("owl")),
         storage=RDBStorage(record.optuna_url), study_name=record.name)
     scheduler = ASHAScheduler(time_attr="training_iteration", metric="score", mode="max", max_t=setup.rungs,
                               grace_period=1, reduction_factor=2) if setup.rungs > 1 else None

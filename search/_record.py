@@ -2,7 +2,7 @@
 
     runs/NAME/                   the run directory, on the driver's machine
       config.yaml  state.json    the resolved experiment; status, storage, MLflow run ids
-      optuna.db  teacher_cache.pt  results.json  trials.csv  validation-<device>.json  opencompass.*  exports/
+      optuna.db  teacher_cache.pt  rankings.pt  results.json  trials.csv  validation-<device>.json  opencompass.*  exports/
       mlflow.db  mlartifacts/    the MLflow store a managed tracking server serves (search/_mlflow_server.py)
     STORAGE/NAME/                the experiment's storage (--storage; default: the run directory itself)
       tune/                      Tune's experiment state and trial checkpoints
@@ -42,6 +42,7 @@ class ExperimentRecord:
     results = property(lambda self: self.path / "results.json")
     trials_csv = property(lambda self: self.path / "trials.csv")
     teacher_cache = property(lambda self: self.path / "teacher_cache.pt")
+    rankings = property(lambda self: self.path / "rankings.pt")          # the dense model's unit rankings
     exports = property(lambda self: self.path / "exports")
     opencompass_json = property(lambda self: self.path / "opencompass.json")
     opencompass_csv = property(lambda self: self.path / "opencompass.csv")

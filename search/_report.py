@@ -6,6 +6,7 @@ import csv
 import json
 import sys
 
+import objectives
 from compress._atomic import atomic_file
 from search import _candidates, _tracking
 from search._candidates import SECOND_OBJECTIVE
@@ -34,7 +35,8 @@ def collect(grid, setup, *, columns: tuple = ()) -> list[dict]:
         row = {k: metrics.get(k) for k in COLUMNS + tuple(columns) if k in metrics}
         row.update({k: v for k, v in metrics.items() if k.endswith(TASK_SUFFIXES) and k not in row})
         row.update(trial_id=trial_id, name=config.get("baseline") or trial_id,
-                   params_json=json.dumps({k: v for k, v in config.items() if k != "baseline"}))
+                   params_json=json.dumps({k: v for k, v in config.items() if k != "baseline"}),
+                   **{k: v for k, v in metrics.items() if k.startswith("score_rung")})
         if result.error is not None:
             row.update(status="failed", reason=str(result.error).strip().splitlines()[-1][:300])
         elif metrics.get("training_iteration", 0) < setup.rungs:
@@ -88,6 +90,7 @@ def finish(rows: list[dict], exp, setup, record, *, kind) -> dict:
     if second:
         summary["pareto_front"] = [{k: v for k, v in r.items() if not k.startswith("_")}
                                    for r in _candidates.pareto_front(ranked, *second)]
+    summary["rung_agreement"] = rung_agreement(rows, setup.rungs)
     top_rows = _candidates.selection(rows, k=exp.search.top_k, second=second)
     if kind.keep_top is not None:
         summary["top"] = kind.keep_top(top_rows, setup, exp, record)
@@ -138,6 +141,17 @@ def _gains(summary: dict) -> list[tuple[str, float]]:
     return [(k, v) for k, v in summary.items() if k.startswith("gain_over_") and v is not None]
 
 
+def rung_agreement(rows: list[dict], rungs: int) -> dict | None:
+    """How well each cheap rung ranked the trials the way the final rung does: Spearman over the trials
+    that completed every rung (ASHA promoted them, so this is the agreement among the better trials)."""
+    if rungs < 2:
+        return None
+    keys = [f"score_rung{k}" for k in range(rungs)]
+    histories = [[r[k] for k in keys] for r in rows if r["status"] == "complete" and all(k in r for k in keys)]
+    rhos = objectives.rank_agreement(histories)
+    return {"trials": len(histories), "spearman": {f"rung{k}": rho for k, rho in enumerate(rhos)}}
+
+
 def _write_csv(rows, path) -> None:
     extra = dict.fromkeys(k for r in rows for k in r if k not in COLUMNS and k != "params_json")
     with atomic_file(path) as tmp, open(tmp, "w", newline="") as f:
@@ -163,6 +177,11 @@ def _log_parent(summary, rows, setup, record) -> None:
     metrics = {"best_score": summary["best"]["score"] if summary["best"] else None, **dict(_gains(summary)),
                "trials_complete": summary["complete"], "trials_stopped_early": summary["stopped_early"],
                "trials_failed": len(summary["failed"])}
+    agreement = summary.get("rung_agreement") or {}
+    for rung, rho in (agreement.get("spearman") or {}).items():
+        metrics[f"{rung}_spearman_vs_final"] = rho
+    if agreement:
+        metrics["rung_agreement_trials"] = agreement["trials"]
     ranked = sorted(feasible_complete(rows), key=lambda r: -r["score"])
     figure = score_vs_memory_figure(rows, top=summary["top"], budget_bytes=setup.budget_bytes,
                                     front=_candidates.pareto_front(ranked, "peak_memory_bytes", "min"),
@@ -224,6 +243,11 @@ def print_summary(summary, *, stream) -> None:
     for key, gain in _gains(summary):
         name = {"uniform_l1": "uniform-L1"}.get(key.removeprefix("gain_over_"), key.removeprefix("gain_over_"))
         print(f"gain over {name.replace('_', '-')} baseline at the same budget: {gain:+.4f}", file=stream)
+    agreement = summary.get("rung_agreement")
+    if agreement and any(rho is not None for rho in agreement["spearman"].values()):
+        rhos = ", ".join(f"{rung} {'-' if rho is None else f'{rho:+.2f}'}" for rung, rho in agreement["spearman"].items())
+        print(f"fidelity ladder, Spearman with the final rung over {agreement['trials']} trials that completed it: "
+              f"{rhos}", file=stream)
     if summary.get("pareto_front"):
         print(f"Pareto front: {len(summary['pareto_front'])} candidates", file=stream)
     print(top_table(summary), file=stream)

@@ -87,7 +87,8 @@ def build_setup(exp, paths, *, tracking_uri: str | None = None) -> ScratchSetup:
     root = Path(paths.path) if paths is not None else Path(".")
     setup = ScratchSetup(spec=spec, profile_name=objectives.shippable_profile(exp.device), budget_bytes=float(budget),
                          dtype=exp.dtype,
-                         rungs=exp.proxy.rungs, tasks=list(exp.proxy.tasks), weights=weights,
+                         rungs=exp.proxy.rungs or 2,   # unset: 2 (pruning searches take theirs from the ladder)
+                         tasks=list(exp.proxy.tasks), weights=weights,
                          tokenizers={v: str(root / TOKENIZERS / f"bpe-{v}") for v in spec.vocab},
                          train={k: getattr(train, k) for k in ("hub", "zero_stage", "precision",
                                                                "gradient_accumulation", "weight_decay")},

@@ -1,7 +1,9 @@
 """OptunaSearch with the fixes a real search needs (see shared notes on Ray Tune + Optuna):
 
-- the memory budget reaches Optuna as a real constraint (Trial.set_constraint before tell; the stock
-  searcher never sets user attrs, so a constraints_func would be silently ignored);
+- a constraint reaches Optuna for real (Trial.set_constraint before tell; the stock searcher never sets user
+  attrs, so a constraints_func would be silently ignored). Only what the space's repair cannot guarantee is
+  a constraint: the memory budget always holds (every plan is repaired onto it), a throughput floor
+  (search.min_tokens_per_s) may not, so trials report `constraint` only when one is set;
 - ASHA-stopped trials are told PRUNED at their last rung instead of COMPLETE;
 - baselines are enqueued once as named trials (user attr "baseline"), and their name reaches the config;
 - resume: results for trials the DB already finished are ignored, the sampler RNG is reseeded (so it does
@@ -17,22 +19,61 @@ from optuna.trial import TrialState
 from ray.tune.search.optuna import OptunaSearch
 
 log = logging.getLogger(__name__)
-CONSTRAINT_KEY = "constraint"   # reported by trials: peak memory - budget, in GB (> 0 = infeasible)
+CONSTRAINT_KEY = "constraint"   # reported by trials with a throughput floor: relative shortfall (> 0 = infeasible)
 
 
 NSGA2_POPULATION = 8   # small generations: a search here runs tens of trials, not thousands
+CMA_SIGMA0 = 0.15      # initial step of CMA-ES in share units (shares of the warm start normalised to mean 0.5)
 
 
-def make_sampler(name: str, *, seed: int):
+def make_sampler(name: str, *, seed: int, key=None, warm_start: dict | None = None):
+    """key: params -> hashable, equal for trials that realise the same plan (the evolution never repeats one).
+    warm_start: the parameters CMA-ES starts from (the OWL baseline's shares; default: uniform)."""
     if name == "tpe":
         return optuna.samplers.TPESampler(seed=seed, multivariate=True, constant_liar=True, n_startup_trials=8)
+    if name == "evolution":
+        from search._evolution import EvolutionSampler
+        return EvolutionSampler(seed=seed, key=key)
+    if name == "cmaes":
+        return _cmaes(seed, warm_start)
     if name == "nsga2":
         return optuna.samplers.NSGAIISampler(seed=seed, population_size=NSGA2_POPULATION)
     if name == "gp":
         return optuna.samplers.GPSampler(seed=seed, n_startup_trials=8)
     if name == "random":
         return optuna.samplers.RandomSampler(seed=seed)
-    raise ValueError(f"unknown sampler {name!r}; known: tpe, nsga2, gp, random")
+    raise ValueError(f"unknown sampler {name!r}; known: tpe, evolution, cmaes, nsga2, gp, random")
+
+
+def _cmaes(seed: int, warm_start: dict | None):
+    """Optuna's CMA-ES over the continuous shares (the criterion and other categoricals by TPE), started from
+    the warm start's shares rescaled to mean 0.5, or from uniform shares (the middle of [0, 1])."""
+    import warnings
+    from search._evolution import SHARE, normalised
+    x0 = None
+    if warm_start:   # every continuous parameter needs a start; shares rescaled so CMA-ES can move them both ways
+        x0 = {k: v for k, v in warm_start.items() if isinstance(v, float)}
+        x0.update(normalised({k: v for k, v in x0.items() if SHARE.match(k)}))
+    with warnings.catch_warnings():   # x0 / sigma0 are deprecated in Optuna 5 (removal planned for 6; pinned 5.0)
+        warnings.simplefilter("ignore")
+        return optuna.samplers.CmaEsSampler(
+            x0=x0, sigma0=CMA_SIGMA0, seed=seed, n_startup_trials=0, consider_pruned_trials=True,
+            independent_sampler=optuna.samplers.TPESampler(seed=seed, n_startup_trials=8),
+            warn_independent_sampling=False)
+
+
+class PlanKey:
+    """params -> the realised plan (criterion and integer shapes): two trials with equal keys are one candidate.
+    Picklable and light (the searcher is pickled at every checkpoint): holds a setup without its rankings."""
+
+    def __init__(self, setup):
+        import dataclasses
+        self.setup = dataclasses.replace(setup, rankings=None)
+
+    def __call__(self, params: dict):
+        from search._trial import plan_for
+        plan = plan_for(params, self.setup)
+        return plan.importance, tuple(plan.realise(self.setup.base_shapes))
 
 
 REALISED_ATTRS = {"kept_attn_L": "realised_attn_keep", "kept_mlp_L": "realised_mlp_keep"}

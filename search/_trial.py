@@ -31,7 +31,7 @@ class TrialSetup:
     spec: spaces.SpaceSpec
     profile_name: Any                     # a registered profile's name, or the DeviceProfile of a profile file
     budget_bytes: float
-    rungs: int
+    rungs: int                            # = len(ladder): one report per rung
     tasks: list
     weights: dict
     teacher_cache: Any                    # a search._shipped.Shipped TeacherCache (or a TeacherCache / path)
@@ -42,6 +42,9 @@ class TrialSetup:
     distill: dict = field(default_factory=dict)
     seed: int = 0
     unsafe_exec: bool = False             # HumanEval without a sandbox (the user passed --unsafe-exec)
+    ladder: list = field(default_factory=list)   # the fidelity ladder's rungs (objectives.Rung mappings)
+    rankings: Any = None                  # the dense model's compress.Rankings (a Shipped reference), computed once
+    min_tokens_per_s: float | None = None # throughput floor: the constraint the sampler sees (repair cannot ensure it)
     # data-parallel distillation: >= 2 runs it on that many Ray Train workers (one GPU each when use_gpu)
     distill_workers: int = 0
     use_gpu: bool = False
@@ -72,8 +75,13 @@ def build_candidate(params: dict, setup: TrialSetup, plan: compress.Plan | None 
     """The pruned model for these parameters."""
     plan = plan or plan_for(params, setup)
     model, tokenizer = load_on_device(setup.model_source)
-    result = compress.prune(model, tokenizer, plan)
+    result = compress.prune(model, tokenizer, plan, rankings=_value(setup.rankings))
     return plan, result, model, tokenizer
+
+
+def _value(shipped):
+    """What the driver computed once: a Shipped object-store reference resolves here, a plain value passes."""
+    return shipped.get() if hasattr(shipped, "get") else shipped
 
 
 def schedule_for(params: dict, setup: TrialSetup) -> compress.DistillSchedule | None:
@@ -177,63 +185,80 @@ def ray_node_id() -> str:
     return ray.get_runtime_context().get_node_id() if ray.is_initialized() else ""
 
 
+class Evaluation:
+    """One trial's candidate and its fidelity ladder, without Ray: `report()` scores the next rung.
+    trial_body reports each to Tune; bench/search_quality.py drives the same object in-process."""
+
+    def __init__(self, params: dict, setup: TrialSetup, plan: compress.Plan | None = None):
+        self.start = time.perf_counter()
+        self.setup = setup
+        self.plan, self.result, self.model, self.tokenizer = build_candidate(params, setup, plan)
+        self.ladder = objectives.Ladder(setup.ladder, tasks=setup.tasks, unsafe_exec=setup.unsafe_exec,
+                                        weights=objectives.ProxyWeights.from_dict(setup.weights))
+        self.context = objectives.EvalContext(profile=setup.profile(), teacher_cache=_value(setup.teacher_cache),
+                                              seed=setup.seed, extra={"tasks": setup.tasks})
+        self.candidate = objectives.Candidate(shapes=self.result.shapes, model=self.model, tokenizer=self.tokenizer)
+        self.kept = kept_metrics(self.result)
+        self.scores: list = []           # score at each rung so far, None if skipped (rank agreement reads them)
+
+    def report(self, extra: dict | None = None) -> dict:
+        rung = len(self.scores)
+        was_training = self.model.training
+        self.model.eval()
+        metrics = self.ladder.evaluate(self.candidate, self.context, min(rung, len(self.ladder) - 1))
+        self.model.train(was_training)
+        report = score_report(metrics, self.setup, seconds=time.perf_counter() - self.start)
+        self.scores.append(report["score"])
+        report.update(rung=rung, rungs=self.setup.rungs, kept_fraction=self.result.params / self.result.base_params,
+                      **{f"score_rung{k}": v for k, v in enumerate(self.scores) if v is not None},
+                      **self.kept, **(extra or {}))
+        return report
+
+    def skip(self) -> None:
+        """Pass over the next rung without scoring it (reported before the trial was interrupted)."""
+        self.scores.append(None)
+
+
 def trial_body(params: dict, setup: TrialSetup, run, *, baseline: str, report, rank: int = 0, world: int = 1,
                skip: int = 0, trial_id: str = ""):
     """Prune (and distil) the candidate for `params`, scoring it once per fidelity rung; returns
     (plan, prune result, model). `report(metrics) -> stop?` gets rank 0's scores. In a data-parallel
     distillation every rank runs this; only rank 0 logs and reports (under ZeRO-3 every rank also runs
     the scoring forwards, which are collectives there). `skip`: rungs a retried trial already reported."""
-    start = time.perf_counter()
     plan = plan_for(params, setup)
     schedule = schedule_for(params, setup)
     if schedule is not None:
         check_distill_memory(plan, schedule, setup, gpus=world)
-    plan, result, model, tokenizer = build_candidate(params, setup, plan)
+    trial = Evaluation(params, setup, plan)
     if rank == 0:
-        run.log_plan(plan, result)
-    cache = setup.teacher_cache.get() if hasattr(setup.teacher_cache, "get") else setup.teacher_cache
-    context = objectives.EvalContext(profile=setup.profile(), teacher_cache=cache, seed=setup.seed,
-                                     extra={"tasks": setup.tasks})
-    candidate = objectives.Candidate(shapes=result.shapes, model=model, tokenizer=tokenizer)
-    judges = trial_objectives(setup)
-    weights = objectives.ProxyWeights.from_dict(setup.weights)
-    kept = kept_metrics(result)
-    rung = 0
+        run.log_plan(plan, trial.result)
 
     def evaluate_and_report(extra: dict | None = None) -> bool:
-        nonlocal rung
-        if rung < skip:           # reported before the trial was interrupted
-            rung += 1
+        if len(trial.scores) < skip:       # reported before the trial was interrupted
+            trial.skip()
             return False
-        was_training = model.training
-        model.eval()
-        metrics = objectives.evaluate_all(candidate, context, objectives=judges, fidelity=rung, weights=weights)
-        model.train(was_training)
-        rung += 1
+        scores = trial.report({"baseline": baseline, "node_id": ray_node_id(), **(extra or {})})
         if rank != 0:
             return False
-        scores = score_report(metrics, setup, seconds=time.perf_counter() - start)
-        scores.update(rung=rung - 1, rungs=setup.rungs, baseline=baseline,
-                      kept_fraction=result.params / result.base_params, node_id=ray_node_id(), **kept,
-                      **(extra or {}))
-        run.log_metrics(scores, step=rung - 1)
+        run.log_metrics(scores, step=scores["rung"])
         scores["mlflow_delayed"] = run.delayed      # updates that waited out an MLflow outage so far
         # the last rung: a top-k candidate is saved by the trial that made it (not mid-distillation: a
         # ZeRO-3 student's parameters are partitioned then; those candidates are rebuilt by a Ray task)
-        if rung == setup.rungs and schedule is None and world == 1:
+        if len(trial.scores) == setup.rungs and schedule is None and world == 1:
             row = {**scores, "trial_id": trial_id, "name": baseline or trial_id, "params": params}
             _candidates.offer(setup, row, lambda folder: compress.save_pruned(
-                model, tokenizer, folder, plan=plan, summary=result.summary(), force=True))
+                trial.model, trial.tokenizer, folder, plan=plan, summary=trial.result.summary(), force=True))
         return bool(report(scores))
 
+    model = trial.model
     if schedule is None:
         for _ in range(setup.rungs):
             if evaluate_and_report():
                 break
     else:  # the fidelity ladder follows distillation: one report per share of the steps
-        model = recover(model, tokenizer, result, schedule, setup, on_report=lambda step, m: evaluate_and_report(
-            {"distill_step": step, "distill_loss": m["loss"], "distill_world": world}))
-    return plan, result, model
+        model = recover(model, trial.tokenizer, trial.result, schedule, setup, on_report=lambda step, m:
+                        evaluate_and_report({"distill_step": step, "distill_loss": m["loss"], "distill_world": world}))
+    return plan, trial.result, model
 
 
 KEPT_PREFIXES = ("kept_attn_L", "kept_mlp_L")
@@ -248,15 +273,13 @@ def kept_metrics(result) -> dict:
             **{f"{KEPT_PREFIXES[1]}{i:02d}": m for i, m in enumerate(mlp)}}
 
 
-def trial_objectives(setup: TrialSetup) -> list:
-    proxy = objectives.ProxyAccuracyObjective(tasks=tuple(setup.tasks), unsafe_exec=setup.unsafe_exec)
-    return ["memory", "throughput", "fidelity", proxy]
-
-
 def score_report(metrics: dict, setup: TrialSetup, *, seconds: float) -> dict:
+    """The trial's report. `constraint` (> 0 = infeasible) is only what the budget repair cannot guarantee:
+    the memory budget always holds (spaces.params_to_plan), a throughput floor may not."""
     score = metrics[objectives.COMPOSITE]
     if not math.isfinite(score):
         raise FloatingPointError(f"proxy score is {score} (kl={metrics.get('kl_to_teacher')})")
-    constraint_gb = (metrics["peak_memory_bytes"] - setup.budget_bytes) / GB
-    return {**{k: float(v) for k, v in metrics.items()}, "score": float(score),
-            "constraint": constraint_gb, "trial_seconds": seconds}
+    report = {**{k: float(v) for k, v in metrics.items()}, "score": float(score), "trial_seconds": seconds}
+    if setup.min_tokens_per_s:
+        report["constraint"] = (setup.min_tokens_per_s - metrics["decode_tokens_per_s"]) / setup.min_tokens_per_s
+    return report

@@ -67,11 +67,14 @@ def add_launch_args(p):
     p.add_argument("--budget-gb", type=float, default=None, help="memory budget in GiB (default: the device's)")
     p.add_argument("--device", default=None, help="device profile, e.g. phone-12gb")
     p.add_argument("--runtime", default=None, choices=["llama.cpp", "mlc"])
-    p.add_argument("--sampler", default=None, choices=["tpe", "nsga2", "gp", "random"])
+    p.add_argument("--sampler", default=None, choices=list(_samplers()),
+                   help="evolution: EvoPress-style; cmaes: CMA-ES over the shares (see README)")
     p.add_argument("--mode", default=None, choices=["single", "multi"], help="multi: proxy score vs --versus")
     p.add_argument("--versus", default=None, choices=["memory", "tokens_per_s"], help="second objective in multi mode")
     p.add_argument("--workers", type=int, default=None, help="concurrent trials")
-    p.add_argument("--rungs", type=int, default=None, help="fidelity levels (ASHA rungs)")
+    p.add_argument("--rungs", type=int, default=None, help="use the last N rungs of the fidelity ladder (ASHA rungs)")
+    p.add_argument("--min-tokens-per-s", type=float, default=None, metavar="TPS",
+                   help="decode throughput floor on the device profile: a constraint the sampler sees")
     p.add_argument("--distill", action=argparse.BooleanOptionalAction, default=None, help="distillation in trials")
     scratch = p.add_argument_group("track 2 (--track scratch)")
     scratch.add_argument("--size-gb", type=float, default=None, help="peak inference memory budget in GiB the "
@@ -98,6 +101,11 @@ def add_launch_args(p):
                    help="items per dataset for --full-eval-top (default: all; a full CPU run takes hours)")
     _add_unsafe_exec(p)
     _add_common(p)
+
+
+def _samplers():
+    from experiments._config import SAMPLERS
+    return SAMPLERS
 
 
 def _add_unsafe_exec(p):
@@ -137,6 +145,7 @@ def launch(args) -> int:
                  "search.trials": args.trials, "search.sampler": args.sampler, "search.mode": args.mode,
                  "search.multi_objective": args.versus, "search.workers": args.workers,
                  "proxy.rungs": args.rungs, "distill.enabled": args.distill, "search.max_failures": args.max_failures,
+                 "search.min_tokens_per_s": args.min_tokens_per_s,
                  "proxy.unsafe_exec": True if args.unsafe_exec else None, **_settings(args.settings)}
     exp = experiments.load_experiment(model=args.model, config=args.config, overrides=overrides,
                                       model_params=_param_count)

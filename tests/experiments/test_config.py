@@ -25,7 +25,9 @@ def test_overrides_and_defaults():
 
 
 @pytest.mark.parametrize("overrides, message", [
-    ({"search.sampler": "cmaes"}, "search.sampler must be one of"),
+    ({"search.sampler": "cmaess"}, "search.sampler must be one of"),
+    ({"search.sampler": "evolution", "search.mode": "multi"}, "evolution is single-objective"),
+    ({"search.min_tokens_per_s": -1}, "min_tokens_per_s must be a positive number"),
     ({"runtime": "vllm"}, "runtime must be one of"),
     ({"search.trial": 3}, "unknown keys in 'search'"),
     ({"budget_gb": 0}, "budget_gb must be positive"),

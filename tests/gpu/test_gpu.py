@@ -91,7 +91,11 @@ def _setup(tmp_path, **overrides):
     import experiments
     from search import _driver
     from search._record import ExperimentRecord
-    exp = experiments.load_experiment(model="stories260k", overrides={"proxy.unsafe_exec": True, **overrides})
+    # chance_z null: the proxy is scored although the 260K model is at chance on every task (the ladder skips
+    # such tasks by default), so the whole trial runs it on CUDA
+    ladder = [{"kl_blocks": 8}, {"kl_blocks": 32, "proxy": "loglik", "proxy_level": 0, "chance_z": None}]
+    exp = experiments.load_experiment(model="stories260k", overrides={"proxy.unsafe_exec": True, "proxy.ladder": ladder,
+                                                                     **overrides})
     paths = ExperimentRecord.create(tmp_path, "gpu")
     setup = _driver.build_setup(exp, paths)
     return setup, _driver.prepare_teacher(setup, paths)
@@ -109,7 +113,8 @@ def test_whole_trial_runs_on_cuda(tmp_path, distill):
                                   report=lambda m: reports.append(m) or False)
     assert len(reports) == setup.rungs
     for r in reports:
-        assert r["kl_to_teacher"] > 0 and 0 <= r["proxy_accuracy"] <= 1 and r["peak_memory_bytes"] > 0
+        assert r["kl_to_teacher"] > 0 and r["peak_memory_bytes"] > 0
+    assert 0 <= reports[-1]["proxy_accuracy"] <= 1          # the final rung runs the proxy (rung 0: KL only)
     if distill:
         assert reports[-1]["distill_step"] == 8 and reports[-1]["kl_to_teacher"] < reports[0]["kl_to_teacher"] * 1.5
     else:

@@ -30,6 +30,8 @@ CASES = [
     ("no prefix matching (--tracking)", ["launch", "--tracking", "x", "--root", "{root}"],
      "unrecognized arguments: --tracking"),
     ("unknown experiment key", ["launch", "--config", "{yaml_typo}", "--root", "{root}"], "unknown keys in 'search'"),
+    ("unknown ladder rung key", ["launch", "--config", "{yaml_ladder}", "--root", "{root}"],
+     "unknown ladder rung keys ['kl_tokens']"),
     ("plan JSON malformed", ["prune", "--plan", "{plan_bad_json}", "--out", "{out}"], "is not valid JSON"),
     ("plan with the wrong layer count", ["prune", "--plan", "{plan_3_layers}", "--out", "{out}"],
      "3 layer entries but the model has 5"),
@@ -39,6 +41,7 @@ CASES = [
     ("a budget no plan fits", ["launch", "--budget-gb", "0.0000001", "--root", "{root}"], "below the smallest plan"),
     ("--trials 0", ["launch", "--trials", "0", "--root", "{root}"], "search.trials (--trials) must be an integer >= 1"),
     ("--workers 0", ["launch", "--workers", "0", "--root", "{root}"], "search.workers (--workers)"),
+    ("more rungs than the ladder has", ["launch", "--rungs", "3", "--root", "{root}"], "must be 1..2 (the ladder's rungs)"),
     ("truncated safetensors (evaluate)", ["evaluate", "--model", "{truncated}", "--tasks", "csqa"],
      "corrupt or truncated"),
     ("truncated safetensors (prune)", ["prune", "--model", "{truncated}", "--plan", "{plan}", "--out", "{out}"],
@@ -148,6 +151,8 @@ def world(tmp_path_factory):
     paths["plan_bad_json"].write_text('{"layers": [')
     paths["yaml_l3"] = tmp / "l3.yaml"
     paths["yaml_l3"].write_text("model: stories260k\ndevice: stories260k-tiny\nspace: {criteria: [l3]}\n")
+    paths["yaml_ladder"] = tmp / "ladder.yaml"
+    paths["yaml_ladder"].write_text("model: stories260k\ndevice: stories260k-tiny\nproxy: {ladder: [{kl_tokens: 256}]}\n")
     paths["yaml_teacher"] = tmp / "teacher.yaml"
     paths["yaml_teacher"].write_text("track: scratch\ndistill: {enabled: true}\n")
     paths["yaml_typo"] = tmp / "typo.yaml"

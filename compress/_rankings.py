@@ -1,0 +1,238 @@
+"""Score: unit rankings of every layer, computed from the dense model (calibration statistics included).
+
+What depends only on the dense model is computed once (Torch-Pruning / EvoPress practice): a search
+calls `compute_rankings` once per experiment for every criterion its space can sample and the attention
+unit it uses, caches the result next to the teacher cache and ships it to the trials; a trial's
+`prune(..., rankings=...)` then only selects and cuts. A plain `prune` (no rankings) ranks for its own
+plan with this same code, so a search trial and a one-off prune keep exactly the same units.
+
+Scores are kept (not just orders): selection takes the top units per KV group when attn_unit is "head",
+and ties must break exactly as they would on the scores themselves. Scores are FP64 on the CPU; `prune`
+moves each layer's to its weights' device before selecting, where a per-trial ranking would have computed it.
+Each statistic is collected in its own passes (activations, then gradients): a 16-bit Taylor pass may
+re-run a batch after an overflow, which must not count that batch's activations twice.
+"""
+from __future__ import annotations
+
+import pickle
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ._criteria import get_criterion
+from ._data import texts, token_blocks
+from ._families import FamilyAdapter, family_of
+from ._groups import UnitGroup, attention_group, mlp_group
+from ._shapes import shapes_from_config
+
+CALIBRATION_DEFAULTS = {"samples": 16, "seq_len": 128, "seed": 0}
+CALIBRATION_BATCH = 4          # calibration blocks per forward pass
+INITIAL_LOSS_SCALE = 2.0**12   # taylor on a 16-bit model: halved on overflow until gradients are finite
+GIVEN_TOKENS = "given tokens"  # Rankings.calibration when the caller passed its own calibration tensor
+FORMAT = 1
+
+
+def resolved_calibration(calibration: dict | None) -> dict:
+    """A plan's "calibration" settings over the defaults (what the statistics were collected with)."""
+    return {**CALIBRATION_DEFAULTS, **(calibration or {})}
+
+
+def attn_unit_of(unit: str, heads: int, kv_heads: int) -> str:
+    """Multi-head attention (one query head per KV head): a query head IS a KV group (Plan.attn_unit_for)."""
+    return "kv_group" if kv_heads == heads else unit
+
+
+@dataclass(kw_only=True)
+class Rankings:
+    """Per (criterion, sub-block) the unit scores of every base layer (None where the layer has no such units)."""
+    scores: dict                   # "criterion/attn/kv_group" | "criterion/attn/head" | "criterion/mlp" -> [Tensor | None]
+    num_layers: int
+    calibration: dict | str        # resolved settings, or GIVEN_TOKENS
+    meta: dict = field(default_factory=dict)
+
+    @staticmethod
+    def key(criterion: str, kind: str, unit: str = "") -> str:
+        return f"{criterion}/{kind}/{unit}" if kind == "attn" else f"{criterion}/{kind}"
+
+    def layer_scores(self, criterion: str, kind: str, layer: int, unit: str = "") -> torch.Tensor:
+        scores = self.scores[self.key(criterion, kind, unit)][layer]
+        if scores is None:
+            raise ValueError(f"rankings have no {kind} scores for layer {layer}")
+        return scores
+
+    def check(self, plan, base) -> None:
+        """Refuse (one line) a plan these rankings cannot serve, before anything is cut."""
+        if base.num_layers != self.num_layers:
+            raise ValueError(f"rankings cover {self.num_layers} layers, the model has {base.num_layers}")
+        missing = [k for k in (self.key(plan.importance, "mlp"), self.key(plan.importance, "attn", plan.attn_unit))
+                   if k not in self.scores]
+        if missing:
+            known = sorted({k.split("/")[0] for k in self.scores})
+            raise ValueError(f"rankings were computed for criteria {known} and attention units "
+                             f"{self.meta.get('attn_units')}: none for {', '.join(missing)}")
+        needs_data = bool(get_criterion(plan.importance).requires)
+        if needs_data and self.calibration != GIVEN_TOKENS and self.calibration != resolved_calibration(plan.calibration):
+            raise ValueError(f"rankings were computed with calibration {self.calibration}, the plan asks for "
+                             f"{resolved_calibration(plan.calibration)}")
+
+    # ---- persistence (next to the teacher cache) -------------------------------------------
+    def save(self, path) -> Path:
+        from ._atomic import atomic_file
+        path = Path(path)
+        payload = {"scores": self.scores, "num_layers": self.num_layers, "calibration": self.calibration,
+                   "meta": dict(self.meta), "format": FORMAT}
+        with atomic_file(path) as tmp:
+            torch.save(payload, tmp)
+        return path
+
+    @classmethod
+    def load(cls, path) -> "Rankings":
+        path = Path(path)
+        if not path.is_file():
+            raise ValueError(f"rankings not found: {path}")
+        try:
+            data = torch.load(path, map_location="cpu", weights_only=True)
+        except (RuntimeError, OSError, EOFError, ValueError, pickle.UnpicklingError) as err:
+            raise ValueError(f"rankings file {path} is corrupt or truncated ({type(err).__name__}); delete it to "
+                             "rebuild it") from None
+        if not isinstance(data, dict) or data.get("format") != FORMAT:
+            raise ValueError(f"{path} is not a rankings file written by this version")
+        return cls(scores=data["scores"], num_layers=int(data["num_layers"]), calibration=data["calibration"],
+                   meta=data["meta"])
+
+
+def compute_rankings(model, tokenizer, *, criteria, attn_units=("kv_group",), calibration: dict | None = None,
+                     tokens: torch.Tensor | None = None) -> Rankings:
+    """Score every layer's units on the (dense) `model` for each criterion and attention unit.
+    `tokens`: calibration LongTensor [n, seq] (else the bundled C4 blocks `calibration` describes)."""
+    criteria = list(dict.fromkeys(criteria))
+    built = {name: get_criterion(name) for name in criteria}
+    adapter = family_of(model.config)
+    base = shapes_from_config(model.config)
+    needs = frozenset().union(*(c.requires for c in built.values()))
+    stats: dict = {}
+    given = tokens is not None
+    if needs:
+        if tokens is None:
+            tokens = calibration_tokens(tokenizer, calibration)
+        for requirement in sorted(needs):         # one statistic per set of passes (see module docstring)
+            stats.update(collect_statistics(model, adapter, tokens, frozenset({requirement})))
+    scores: dict = {}
+    for name, criterion in built.items():
+        for unit in attn_units:
+            scores[Rankings.key(name, "attn", unit)] = [None] * base.num_layers
+        scores[Rankings.key(name, "mlp")] = [None] * base.num_layers
+    for idx, (layer, shape) in enumerate(zip(adapter.layers(model), base.layers)):
+        groups = {}
+        if shape.num_attention_heads:
+            for unit in attn_units:
+                effective = attn_unit_of(unit, shape.num_attention_heads, shape.num_key_value_heads)
+                groups[("attn", unit)] = attention_group(
+                    adapter.attention(layer), heads=shape.num_attention_heads, kv_heads=shape.num_key_value_heads,
+                    head_dim=base.head_dim, unit=effective)
+        if shape.intermediate_size:
+            groups[("mlp", "")] = mlp_group(adapter.mlp(layer), ffn=shape.intermediate_size)
+        for name, criterion in built.items():
+            for (kind, unit), group in groups.items():
+                scores[Rankings.key(name, kind, unit)][idx] = score_group(criterion, group, stats).detach().cpu()
+    setting = GIVEN_TOKENS if (needs and given) else resolved_calibration(calibration)
+    return Rankings(scores=scores, num_layers=base.num_layers, calibration=setting,
+                    meta={"criteria": criteria, "attn_units": list(attn_units),
+                          "model": str(getattr(model.config, "_name_or_path", ""))})
+
+
+def calibration_tokens(tokenizer, calibration: dict | None = None) -> torch.Tensor:
+    """Calibration blocks from bundled C4 (or the hub): a plan's "calibration" settings over the defaults."""
+    cfg = resolved_calibration(calibration)
+    docs = texts("c4", split="train", hub=bool(cfg.get("hub", False)))
+    rng = torch.Generator(device="cpu").manual_seed(int(cfg["seed"]))
+    order = torch.randperm(len(docs), generator=rng, device="cpu").tolist()
+    return token_blocks(tokenizer, [docs[i] for i in order], seq_len=int(cfg["seq_len"]), count=int(cfg["samples"]))
+
+
+def score_group(criterion, group: UnitGroup, stats: dict) -> torch.Tensor:
+    """One criterion's scores for one group, with the calibration statistics it reads attached."""
+    for c in group.couplings:
+        if c.consumer:
+            c.act_sq = stats.get("act_sq", {}).get(c.module)
+        c.grads = stats.get("grads")
+    return criterion.score(group)
+
+
+# ---- calibration statistics -------------------------------------------------------------------
+def collect_statistics(model, adapter: FamilyAdapter, tokens: torch.Tensor, requires: frozenset) -> dict:
+    """{"act_sq": {module: FP32 sum of x^2 per input feature}} and/or {"grads": {param: FP32 grad sum}}.
+
+    Gradients (taylor) are taken batch by batch and summed in FP32 outside autograd: a 16-bit model's own
+    .grad would accumulate in FP16 and under/overflow. Each batch's loss is scaled (dynamic loss scaling,
+    as mixed-precision training does) so small FP16 gradients survive, and unscaled when summed."""
+    unknown = set(requires) - {"activations", "gradients"}
+    if unknown:
+        raise ValueError(f"criterion requires unknown statistics {sorted(unknown)}")
+    stats: dict = {}
+    hooks = []
+    if "activations" in requires:
+        act_sq: dict = {}
+        stats["act_sq"] = act_sq
+        for layer in adapter.layers(model):
+            consumers = [adapter.attention(layer)["o"], adapter.mlp(layer)["out"]]
+            for module in consumers:
+                hooks.append(module.register_forward_pre_hook(accumulate_input_square(act_sq, module)))
+    grad_on = "gradients" in requires
+    # only the projections a criterion scores need gradients (not embeddings, norms or the LM head)
+    params = [p for layer in adapter.layers(model) for p in linear_weights(layer)]
+    try:
+        for p in model.parameters():
+            p.requires_grad_(False)
+        for p in params:
+            p.requires_grad_(grad_on)
+        device = params[0].device
+        if grad_on:
+            stats["grads"] = _gradient_sums(model, params, tokens, device)
+        else:
+            with torch.no_grad():
+                for batch in tokens.split(CALIBRATION_BATCH):
+                    model(input_ids=batch.to(device), use_cache=False)
+    finally:
+        for h in hooks:
+            h.remove()
+        for p in params:
+            p.requires_grad_(False)
+            p.grad = None
+    return stats
+
+
+def linear_weights(layer) -> list[torch.Tensor]:
+    return [p for m in layer.modules() if isinstance(m, nn.Linear) for p in m.parameters(recurse=False)]
+
+
+def _gradient_sums(model, params, tokens: torch.Tensor, device) -> dict:
+    half = params[0].dtype in (torch.float16, torch.bfloat16)
+    scale = INITIAL_LOSS_SCALE if half else 1.0
+    sums = {p: torch.zeros_like(p, dtype=torch.float32) for p in params}
+    for batch in tokens.split(CALIBRATION_BATCH):
+        batch = batch.to(device)
+        while True:
+            for p in params:
+                p.grad = None
+            logits = model(input_ids=batch, use_cache=False).logits.float()   # the loss itself in FP32
+            loss = torch.nn.functional.cross_entropy(logits[:, :-1].flatten(0, 1), batch[:, 1:].flatten())
+            (loss * scale).backward()
+            finite = all(p.grad is None or torch.isfinite(p.grad).all() for p in params)
+            if finite or scale <= 1.0:
+                break
+            scale /= 2                                                        # overflow: retry this batch
+        for p in params:
+            if p.grad is not None:
+                sums[p] += p.grad.float() / scale
+    return sums
+
+
+def accumulate_input_square(store: dict, module):
+    def hook(_module, args):
+        x = args[0].detach().float()
+        total = x.pow(2).reshape(-1, x.shape[-1]).sum(0)
+        store[module] = store.get(module, 0) + total
+    return hook
