@@ -19,6 +19,9 @@ from ._proxy import ProxyAccuracyObjective
 from ._fidelity import FidelityObjective, TeacherCache
 from ._composite import COMPOSITE, ProxyWeights, composite_score
 from ._evaluate import describe, evaluate_all
+# agreement between two scorings (fidelity rungs, proxy vs OpenCompass): per item and by rank
+from ._agreement import item_agreement, spearman, spearman_interval
 
 __all__ = [*globals().get("__all__", []), "TASKS", "Task", "get_task", "ProxyAccuracyObjective", "FidelityObjective",
-           "TeacherCache", "COMPOSITE", "ProxyWeights", "composite_score", "describe", "evaluate_all"]
+           "TeacherCache", "COMPOSITE", "ProxyWeights", "composite_score", "describe", "evaluate_all",
+           "item_agreement", "spearman", "spearman_interval"]

@@ -7,6 +7,10 @@ LongBench; the final kit dropped LongBench from the evaluation command, and a tr
 Generate_CSV.py (Probe100/EdgeDeviceLLMCompetition-NEffalg-Track1) has exactly COMPETITION_COLUMNS below.
 opencompass.csv therefore has no name column either: its rows are in rank order, and opencompass.json
 names each row.
+
+The correlation is reported with its 95 % confidence interval (objectives._agreement: Fisher z, n >= 4), and
+every candidate's task scores are checked against chance (CHANCE_PERCENT; binomial noise over the items scored):
+when the candidates sit at chance, no correlation between them can say anything, and the report says so.
 """
 from __future__ import annotations
 
@@ -17,7 +21,11 @@ import os
 import time
 from pathlib import Path
 
-from ._opencompass import run_opencompass
+from compress._atomic import atomic_file, write_json
+
+from . import _oc_data
+from ._agreement import at_chance, describe_rho, spearman, spearman_interval
+from ._opencompass import COMPETITION_DATASETS, TASK_OF_CONFIG, run_opencompass
 
 COMPETITION_COLUMNS = ("CommonsenseQA", "BIG-Bench-Hard", "GSM8K", "HumanEval", "CHID", "TruthfulQA",
                        "Throughput", "Memory-Usage")
@@ -29,6 +37,12 @@ SIGNIFICANT = 6      # digits per CSV cell: Memory-Usage of the bundled model is
 RESULTS_FILE, STATE_FILE = "results.json", "state.json"
 OUT_JSON, OUT_CSV, OUT_DIR = "opencompass.json", "opencompass.csv", "opencompass"
 METRIC_PREFIX = "opencompass"
+# Chance level (percent) of each task's primary metric, for a model that guesses: CSQA has 5 options, CHID 7;
+# GSM8K and HumanEval are open-ended (0). BIG-Bench-Hard averages its subtasks: see bbh_chance_percent.
+# TruthfulQA's bleu_acc (BLEU nearer a true than a false reference) has no guessing baseline: not checked.
+CHANCE_PERCENT = {"CommonsenseQA": 20.0, "CHID": 100 / 7, "GSM8K": 0.0, "HumanEval": 0.0}
+BBH_BINARY = ("sports_understanding", "web_of_lies", "causal_judgement", "navigate", "formal_fallacies",
+              "boolean_expressions")     # free-form with two possible answers (yes/no, valid/invalid, True/False)
 
 
 def write_competition_csv(rows, path) -> Path:
@@ -39,14 +53,11 @@ def write_competition_csv(rows, path) -> Path:
         unknown = sorted(set(row) - set(COMPETITION_COLUMNS))
         if unknown:
             raise ValueError(f"unknown competition CSV columns {unknown}; expected {list(COMPETITION_COLUMNS)}")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    with open(tmp, "w", newline="") as f:
+    with atomic_file(path) as tmp, open(tmp, "w", newline="") as f:
         writer = csv.writer(f, lineterminator="\n")
         writer.writerow(COMPETITION_COLUMNS)
         for row in rows:
             writer.writerow([_cell(row.get(col)) for col in COMPETITION_COLUMNS])
-    os.replace(tmp, path)
     return path
 
 
@@ -65,39 +76,34 @@ def _cell(value) -> str:
     return f"{float(value):.{SIGNIFICANT}g}" if isinstance(value, (int, float)) else str(value)
 
 
-def spearman(proxy_scores, full_scores) -> float | None:
-    """Spearman rank correlation, ties given their average rank. None when either side is constant."""
-    x, y = list(proxy_scores), list(full_scores)
-    if len(x) != len(y):
-        raise ValueError(f"spearman needs two equally long lists, got {len(x)} and {len(y)}")
-    if len(x) < 2:
-        raise ValueError("spearman needs at least two pairs")
-    for v in (*x, *y):
-        if not isinstance(v, (int, float)) or not math.isfinite(v):
-            raise ValueError(f"spearman needs finite numbers, got {v!r}")
-    rx, ry = _ranks(x), _ranks(y)
-    mx, my = sum(rx) / len(rx), sum(ry) / len(ry)
-    sxy = sum((a - mx) * (b - my) for a, b in zip(rx, ry))
-    sxx, syy = sum((a - mx) ** 2 for a in rx), sum((b - my) ** 2 for b in ry)
-    return sxy / math.sqrt(sxx * syy) if sxx > 0 and syy > 0 else None
+def bbh_chance_percent(subtasks=None) -> float:
+    """Mean chance level over BBH subtasks: 1/k for a multiple-choice subtask (k options, averaged over its shipped
+    items), 1/2 for a two-answer free-form one, 0 for the open-ended rest."""
+    import re
+    from ._make_subsets import BBH_MULTIPLE_CHOICE, BBH_SUBTASKS
+    from ._tasks import get_task
+    subtasks = list(subtasks or BBH_SUBTASKS)
+    options: dict[str, list[int]] = {}
+    for item in get_task("bbh").items():
+        options.setdefault(item["subtask"], []).append(len(set(re.findall(r"^\(([A-Z])\)", item["input"], re.M))))
+    levels = [sum(1 / k for k in options[t] if k) / len(options[t]) if t in BBH_MULTIPLE_CHOICE
+              else 0.5 if t in BBH_BINARY else 0.0 for t in subtasks]
+    return 100 * sum(levels) / len(levels)
 
 
-def _ranks(values) -> list[float]:
-    order = sorted(range(len(values)), key=values.__getitem__)
-    ranks = [0.0] * len(values)
-    i = 0
-    while i < len(order):
-        j = i
-        while j + 1 < len(order) and values[order[j + 1]] == values[order[i]]:
-            j += 1
-        for k in range(i, j + 1):
-            ranks[order[k]] = (i + j) / 2 + 1   # ties share the mean of the ranks they span
-        i = j + 1
-    return ranks
+def chance_tasks(scores: dict, items: dict, *, bbh_subsets=None) -> list[str]:
+    """The tasks whose score cannot be told apart from chance (tasks without a chance level or item count skipped)."""
+    out = []
+    for task, score in scores.items():
+        level = bbh_chance_percent(bbh_subsets) if task == "BIG-Bench-Hard" else CHANCE_PERCENT.get(task)
+        n = (items or {}).get(task)
+        if level is not None and score is not None and n and at_chance(score, level, n):
+            out.append(task)
+    return out
 
 
 def full_eval_top(experiment_dir, k: int, *, limit: int | None = None, data_root=None, max_out_len: int | None = None,
-                  bbh_subsets=None, device: str = "auto", work_dir=None, echo=print) -> dict:
+                  bbh_subsets=None, device: str = "auto", work_dir=None, echo=print, download: bool = False) -> dict:
     """Run OpenCompass on the experiment's top-k checkpoints; write opencompass.json / .csv next to results.json.
 
     A candidate whose run fails is recorded with its error and left out of the correlation."""
@@ -111,6 +117,9 @@ def full_eval_top(experiment_dir, k: int, *, limit: int | None = None, data_root
     if not top:
         raise ValueError(f"{exp / RESULTS_FILE} lists no top candidates (summary.top is empty)")
     trials = {t.get("trial_id"): t for t in data.get("trials", [])}
+    # the data must be there before the first candidate runs (one line naming what is missing)
+    _oc_data.plan_data(data_root, tasks=[TASK_OF_CONFIG[c] for c in COMPETITION_DATASETS], limit=limit,
+                       download=download, bbh_subsets=bbh_subsets)
     work_dir = Path(work_dir) if work_dir else exp / OUT_DIR
     candidates = []
     for entry in top[:k]:
@@ -125,25 +134,35 @@ def full_eval_top(experiment_dir, k: int, *, limit: int | None = None, data_root
             if not cand["dir"]:
                 raise ValueError("results.json records no checkpoint directory for this candidate")
             result = run_opencompass(cand["dir"], limit=limit, work_dir=work_dir, data_root=data_root,
-                                     max_out_len=max_out_len, bbh_subsets=bbh_subsets, device=device)
+                                     max_out_len=max_out_len, bbh_subsets=bbh_subsets, device=device,
+                                     download=download)
             cand.update(scores=result["scores"], average=result["average"], model_class=result["model_class"],
-                        output_dir=result["output_dir"], errors=result["errors"], error=None)
+                        output_dir=result["output_dir"], errors=result["errors"], items=result.get("items"),
+                        at_chance=chance_tasks(result["scores"], result.get("items"), bbh_subsets=bbh_subsets),
+                        error=None)
         except (RuntimeError, ValueError, OSError) as err:
             result = None
-            cand.update(scores={}, average=None, error=str(err).splitlines()[0])
+            cand.update(scores={}, average=None, items=None, at_chance=[], error=str(err).splitlines()[0])
         cand["seconds"] = round(time.perf_counter() - start, 1)
         cand["row"] = competition_row(result, throughput=cand["throughput"], memory_bytes=cand["peak_memory_bytes"])
-        echo(f"[full-eval]   average {_fmt(cand['average'])}  {cand['error'] or ''}".rstrip())
+        chance = f"  at chance: {', '.join(cand['at_chance'])}" if cand["at_chance"] else ""
+        echo(f"[full-eval]   average {_fmt(cand['average'])}{chance}  {cand['error'] or ''}".rstrip())
         candidates.append(cand)
 
     scored = [c for c in candidates if c["average"] is not None and c["proxy_score"] is not None]
     rho = spearman([c["proxy_score"] for c in scored], [c["average"] for c in scored]) if len(scored) >= 2 else None
+    interval = spearman_interval(rho, len(scored))
+    checked = [t for t in TASK_COLUMNS if t in CHANCE_PERCENT or t == "BIG-Bench-Hard"]
+    all_chance = bool(scored) and all(set(checked) <= set(c["at_chance"]) for c in scored)
     report = {"experiment": str(exp), "k": k, "limit": limit, "max_out_len": max_out_len, "bbh_subsets": bbh_subsets,
-              "spearman": rho, "n_correlated": len(scored), "candidates": candidates}
-    (exp / OUT_JSON).write_text(json.dumps(report, indent=2, default=str))
+              "spearman": rho, "spearman_ci95": list(interval) if interval else None, "n_correlated": len(scored),
+              "all_at_chance": all_chance, "candidates": candidates}
+    write_json(exp / OUT_JSON, report)
     write_competition_csv([c["row"] for c in candidates], exp / OUT_CSV)
-    echo(f"[full-eval] Spearman(proxy score, OpenCompass average) = {_fmt(rho)} over {len(scored)} candidates"
-         + ("" if rho is not None else " (needs >= 2 scored candidates with distinct values)"))
+    echo(f"[full-eval] Spearman(proxy score, OpenCompass average) = {describe_rho(rho, len(scored))}")
+    if all_chance:
+        echo(f"[full-eval] every candidate scores within binomial noise of chance on {', '.join(checked)}: "
+             "their OpenCompass scores are indistinguishable from guessing, so the correlation says nothing")
     report["mlflow_run_id"] = log_to_parent(exp, report)
     return report
 
@@ -165,6 +184,8 @@ def log_to_parent(exp: Path, report: dict) -> str | None:
                     for key, v in values.items() if isinstance(v, (int, float)) and math.isfinite(v)]
     if report["spearman"] is not None:
         metrics.append(Metric(f"{METRIC_PREFIX}/spearman", float(report["spearman"]), now, 0))
+    for bound, value in zip(("low", "high"), report.get("spearman_ci95") or ()):
+        metrics.append(Metric(f"{METRIC_PREFIX}/spearman_ci95_{bound}", float(value), now, 0))
     client = MlflowClient(tracking_uri=uri)
     for i in range(0, len(metrics), 900):      # MLflow caps a batch at 1000 metrics
         client.log_batch(run_id, metrics=metrics[i:i + 900])
