@@ -97,7 +97,8 @@ class ProxyAccuracyObjective(Objective):
         if count > len(available):
             where = f"data directory {data_dir}" if data_dir else "shipped subset (objectives/_data)"
             raise ValueError(f"{count} {name} items asked for, the {where} has {len(available)}: pass a data "
-                             "directory with the full benchmark (shared/data or OpenCompass layout) or ask for fewer")
+                             "directory with the full benchmark (the raw upstream files or an OpenCompass data "
+                             "folder) or ask for fewer")
         return available[:count]
 
     def evaluate(self, candidate: Candidate, context: EvalContext, fidelity: int = 0) -> dict[str, float]:
