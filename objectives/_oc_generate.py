@@ -25,9 +25,8 @@ import contextlib
 
 import torch
 
+from ._opencompass import BATCH_SIZE      # the batches objectives._opencompass runs OpenCompass with
 from ._scoring import context_limit
-
-BATCH_SIZE = 4            # objectives._opencompass.BATCH_SIZE: the batches OpenCompass runs on CPU here
 
 
 def chat_text(tokenizer, messages: list[dict]) -> str:
