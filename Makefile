@@ -7,8 +7,16 @@ TORCH_SPEC ?= torch==2.13.0
 TORCH_INDEX ?=
 PY := $(VENV)/bin/python
 
-.PHONY: setup run test bench clean
-setup: $(VENV)/.installed
+.PHONY: setup sandbox run test bench clean
+setup: $(VENV)/.installed sandbox
+
+# bubblewrap isolates model-written HumanEval programs (objectives/_sandbox.py). Installed when missing if
+# this runs as root with apt-get (CI, containers); otherwise one line says how (or use --unsafe-exec).
+sandbox:
+	@command -v bwrap >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq bubblewrap >/dev/null; \
+	  else echo "bubblewrap (bwrap) missing and not installable here: run 'sudo apt-get install bubblewrap' (HumanEval is refused without it unless --unsafe-exec)"; fi; }
 
 $(VENV)/.installed: pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)

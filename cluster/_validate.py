@@ -7,10 +7,11 @@ Writes <experiment>/validation.json (atomically) and, when the experiment has an
 from __future__ import annotations
 
 import json
-import os
 import sys
 import time
 from pathlib import Path
+
+from compress._atomic import write_json
 
 from ._devices import DEFAULT_GEN_TOKENS, DEFAULT_PROMPT_TOKENS, DEFAULT_REPETITIONS, ValidationResult
 
@@ -53,9 +54,7 @@ def validate_experiment(experiment_dir, *, top: int = DEFAULT_TOP, device: str =
               "budget_bytes": profile.memory_budget_bytes, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
               "settings": run_args, "candidates": candidates}
     path = exp_dir / VALIDATION_FILE
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(record, indent=2, default=str))
-    os.replace(tmp, path)
+    write_json(path, record)
     _log_mlflow(exp_dir, record, path)
     return record
 

@@ -5,11 +5,13 @@ from ._shapes import LayerShape, ModelShapes, shapes_from_config
 from ._plan import LayerPlan, Plan
 from ._criteria import CRITERIA, Criterion, get_criterion
 from ._data import check_source, texts, token_blocks
-from ._models import DEFAULT_MODEL, MODELS, ModelSpec, check_dtype, load_config, load_model, resolve_model
+from ._models import (DEFAULT_MODEL, MODELS, ModelSpec, accelerator, load_on_device, check_checkpoint, check_dtype, load_config, load_model,
+                      resolve_model)
 from ._prune import PruneResult, calibration_tokens, prune
-from ._io import check_output_dir, read_plan_record, save_pruned
+from ._io import check_output_dir, check_remote_code, read_plan_record, save_pruned
 from ._outliers import layer_outlier_ratios
-from ._distill import DistillSchedule, check_fits, distill, estimate_training_memory
+from ._distill import (DistillSchedule, available_memory, check_fits, distill, estimate_for_shapes,
+                       estimate_training_memory, teacher_dtype)
 from ._distill_cli import run_distill
 from ._export import FORMATS, export_hf, export_model
 from ._export_gguf import export_gguf
@@ -18,8 +20,10 @@ __all__ = [
     "Registry", "FamilyAdapter", "family_of", "register_family", "supported_families",
     "LayerShape", "ModelShapes", "shapes_from_config", "LayerPlan", "Plan",
     "CRITERIA", "Criterion", "get_criterion", "check_source", "texts", "token_blocks",
-    "DEFAULT_MODEL", "MODELS", "ModelSpec", "check_dtype", "load_config", "load_model", "resolve_model",
-    "PruneResult", "calibration_tokens", "prune", "check_output_dir", "read_plan_record", "save_pruned",
-    "layer_outlier_ratios", "DistillSchedule", "check_fits", "distill", "estimate_training_memory", "run_distill",
+    "DEFAULT_MODEL", "MODELS", "ModelSpec", "accelerator", "load_on_device", "check_checkpoint", "check_dtype", "load_config", "load_model", "resolve_model",
+    "PruneResult", "calibration_tokens", "prune", "check_output_dir", "check_remote_code", "read_plan_record",
+    "save_pruned",
+    "layer_outlier_ratios", "DistillSchedule", "available_memory", "check_fits", "distill", "estimate_for_shapes",
+    "estimate_training_memory", "teacher_dtype", "run_distill",
     "FORMATS", "export_hf", "export_model", "export_gguf",
 ]

@@ -75,17 +75,23 @@ def write_json(path: str | os.PathLike, data, *, indent: int | None = 2) -> Path
     return write_text(path, json.dumps(data, indent=indent, default=str))
 
 
+def check_dir_target(out: str | os.PathLike, *, force: bool) -> Path:
+    """Refuse a non-empty directory (or a file) at `out` unless force: callers check before any work."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"output path {out} exists and is not a directory")
+    if out.is_dir() and any(out.iterdir()) and not force:
+        raise ValueError(f"output directory {out} is not empty; pass --force to replace it")
+    return out
+
+
 @contextlib.contextmanager
 def atomic_dir(out: str | os.PathLike, *, force: bool = False):
     """Yield a temporary folder next to `out`; when the block succeeds it takes `out`'s place.
 
     An existing non-empty `out` is refused unless `force` (checked before the block runs, so nothing
     is written); with force the old folder is swapped out and removed only after the new one is in."""
-    out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise ValueError(f"output path {out} exists and is not a directory")
-    if out.is_dir() and any(out.iterdir()) and not force:
-        raise ValueError(f"output directory {out} is not empty; pass --force to replace it")
+    out = check_dir_target(out, force=force)
     out.parent.mkdir(parents=True, exist_ok=True)
     _clear_stale(out)
     tmp = Path(tempfile.mkdtemp(prefix=f"{_PREFIX}{out.name}.", dir=out.parent))

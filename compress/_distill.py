@@ -36,7 +36,6 @@ FULL_KD_VOCAB = 4096          # vocabularies up to this size use the full-vocabu
 AUTO_TOP_K = 256              # otherwise the teacher's top-k logits
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 BYTES = {"fp32": 4, "bf16": 2, "fp16": 2}
-COMPUTE_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 ACT_BYTES_PER_TOKEN_HIDDEN = 34   # per layer, 16-bit activations (Korthikanti et al. 2022, w/o attention scores)
 LOGIT_COPIES = 4                  # fp32 student logits, their log-softmax and grad, teacher probabilities
 RENDEZVOUS_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
@@ -107,31 +106,56 @@ class DistillSchedule:
 
 
 # ---- memory -------------------------------------------------------------------------------------
+# Bytes per student parameter, as DeepSpeed 0.19 allocates them (engine._do_optimizer_sanity_check picks
+# the wrapper): 16-bit training keeps the 16-bit weights and gradients the module computes with, FP32
+# master weights, FP32 gradients for the master update and Adam's two FP32 moments; FP32 training keeps
+# weights, gradients and moments. ZeRO 1 partitions the FP32 state (masters, their gradients, moments)
+# over the GPUs, 2 also the 16-bit gradients, 3 also the 16-bit weights.
+STATE_BYTES = {
+    "16bit": {"weights": 2, "grads": 2, "master": 4, "master_grads": 4, "moments": 8},
+    "fp32": {"weights": 4, "grads": 4, "master": 0, "master_grads": 0, "moments": 8},
+}
+PARTITIONED_FROM = {"master": 1, "master_grads": 1, "moments": 1, "grads": 2, "weights": 3}
+CUDA_SLACK = 1 << 30          # allocator fragmentation and NCCL buffers next to the tensors
+
+
+def teacher_dtype(precision: str, device_type: str) -> torch.dtype:
+    """The frozen teacher is never FP32 on a GPU: BF16 (or FP16 when training in FP16) halves it."""
+    if device_type != "cuda":
+        return torch.float32               # CPU: BF16 matmuls are slower than FP32 there
+    return torch.float16 if precision == "fp16" else torch.bfloat16
+
+
 def estimate_training_memory(student_params: int, teacher_params: int, *, zero_stage: int, gpus: int,
                              precision: str, seq_len: int, batch_size: int, hidden: int, layers: int,
-                             vocab: int) -> dict:
-    """Bytes per device. ZeRO 1 partitions optimizer states, 2 also gradients, 3 also weights."""
+                             vocab: int, device_type: str = "cuda") -> dict:
+    """Bytes per device for distilling a `student_params` student from a frozen `teacher_params` teacher."""
     if precision not in BYTES:
         raise ValueError(f"precision must be one of {tuple(BYTES)}, got {precision!r}")
     if gpus < 1 or zero_stage not in (0, 1, 2, 3):
         raise ValueError(f"need gpus >= 1 and zero_stage in 0-3, got gpus={gpus}, zero_stage={zero_stage}")
+    table = STATE_BYTES["fp32" if precision == "fp32" else "16bit"]
+    parts = {}
+    for name, nbytes in table.items():
+        share = gpus if zero_stage >= PARTITIONED_FROM[name] else 1
+        parts[name] = student_params * nbytes / share
     width = BYTES[precision]
-    weights = student_params * width
-    grads = student_params * width
-    # Adam: two fp32 moments, plus an fp32 master copy when the weights themselves are 16-bit
-    optimizer = student_params * (8 + (4 if width < 4 else 0))
-    if zero_stage >= 1:
-        optimizer /= gpus
-    if zero_stage >= 2:
-        grads /= gpus
-    if zero_stage >= 3:
-        weights /= gpus
     tokens = seq_len * batch_size
-    activations = layers * tokens * hidden * ACT_BYTES_PER_TOKEN_HIDDEN * width / 2 + tokens * vocab * 4 * LOGIT_COPIES
-    teacher = teacher_params * width
-    parts = {"weights": weights, "grads": grads, "optimizer": optimizer, "activations": activations, "teacher": teacher}
+    parts["activations"] = (layers * tokens * hidden * ACT_BYTES_PER_TOKEN_HIDDEN * width / 2
+                            + tokens * vocab * 4 * LOGIT_COPIES)
+    parts["teacher"] = teacher_params * teacher_dtype(precision, device_type).itemsize
+    parts["slack"] = CUDA_SLACK if device_type == "cuda" else 0
     parts = {k: int(v) for k, v in parts.items()}
     return {**parts, "total": sum(parts.values()), "zero_stage": zero_stage, "gpus": gpus, "precision": precision}
+
+
+def estimate_for_shapes(student, teacher, schedule: "DistillSchedule", *, gpus: int, device_type: str) -> dict:
+    """The estimate from compress.ModelShapes alone: a trial checks it BEFORE loading anything."""
+    return estimate_training_memory(
+        student.param_count(), teacher.param_count(), zero_stage=schedule.zero_stage, gpus=gpus,
+        precision=schedule.resolved_precision(device_type), seq_len=schedule.seq_len,
+        batch_size=schedule.batch_size, hidden=student.hidden_size, layers=student.num_layers,
+        vocab=student.vocab_size, device_type=device_type)
 
 
 def check_fits(estimate: dict, available_bytes: int) -> None:
@@ -139,13 +163,14 @@ def check_fits(estimate: dict, available_bytes: int) -> None:
         return
     hint = "try zero_stage=3 or more GPUs" if estimate.get("zero_stage", 0) < 3 else \
         "try more GPUs or a smaller batch_size / seq_len"
-    raise ValueError(f"distillation needs {_gb(estimate['total'])}, have {_gb(available_bytes)} per device; {hint} "
-                     f"(weights {_gb(estimate['weights'])}, grads {_gb(estimate['grads'])}, optimizer "
-                     f"{_gb(estimate['optimizer'])}, activations {_gb(estimate['activations'])}, "
-                     f"teacher {_gb(estimate['teacher'])})")
+    detail = ", ".join(f"{k} {_gb(v)}" for k, v in estimate.items()
+                       if k not in ("total", "zero_stage", "gpus", "precision") and v)
+    raise ValueError(f"distillation needs {_gb(estimate['total'])}, have {_gb(available_bytes)} per device; "
+                     f"{hint} ({detail})")
 
 
 def available_memory(device_type: str) -> int:
+    """Free bytes on this process's device now (the CUDA context included, as allocations see it)."""
     if device_type == "cuda":
         return int(torch.cuda.mem_get_info()[0])
     import psutil
@@ -155,14 +180,6 @@ def available_memory(device_type: str) -> int:
 
 def _gb(n: float) -> str:
     return f"{n / 1e9:.3g} GB"
-
-
-def _estimate_for(student, teacher, schedule, precision: str, gpus: int) -> dict:
-    cfg = student.config
-    return estimate_training_memory(
-        sum(p.numel() for p in student.parameters()), sum(p.numel() for p in teacher.parameters()),
-        zero_stage=schedule.zero_stage, gpus=gpus, precision=precision, seq_len=schedule.seq_len,
-        batch_size=schedule.batch_size, hidden=cfg.hidden_size, layers=cfg.num_hidden_layers, vocab=cfg.vocab_size)
 
 
 # ---- process group ----------------------------------------------------------------------------
@@ -224,8 +241,12 @@ def distill(student, teacher, tokenizer, schedule: DistillSchedule | None = None
         raise ValueError("precision fp16 is not supported by DeepSpeed's CPU accelerator; use fp32 or bf16")
     layer_map = _check_layer_map(student, teacher, layer_map, schedule.hidden_weight)
     gpus = int(os.environ.get("WORLD_SIZE", "1"))
-    estimate = _estimate_for(student, teacher, schedule, precision, gpus)
-    check_fits(estimate, available_memory(device_type) if available_bytes is None else available_bytes)
+    from ._shapes import shapes_from_config
+    estimate = estimate_for_shapes(shapes_from_config(student.config), shapes_from_config(teacher.config), schedule,
+                                   gpus=gpus, device_type=device_type)
+    if available_bytes is None:   # what the two models already hold on the device is part of the estimate
+        available_bytes = available_memory(device_type) + _resident_bytes(device_type, student, teacher)
+    check_fits(estimate, available_bytes)
     rank_seed = schedule.seed + int(os.environ.get("RANK", "0"))  # data parallel: different rows per rank
     data = BlockMixer(tokenizer, schedule.mix, seq_len=schedule.seq_len, seed=rank_seed, hub=schedule.hub)
     heldout = heldout_blocks(tokenizer, seq_len=schedule.seq_len, count=schedule.heldout_blocks, hub=schedule.hub)
@@ -234,6 +255,10 @@ def distill(student, teacher, tokenizer, schedule: DistillSchedule | None = None
         warnings.filterwarnings("ignore", message=".*reduce_scatter_tensor.*")  # ZeRO-3 on torch 2.13, harmless
         warnings.filterwarnings("ignore", message=".*all_gather_into_tensor.*")
         return _train(student, teacher, schedule, precision, layer_map, data, heldout, on_report, device_type, rank, world)
+
+
+def _resident_bytes(device_type: str, *models) -> int:
+    return sum(p.numel() * p.element_size() for m in models for p in m.parameters() if p.device.type == device_type)
 
 
 def _check_layer_map(student, teacher, layer_map, hidden_weight: float):
@@ -262,7 +287,10 @@ def _train(student, teacher, schedule, precision, layer_map, data, heldout, on_r
     hooks = None
     try:
         teacher.eval().requires_grad_(False)
-        teacher.to(device=device, dtype=COMPUTE_DTYPES[precision])  # 16-bit teacher: half the memory
+        teacher.to(device=device, dtype=teacher_dtype(precision, device_type))  # frozen, 16-bit on a GPU
+        if precision == "fp32":
+            student.float()                   # DeepSpeed trains the module's own dtype when no 16-bit mode is on
+        student.to(device)                    # 16-bit modes: DeepSpeed casts it and keeps FP32 masters itself
         student.train().requires_grad_(True)  # pruning leaves every parameter frozen
         optimizer = torch.optim.AdamW(student.parameters(), lr=schedule.lr_at(0), weight_decay=schedule.weight_decay)
         engine, *_ = deepspeed.initialize(model=student, optimizer=optimizer, config=_ds_config(schedule, precision))
@@ -290,8 +318,12 @@ def _train(student, teacher, schedule, precision, layer_map, data, heldout, on_r
                        "seconds": round(time.perf_counter() - start, 3)}
             history.append(metrics)
             sums, since = dict.fromkeys(sums, 0.0), 0
-            # on_report may run the student (a search trial scores it here): hooks stay off meanwhile
-            stop = bool(on_report(step, dict(metrics))) if (on_report is not None and rank == 0) else False
+            # on_report may run the student (a search trial scores it here): hooks stay off meanwhile.
+            # ZeRO-3 partitions the student's weights, so every forward is a collective: then every rank
+            # calls on_report (and must run the same forwards); otherwise rank 0 alone. Rank 0 decides.
+            collective = engine.zero_optimization_stage() == 3 and world > 1
+            stop = bool(on_report(step, dict(metrics))) if (on_report is not None and (rank == 0 or collective)) \
+                else False
             engine.train()
             _capture(hooks, True)
             if _agree(stop, world, device):

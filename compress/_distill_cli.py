@@ -13,7 +13,7 @@ import time
 from ._distill import DistillSchedule, distill
 from ._distill_data import fidelity, heldout_blocks
 from ._io import check_output_dir, read_plan_record, save_pruned
-from ._models import load_model
+from ._models import load_on_device
 from ._plan import Plan
 
 SCHEDULE_FIELDS = tuple(f.name for f in dataclasses.fields(DistillSchedule) if f.name != "steps")
@@ -32,18 +32,20 @@ def run_distill(student_dir: str | os.PathLike, teacher: str | os.PathLike, step
     layer_map = realised.get("layer_map")
     if layer_map is None and schedule.hidden_weight > 0:
         raise ValueError(f"{student_dir} has no plan.json with realised.layer_map; hidden-state matching needs it")
-    student, student_tok = load_model(student_dir, dtype="float32")
-    teacher_model, teacher_tok = load_model(teacher, dtype="float32")
+    student, student_tok = load_on_device(student_dir)     # FP16 on a GPU, FP32 on the CPU
+    teacher_model, teacher_tok = load_on_device(teacher)
     tokenizer = student_tok or teacher_tok
     if tokenizer is None:
         raise ValueError(f"neither {student_dir} nor {teacher} has a tokenizer")
 
     heldout = heldout_blocks(tokenizer, seq_len=schedule.seq_len, count=schedule.heldout_blocks, hub=schedule.hub)
-    before = fidelity(student, teacher_model, heldout)
+    where = next(student.parameters()).device
+    before = fidelity(student, teacher_model, heldout, device=where)
     start = time.perf_counter()
     student, history = distill(student, teacher_model, tokenizer, schedule, layer_map=layer_map, on_report=on_report)
     seconds = time.perf_counter() - start
-    after = fidelity(student, teacher_model, heldout)
+    student.to(where)                       # distill() hands the student back in FP32 on the CPU
+    after = fidelity(student, teacher_model, heldout, device=where)
     result = {"before_kl": before["heldout_kl"], "before_ppl": before["heldout_ppl"],
               "after_kl": after["heldout_kl"], "after_ppl": after["heldout_ppl"],
               "steps": history[-1]["step"] if history else 0, "seconds": round(seconds, 2),

@@ -6,12 +6,13 @@ directory plus the MLC LLM commands that compile it for Android; uniform shapes 
 from __future__ import annotations
 
 import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+from ._io import read_plan_record
 from ._names import Registry
+from ._plan import Plan
 
 TOKENIZER_AND_CONFIG = ("config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json",
                         "tokenizer.model", "special_tokens_map.json", "plan.json", "modeling_pruned.py")
@@ -29,8 +30,12 @@ FORMATS: Registry[ExportFormat] = Registry("export format")
 
 def export_model(model, fmt: str, out, *, force: bool = False) -> Path:
     """Export `model` (registry name or checkpoint directory) to `out` in format `fmt`."""
+    from safetensors import SafetensorError
     spec = FORMATS.get(fmt)              # unknown formats fail first, with a did-you-mean
-    return spec.export(model, out, force=force)
+    try:
+        return spec.export(model, out, force=force)
+    except SafetensorError as err:       # exporters read the weight files directly
+        raise ValueError(f"checkpoint {model} has a corrupt or truncated weight file: {err}") from None
 
 
 def export_hf(model, out, *, force: bool = False) -> Path:
@@ -45,12 +50,12 @@ def export_hf(model, out, *, force: bool = False) -> Path:
     if source.resolve() == out.resolve():
         raise ValueError("export output must differ from the model directory")
     if _all_fp16(source):
-        _copy_dir(source, out)
+        _copy_dir(source, out, force=force)
     else:
         loaded, tokenizer = load_model(str(source), dtype="float16")
-        save_pruned(loaded, tokenizer, out, force=True)
-        if (source / "plan.json").is_file():
-            shutil.copyfile(source / "plan.json", out / "plan.json")
+        record = read_plan_record(source)
+        save_pruned(loaded, tokenizer, out, force=True, plan=Plan.from_dict(record["plan"]) if record.get("plan") else None,
+                    summary=record.get("realised"))
     return out
 
 
@@ -67,20 +72,15 @@ def _all_fp16(directory: Path) -> bool:
     return True
 
 
-def _copy_dir(source: Path, out: Path) -> None:
+def _copy_dir(source: Path, out: Path, *, force: bool) -> None:
     """Copy into a temporary sibling, then swap it in: an interrupted export leaves no half directory."""
-    from ._io import _replace_dir
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
-        names = [p for p in source.iterdir() if p.is_file() and
-                 (p.suffix == ".safetensors" or p.name.endswith(".index.json") or p.name in TOKENIZER_AND_CONFIG)]
+    from ._atomic import atomic_dir
+    from ._io import write_errors
+    names = [p for p in source.iterdir() if p.is_file() and
+             (p.suffix == ".safetensors" or p.name.endswith(".index.json") or p.name in TOKENIZER_AND_CONFIG)]
+    with write_errors(out), atomic_dir(out, force=force) as tmp:
         for path in names:
             shutil.copyfile(path, tmp / path.name)
-        _replace_dir(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
 
 
 def _gguf(model, out, *, force: bool = False) -> Path:

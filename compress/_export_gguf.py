@@ -14,8 +14,6 @@ exporting a 7B model never holds more than one tensor beyond the file being writ
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -61,11 +59,10 @@ def export_gguf(model_dir, out_path, *, dtype: str = DEFAULT_DTYPE, force: bool 
     np_dtype, file_type = DTYPES[dtype]
 
     import gguf
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{out_path.name}.", dir=out_path.parent)
-    os.close(fd)
-    try:
-        writer = gguf.GGUFWriter(tmp, arch)
+    from ._atomic import atomic_file
+    from ._io import write_errors
+    with write_errors(out_path), atomic_file(out_path) as tmp:
+        writer = gguf.GGUFWriter(str(tmp), arch)
         writer.add_name(source.name)
         writer.add_file_type(file_type)
         _add_hparams(writer, arch, config, shapes)
@@ -83,10 +80,6 @@ def export_gguf(model_dir, out_path, *, dtype: str = DEFAULT_DTYPE, force: bool 
                 raise ValueError(f"tensor {t.name}: expected shape {t.shape}, got {data.shape}")
             writer.write_tensor_data(data)
         writer.close()
-        os.replace(tmp, out_path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
     return out_path
 
 

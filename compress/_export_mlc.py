@@ -71,27 +71,36 @@ def conv_template(config) -> str:
 def export_mlc(model_dir, out_dir, *, force: bool = False, device: str = DEFAULT_DEVICE,
                template: str | None = None) -> Path:
     """out_dir/hf (FP16 HF directory), out_dir/README-mlc.md and out_dir/mlc_commands.sh."""
+    from ._atomic import atomic_dir
     from ._export import export_hf
-    from ._io import _replace_dir, check_output_dir
+    from ._io import check_output_dir, write_errors
     from ._models import load_config
     out_dir = check_output_dir(out_dir, force=force)
     config = load_config(model_dir)
-    check_mlc(config)              # refuse before anything is written
-    import shutil
-    import tempfile
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
-    try:
+    shapes = check_mlc(config)     # refuse before anything is written
+    with write_errors(out_dir), atomic_dir(out_dir, force=force) as tmp:
         export_hf(model_dir, tmp / HF_SUBDIR)
+        _stock_config(tmp / HF_SUBDIR / "config.json", shapes)
         commands = mlc_commands(out_dir, config, device=device, template=template or conv_template(config))
         (tmp / "mlc_commands.sh").write_text(commands)
         (tmp / "mlc_commands.sh").chmod(0o755)
         (tmp / "README-mlc.md").write_text(_readme(commands))
-        _replace_dir(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out_dir
+
+
+def _stock_config(path: Path, shapes: ModelShapes) -> None:
+    """MLC reads the stock config fields only. A uniform checkpoint saved in the per-layer format (its head
+    count does not divide the hidden size, which transformers refuses) gets them back, head_dim explicit."""
+    import json
+    config = json.loads(path.read_text())
+    if not config.get("layer_shapes"):
+        return
+    first = shapes.layers[0]
+    config.update(num_attention_heads=first.num_attention_heads, num_key_value_heads=first.num_key_value_heads,
+                  intermediate_size=first.intermediate_size, head_dim=shapes.head_dim)
+    for key in ("layer_shapes", "auto_map"):
+        config.pop(key, None)
+    path.write_text(json.dumps(config, indent=2))
 
 
 def mlc_commands(out_dir: Path, config, *, device: str, template: str) -> str:

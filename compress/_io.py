@@ -1,38 +1,50 @@
 """Save pruned checkpoints: a complete HF directory (FP16 safetensors, config, tokenizer, generation
 config) plus plan.json with the realised shapes. Non-uniform shapes ship `modeling_pruned.py` and
-an `auto_map`, so plain transformers loads them with trust_remote_code=True.
+an `auto_map`, so plain transformers loads them with trust_remote_code=True; plan.json records that
+file's sha256, and `check_remote_code` refuses to trust a directory whose code is not byte for byte
+what we wrote.
 
-Writes go to a temporary sibling directory that replaces the target only when complete, so an
-interrupted save never leaves a half-written checkpoint and never destroys what was there.
+Writes go through compress._atomic (a temporary sibling directory replaces the target only when
+complete), so an interrupted save never leaves a half-written checkpoint and never destroys what was
+there. A failed write (disk full, permissions) is one line naming the target.
 """
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import json
 import os
 import shutil
 import struct
-import tempfile
 from pathlib import Path
 
 import torch
 
 from . import _modeling_pruned
+from ._atomic import atomic_dir, check_dir_target
 from ._plan import Plan
 
 MODELING_FILE = "modeling_pruned.py"
 PLAN_FILE = "plan.json"
+MODELING_HASH_KEY = "modeling_sha256"
 MAX_SHARD_BYTES = 2 * 1024**3
 _ST_DTYPES = {torch.float16: "F16", torch.float32: "F32", torch.bfloat16: "BF16"}
 
 
 def check_output_dir(out: str | os.PathLike, *, force: bool) -> Path:
     """Refuse a non-empty directory (or a file) unless force; raise before any work is done."""
-    out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise ValueError(f"output path {out} exists and is not a directory")
-    if out.is_dir() and any(out.iterdir()) and not force:
-        raise ValueError(f"output directory {out} is not empty; pass --force to replace it")
-    return out
+    return check_dir_target(out, force=force)
+
+
+@contextlib.contextmanager
+def write_errors(target):
+    """An OSError while writing `target` (disk full, read-only, permissions) becomes one ValueError line;
+    the atomic writers guarantee nothing at `target` changed."""
+    try:
+        yield
+    except OSError as err:
+        reason = err.strerror or str(err) or type(err).__name__
+        raise ValueError(f"cannot write {target}: {reason}; nothing was changed") from None
 
 
 def save_pruned(model, tokenizer, out: str | os.PathLike, *, plan: Plan | None = None, summary: dict | None = None,
@@ -48,24 +60,66 @@ def save_pruned(model, tokenizer, out: str | os.PathLike, *, plan: Plan | None =
         config.auto_map = {"AutoModelForCausalLM": f"{MODELING_FILE[:-3]}.{cls}"}
     elif hasattr(config, "auto_map"):
         del config.auto_map
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
+    with write_errors(out), atomic_dir(out, force=force) as tmp:
         config.save_pretrained(tmp)
         if getattr(model, "generation_config", None) is not None:
             model.generation_config.save_pretrained(tmp)
         write_weights(model, tmp)
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
+        record = {"plan": plan.to_dict() if plan else None, "realised": summary or {}}
         if non_uniform:
             shutil.copyfile(_modeling_pruned.__file__, tmp / MODELING_FILE)
-        record = {"plan": plan.to_dict() if plan else None, "realised": summary or {}}
+            record[MODELING_HASH_KEY] = sha256_of(tmp / MODELING_FILE)
         (tmp / PLAN_FILE).write_text(json.dumps(record, indent=2))
-        _replace_dir(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def check_remote_code(directory: str | os.PathLike) -> bool:
+    """May `directory` be loaded with trust_remote_code=True? True when its only remote code is
+    modeling_pruned.py exactly as save_pruned wrote it (sha256 recorded in plan.json); False when it
+    has no remote code at all; otherwise a one-line ValueError (never run code we did not write)."""
+    directory = Path(directory)
+    modules = _auto_map_modules(directory)
+    if not modules and not (directory / MODELING_FILE).exists():
+        return False
+    foreign = sorted(modules - {MODELING_FILE[:-3]})
+    if foreign:
+        raise ValueError(f"{directory} asks for remote code edgeprune did not write ({', '.join(foreign)}); "
+                         "refusing to load it with trust_remote_code")
+    recorded = read_plan_record(directory).get(MODELING_HASH_KEY)
+    if not recorded:
+        raise ValueError(f"{directory / MODELING_FILE} has no sha256 in {PLAN_FILE}: not written by edgeprune "
+                         "(or saved by an older version); refusing to run it with trust_remote_code; re-save it")
+    actual = sha256_of(directory / MODELING_FILE)
+    if actual != recorded:
+        raise ValueError(f"{directory / MODELING_FILE} was modified after edgeprune wrote it (sha256 {actual[:12]}..., "
+                         f"recorded {recorded[:12]}...); refusing to run it with trust_remote_code")
+    return True
+
+
+def _auto_map_modules(directory: Path) -> set[str]:
+    """Python modules the directory's configs point transformers at (auto_map, tokenizer included);
+    a reference into another repository ("repo--module.Class") is returned whole, so it never matches."""
+    modules = set()
+    for name in ("config.json", "tokenizer_config.json"):
+        try:
+            data = json.loads((directory / name).read_text()) if (directory / name).is_file() else {}
+        except (OSError, ValueError) as err:
+            raise ValueError(f"{directory / name} cannot be read: {err}") from None
+        for ref in (data.get("auto_map") or {}).values() if isinstance(data, dict) else ():
+            for item in ref if isinstance(ref, (list, tuple)) else [ref]:
+                if isinstance(item, str):
+                    modules.add(item if "--" in item else item.rsplit(".", 1)[0])
+    return modules
 
 
 def write_weights(model, directory: Path, *, max_shard_bytes: int = MAX_SHARD_BYTES) -> int:
@@ -124,17 +178,12 @@ def _write_shard(path: Path, tensors: dict) -> int:
     return offset
 
 
-def _replace_dir(new: Path, target: Path) -> None:
-    if target.exists():
-        old = target.with_name(f".{target.name}.old")
-        shutil.rmtree(old, ignore_errors=True)
-        os.replace(target, old)
-        os.replace(new, target)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(new, target)
-
-
 def read_plan_record(directory: str | os.PathLike) -> dict:
     path = Path(directory) / PLAN_FILE
-    return json.loads(path.read_text()) if path.is_file() else {}
+    if not path.is_file():
+        return {}
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, ValueError) as err:
+        raise ValueError(f"{path} cannot be read: {err}") from None
+    return record if isinstance(record, dict) else {}

@@ -21,10 +21,8 @@ import hashlib
 import json
 import math
 import os
-import shutil
 import struct
 import sys
-import tempfile
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -384,7 +382,8 @@ def convert(checkpoint: str | os.PathLike, tokenizer: str | os.PathLike, out: st
     from safetensors.torch import save_file
     from transformers import GenerationConfig
 
-    from ._io import _replace_dir, check_output_dir
+    from ._atomic import atomic_dir
+    from ._io import check_output_dir, write_errors
 
     checkpoint, tokenizer = Path(checkpoint), Path(tokenizer)
     out = check_output_dir(out, force=force)  # fail before any work
@@ -395,23 +394,18 @@ def convert(checkpoint: str | os.PathLike, tokenizer: str | os.PathLike, out: st
     if header.shared_classifier:
         del state["lm_head.weight"]  # transformers re-ties it from tie_word_embeddings on load
 
-    # Build in a sibling temp dir and swap it in, so a failure never leaves a half-written bundle.
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
+    # Built in a sibling temp dir that replaces `out` when complete (compress._atomic): a failure
+    # never leaves a half-written bundle.
+    with write_errors(out), atomic_dir(out, force=force) as tmp:
         config.save_pretrained(tmp)
         GenerationConfig(bos_token_id=1, eos_token_id=2).save_pretrained(tmp)
         save_file(state, str(tmp / "model.safetensors"), metadata={"format": "pt"})
         save_tokenizer(pieces, tmp, model_max_length=header.seq_len)
         (tmp / "README.md").write_text(_readme(checkpoint, tokenizer, hashes, header))
         (tmp / "LICENSE").write_text(LICENSE)
-        # mkdtemp and safetensors create owner-only files; package data must be world-readable.
-        for path in [tmp, *tmp.iterdir()]:
+        # safetensors may create owner-only files; package data must be world-readable.
+        for path in tmp.iterdir():
             path.chmod(0o755 if path.is_dir() else 0o644)
-        _replace_dir(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out
 
 

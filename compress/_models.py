@@ -7,7 +7,6 @@ Qwen2-7B-Instruct in the final rules.
 """
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -89,7 +88,9 @@ def load_config(name: str | os.PathLike):
 def load_model(name: str | os.PathLike = DEFAULT_MODEL, *, dtype: str | torch.dtype = "float32"):
     """(model in eval mode, tokenizer or None for a directory without one).
 
-    Per-layer-shaped checkpoints load with the project's own class, without remote code."""
+    Per-layer-shaped checkpoints load with the project's own class, without remote code. A checkpoint
+    that cannot be loaded as its config describes (corrupt or truncated weights, shapes the config
+    gets wrong, missing or extra tensors) is one ValueError line, never a half-random model."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from ._modeling_pruned import PRUNED_CLASSES
     from ._families import family_of
@@ -100,19 +101,96 @@ def load_model(name: str | os.PathLike = DEFAULT_MODEL, *, dtype: str | torch.dt
     family_of(config)
     if getattr(config, "layer_shapes", None):
         cls = PRUNED_CLASSES[config.model_type]
-        model = cls.from_pretrained(source, config=config, dtype=torch_dtype)
+        model = _checked_weights(cls.from_pretrained, source, name, config=config, dtype=torch_dtype)
     else:
-        model = _from_hub_or_cache(AutoModelForCausalLM.from_pretrained, source, name, dtype=torch_dtype)
+        model = _checked_weights(AutoModelForCausalLM.from_pretrained, source, name, dtype=torch_dtype)
     tokenizer = None
     if not Path(source).is_dir() or any((Path(source) / f).is_file() for f in TOKENIZER_FILES):
         tokenizer = _from_hub_or_cache(AutoTokenizer.from_pretrained, source, name)
     return model.eval(), tokenizer
 
 
+def _checked_weights(loader, source: str, name, **kwargs):
+    """Load weights and refuse, in one line, anything but an exact match between config and files."""
+    from safetensors import SafetensorError
+    from transformers.utils import logging as hf_logging
+
+    def load(src, **kw):
+        level = hf_logging.get_verbosity()
+        hf_logging.set_verbosity_error()     # transformers prints its own multi-line load report otherwise
+        try:
+            return loader(src, output_loading_info=True, ignore_mismatched_sizes=True, **kw)
+        except SafetensorError as err:
+            raise ValueError(f"checkpoint {source} has a corrupt or truncated weight file: {_first_line(err)}") from None
+        finally:
+            hf_logging.set_verbosity(level)
+    model, info = _from_hub_or_cache(load, source, name, **kwargs)
+    _refuse_mismatch(source, info.get("mismatched_keys") or [], info.get("missing_keys") or [],
+                     info.get("unexpected_keys") or [])
+    return model
+
+
+def _refuse_mismatch(source, mismatched, missing, unexpected) -> None:
+    problems = [f"{key} is {list(saved)} in the weights but {list(wanted)} by config.json"
+                for key, saved, wanted in sorted(mismatched)]
+    problems += [f"{key} is missing from the weights" for key in sorted(missing)]
+    problems += [f"{key} is in the weights but not in the model config.json describes" for key in sorted(unexpected)]
+    if problems:
+        more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+        raise ValueError(f"checkpoint {source} does not match its config.json: {problems[0]}{more}")
+
+
+def check_checkpoint(name: str | os.PathLike) -> None:
+    """Loadability without loading the weights: every tensor the config implies is in the safetensors
+    files with that shape, and the files are intact. Cheap even for 7B models (headers and a model on
+    the meta device), so a search can refuse a broken checkpoint before it writes anything."""
+    from safetensors import SafetensorError, safe_open
+    from transformers import AutoModelForCausalLM
+    from ._modeling_pruned import PRUNED_CLASSES
+    source = resolve_model(name)
+    config = load_config(name)
+    directory = Path(source) if Path(source).is_dir() else _cached_snapshot(source)
+    files = sorted(directory.glob("*.safetensors")) if directory is not None else []
+    if not files:
+        return          # not a local safetensors checkpoint: loading it is the check
+    saved = {}
+    for path in files:
+        try:
+            with safe_open(path, framework="pt") as f:
+                saved.update({key: tuple(f.get_slice(key).get_shape()) for key in f.keys()})
+        except SafetensorError as err:
+            raise ValueError(f"checkpoint {source} has a corrupt or truncated weight file: {path.name}: "
+                             f"{_first_line(err)}") from None
+    with torch.device("meta"):
+        model = PRUNED_CLASSES[config.model_type](config) if getattr(config, "layer_shapes", None) \
+            else AutoModelForCausalLM.from_config(config)
+    wanted = {key: tuple(t.shape) for key, t in model.state_dict().items()}
+    if getattr(config, "tie_word_embeddings", False):
+        wanted.pop("lm_head.weight", None)         # re-tied from the embeddings on load
+    _refuse_mismatch(source, [(k, saved[k], wanted[k]) for k in wanted.keys() & saved.keys() if saved[k] != wanted[k]],
+                     wanted.keys() - saved.keys(), saved.keys() - wanted.keys() - {"lm_head.weight"})
+
+
+def _cached_snapshot(repo_id: str) -> Path | None:
+    try:
+        from huggingface_hub import snapshot_download
+        return Path(snapshot_download(repo_id, local_files_only=True))
+    except Exception:  # not cached (the hub is not asked): loading the model reports it
+        return None
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
+
+
 def _from_hub_or_cache(loader, source: str, name, **kwargs):
     """Local files first; then the hub unless offline; one clear line when neither has it."""
     if Path(source).is_dir():
-        return loader(source, **kwargs)
+        try:
+            return loader(source, **kwargs)
+        except OSError as err:   # unreadable files, no weights, invalid JSON: the load site says which
+            raise ValueError(f"model directory {source} cannot be loaded: {_first_line(err)}") from None
     try:
         return loader(source, local_files_only=True, **kwargs)
     except OSError:
@@ -121,6 +199,8 @@ def _from_hub_or_cache(loader, source: str, name, **kwargs):
         raise ValueError(_not_cached_message(name, source)) from None
     try:
         return loader(source, **kwargs)
+    except ValueError:
+        raise
     except Exception:
         raise ValueError(_not_cached_message(name, source)) from None
 
@@ -130,4 +210,19 @@ def _not_cached_message(name, source: str) -> str:
             f"download it on a connected machine with `huggingface-cli download {source}` "
             "(and copy ~/.cache/huggingface here), or pass --model /path/to/local/dir")
 
+
+def accelerator():
+    """This process's device: the GPU it was given (a data-parallel worker's LOCAL_RANK-th), else the CPU."""
+    if not torch.cuda.is_available():
+        return torch.device("cpu")
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    return torch.device("cuda", local if local < torch.cuda.device_count() else 0)
+
+
+def load_on_device(name: str | os.PathLike = DEFAULT_MODEL):
+    """(model, tokenizer) on `accelerator()`: FP16 on a GPU (for scoring, for a distillation student that
+    DeepSpeed casts to BF16 with FP32 masters, for a frozen teacher), FP32 on the CPU (slow 16-bit math)."""
+    where = accelerator()
+    model, tokenizer = load_model(name, dtype="float16" if where.type == "cuda" else "float32")
+    return model.to(where), tokenizer
 

@@ -272,11 +272,14 @@ def _drop_layers(model, adapter, targets: list[LayerShape]) -> list[int]:
 
 
 def _write_shapes_to_config(config, base: ModelShapes, kept: list[LayerShape]) -> None:
-    """Uniform result: stock fields. Otherwise `layer_shapes` (read by _modeling_pruned)."""
+    """Uniform result: stock fields. Otherwise `layer_shapes` (read by _modeling_pruned), the stock
+    fields left as they were. A uniform result whose head count does not divide the hidden size takes
+    the per-layer form too: transformers refuses such a stock config (LlamaConfig validates
+    hidden_size % num_attention_heads whatever head_dim says), so it could not be saved or loaded."""
     config.head_dim = base.head_dim  # explicit: head counts change, head size must not
     first = kept[0]
     uniform = all(s == first and s.has_attention and s.has_mlp for s in kept)
-    if uniform:
+    if uniform and config.hidden_size % first.num_attention_heads == 0:
         config.num_attention_heads = first.num_attention_heads
         config.num_key_value_heads = first.num_key_value_heads
         config.intermediate_size = first.intermediate_size

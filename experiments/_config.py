@@ -1,5 +1,7 @@
 """Experiment configs: YAML files in this folder (one per model) plus command-line overrides.
 
+A model without a YAML of its own gets a generic experiment whose resources follow its size
+(GENERIC_SIZES) and says so in `origin`; it never inherits another model's settings.
 The resolved config is written next to the results (config.yaml), so every run can be repeated.
 Unknown keys are errors (a typo must not silently fall back to a default).
 """
@@ -16,6 +18,13 @@ SAMPLERS = ("tpe", "nsga2", "gp", "random")
 MODES = ("single", "multi")
 RUNTIMES = ("llama.cpp", "mlc")
 MULTI_SECOND = ("memory", "tokens_per_s")
+# Generic experiments (models without a YAML), by parameter count: the shipped YAMLs' choices for
+# models of that size. (up to N params, cpus_per_trial, gpus_per_trial, concurrent trials, ZeRO stage, precision)
+GENERIC_SIZES = (
+    (1e9, 1, 0, 2, 0, "fp32"),                 # small: CPU trials, two at a time (like the bundled model)
+    (4e9, 8, 1, 1, 2, "bf16"),                 # Phi-2 class: one GPU per trial, ZeRO-2
+    (float("inf"), 8, 2, 1, 3, "bf16"),        # 7-8B: two GPUs per trial, ZeRO-3
+)
 
 
 @dataclass(kw_only=True)
@@ -47,6 +56,9 @@ class DistillSettings:
     batch_size: int = 8
     zero_stage: int = 0
     precision: str = "fp32"
+    # data-parallel workers per distilling trial (Ray Train, one GPU each on a GPU experiment);
+    # null: resources.gpus_per_trial when it is >= 2, else the trial distils in its own process
+    workers: int | None = None
 
 
 @dataclass(kw_only=True)
@@ -54,6 +66,7 @@ class ProxySettings:
     rungs: int = 2
     tasks: list = field(default_factory=lambda: ["csqa", "bbh", "gsm8k", "humaneval", "truthfulqa", "chid"])
     weights: dict = field(default_factory=dict)
+    unsafe_exec: bool = False          # run HumanEval programs unisolated where no sandbox exists (--unsafe-exec)
 
 
 @dataclass(kw_only=True)
@@ -74,14 +87,17 @@ class Experiment:
     distill: DistillSettings = field(default_factory=DistillSettings)
     proxy: ProxySettings = field(default_factory=ProxySettings)
     resources: Resources = field(default_factory=Resources)
+    origin: str = ""                   # which YAML (or which generic sizing) the settings came from
 
     def validate(self) -> "Experiment":
         _choice("search.sampler", self.search.sampler, SAMPLERS)
         _choice("search.mode", self.search.mode, MODES)
         _choice("search.multi_objective", self.search.multi_objective, MULTI_SECOND)
         _choice("runtime", self.runtime, RUNTIMES)
-        if self.search.trials < 1 or self.search.workers < 1 or self.search.top_k < 0:
-            raise ValueError("search.trials and search.workers must be >= 1, top_k >= 0")
+        for key, value, least in (("trials", self.search.trials, 1), ("workers", self.search.workers, 1),
+                                  ("top_k", self.search.top_k, 0)):
+            if not isinstance(value, int) or value < least:
+                raise ValueError(f"search.{key} (--{key.replace('_', '-')}) must be an integer >= {least}, got {value!r}")
         if self.budget_gb is not None and self.budget_gb <= 0:
             raise ValueError(f"budget_gb must be positive, got {self.budget_gb}")
         if not 0 <= self.space.min_keep < 1:
@@ -90,7 +106,21 @@ class Experiment:
             raise ValueError("space.criteria needs at least one criterion")
         if self.proxy.rungs < 1:
             raise ValueError("proxy.rungs must be >= 1")
+        workers = self.distill.workers
+        if workers is not None and (not isinstance(workers, int) or isinstance(workers, bool) or workers < 0):
+            raise ValueError(f"distill.workers must be an integer >= 0 or null, got {workers!r}")
+        gpus = self.resources.gpus_per_trial
+        if workers and workers >= 2 and gpus and gpus != workers:
+            raise ValueError(f"distill.workers ({workers}) must equal resources.gpus_per_trial ({gpus}): "
+                             "each data-parallel worker drives one GPU")
         return self
+
+    def distill_workers(self) -> int:
+        """Ray Train workers per distilling trial; 0 or 1: the trial distils in its own process."""
+        if self.distill.workers is not None:
+            return self.distill.workers
+        gpus = self.resources.gpus_per_trial
+        return int(gpus) if gpus >= 2 else 0
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -123,21 +153,39 @@ def from_dict(data: dict) -> Experiment:
     return Experiment(**data).validate()
 
 
-def config_path_for(model_or_path: str) -> Path:
-    """experiments/<model>.yaml when it exists, else the generic phone profile template."""
+def config_path_for(model_or_path: str) -> Path | None:
+    """A .yaml path, else experiments/<model>.yaml when it exists, else None (a generic experiment)."""
     path = Path(model_or_path)
     if path.suffix in (".yaml", ".yml"):
         if not path.is_file():
             raise ValueError(f"experiment file not found: {path}")
         return path
     own = HERE / f"{model_or_path}.yaml"
-    return own if own.is_file() else HERE / "qwen-7b.yaml"
+    return own if own.is_file() else None
 
 
-def load_experiment(*, model: str | None, config: str | None = None, overrides: dict | None = None) -> Experiment:
-    """Pick the YAML (explicit config, else the model's own, else a phone template), apply overrides."""
+def generic_experiment(model: str, params: int | None) -> dict:
+    """Settings for a model without a YAML: defaults, with resources sized by its parameter count."""
+    _, cpus, gpus, workers, zero, precision = next(s for s in GENERIC_SIZES if (params or 0) <= s[0])
+    size = "unknown-size" if not params else f"{params / 1e9:.1f}B-parameter" if params >= 1e8 else \
+        f"{params / 1e6:.2f}M-parameter"
+    origin = (f"generic experiment for a {size} model (no experiments/*.yaml for {model}): {cpus} CPU / {gpus} GPU per "
+              f"trial, {workers} concurrent trial{'s' if workers > 1 else ''}, distillation ZeRO-{zero} {precision}")
+    return {"model": model, "origin": origin, "search": {"workers": workers},
+            "resources": {"cpus_per_trial": cpus, "gpus_per_trial": gpus},
+            "distill": {"zero_stage": zero, "precision": precision}}
+
+
+def load_experiment(*, model: str | None, config: str | None = None, overrides: dict | None = None,
+                    model_params=None) -> Experiment:
+    """Pick the settings (explicit config, else the model's own YAML, else a generic experiment sized by
+    `model_params(model)`, a parameter count), then apply overrides."""
     path = config_path_for(config or model or "stories260k")
-    data = yaml.safe_load(path.read_text()) or {}
+    if path is None:
+        data = generic_experiment(model, model_params(model) if model_params else None)
+    else:
+        data = yaml.safe_load(path.read_text()) or {}
+        data["origin"] = str(path.relative_to(HERE.parent) if path.is_relative_to(HERE.parent) else path)
     if model:
         data["model"] = model
     for dotted, value in (overrides or {}).items():
@@ -147,15 +195,15 @@ def load_experiment(*, model: str | None, config: str | None = None, overrides: 
         *parents, leaf = dotted.split(".")
         for key in parents:
             target = target.setdefault(key, {})
+            if not isinstance(target, dict):
+                raise ValueError(f"cannot set {dotted}: {key!r} is not a section")
         target[leaf] = value
     return from_dict(data)
 
 
 def save_experiment(experiment: Experiment, path: Path) -> None:
-    import os
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(yaml.safe_dump(experiment.to_dict(), sort_keys=False))
-    os.replace(tmp, path)
+    from compress._atomic import write_text
+    write_text(path, yaml.safe_dump(experiment.to_dict(), sort_keys=False))
 
 
 def read_experiment(path: Path) -> Experiment:

@@ -181,12 +181,13 @@ def check_items(task: str, items: list[dict]) -> None:
 # ---- scoring ------------------------------------------------------------------------------------------
 def score_faithful(model, tokenizer, task: str, items: list[dict], *, max_out_len: int | None = None,
                    early_stop: bool = True, hf_type: str = "auto", program_timeout: float = PROGRAM_TIMEOUT,
-                   batch_size: int | None = None):
+                   batch_size: int | None = None, unsafe_exec: bool = False):
     """(credits, texts, accuracy) for `items` of `task`, in item order. Items are batched as OpenCompass batches
     them: per dataset abbr (BBH subtask, CHID file), consecutive, `batch_size` rows at a time.
     max_out_len: None = the config's own, else the competition's 1024; an int caps every task (as
     run_opencompass(max_out_len=N) does). early_stop: stop a row once its answer is settled (same score; the
-    text is then a prefix of OpenCompass's)."""
+    text is then a prefix of OpenCompass's). HumanEval programs run in objectives._sandbox (unsafe_exec: without
+    isolation where bubblewrap is missing)."""
     spec = SPEC[task]
     check_items(task, items)
     chat = is_chat(tokenizer, hf_type)
@@ -204,15 +205,16 @@ def score_faithful(model, tokenizer, task: str, items: list[dict], *, max_out_le
                                          **kwargs)
         for i, text in zip(rows, outs):
             texts[i] = text
-    credits, accuracy = credit(task, items, texts, program_timeout=program_timeout)
+    credits, accuracy = credit(task, items, texts, program_timeout=program_timeout, unsafe_exec=unsafe_exec)
     return credits, texts, accuracy
 
 
-def credit(task: str, items: list[dict], texts: list[str], *, program_timeout: float = PROGRAM_TIMEOUT):
+def credit(task: str, items: list[dict], texts: list[str], *, program_timeout: float = PROGRAM_TIMEOUT,
+           unsafe_exec: bool = False):
     """(per-item credit, task accuracy as a fraction) from generated texts, as the config's evaluator scores."""
     if task == "humaneval":
         programs = [post.humaneval_check_program(x, post.humaneval_postprocess(t)) for x, t in zip(items, texts)]
-        credits = [float(ok) for ok in run_programs(programs, timeout=program_timeout)]
+        credits = [float(ok) for ok in run_programs(programs, timeout=program_timeout, unsafe=unsafe_exec)]
     elif task == "truthfulqa":
         scores = [post.truthfulqa_bleu(t, x["correct_answers"], x["incorrect_answers"]) for x, t in zip(items, texts)]
         credits = [float(s["acc"]) if s else 0.0 for s in scores]

@@ -21,7 +21,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
+import pickle
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -127,13 +127,9 @@ class TeacherCache:
         payload = {"tokens": self.tokens, "values": self.values, "lse": self.lse, "nll": self.nll,
                    "indices": self.indices, "vocab_size": self.vocab_size, "vocab_hash": self.vocab_hash,
                    "level_blocks": list(self.level_blocks), "meta": dict(self.meta), "format": 1}
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        try:
+        from compress._atomic import atomic_file
+        with atomic_file(path) as tmp:
             torch.save(payload, tmp)
-            os.replace(tmp, path)
-        finally:
-            if tmp.exists():
-                tmp.unlink()
         return path
 
     @classmethod
@@ -141,7 +137,11 @@ class TeacherCache:
         path = Path(path)
         if not path.is_file():
             raise ValueError(f"teacher cache not found: {path} (build one with TeacherCache.build(...).save(path))")
-        data = torch.load(path, map_location="cpu", weights_only=True)
+        try:
+            data = torch.load(path, map_location="cpu", weights_only=True)
+        except (RuntimeError, OSError, EOFError, ValueError, pickle.UnpicklingError) as err:   # truncated, not ours
+            raise ValueError(f"teacher cache {path} is corrupt, truncated or not a teacher cache "
+                             f"({type(err).__name__}); delete it to rebuild it") from None
         if not isinstance(data, dict) or data.get("format") != 1:
             raise ValueError(f"{path} is not a teacher cache written by this version")
         return cls(tokens=data["tokens"], values=data["values"], indices=data["indices"], lse=data["lse"],

@@ -92,6 +92,7 @@ def run_opencompass(model_dir, *, datasets=COMPETITION_DATASETS, limit: int | No
     """
     model_dir = Path(model_dir).expanduser().resolve()
     config = _read_model_config(model_dir)
+    trust = written_by_project(model_dir)     # a tampered modeling file is refused before anything runs
     if limit is not None and (not isinstance(limit, int) or limit < 1):
         raise ValueError(f"limit must be a positive integer, got {limit!r}")
     if max_out_len is not None and (not isinstance(max_out_len, int) or max_out_len < 1):
@@ -110,7 +111,6 @@ def run_opencompass(model_dir, *, datasets=COMPETITION_DATASETS, limit: int | No
     run_dir = work_dir / abbr
     run_dir.mkdir(parents=True, exist_ok=True)
     shutil.copytree(SHIMS / "bleu", run_dir / "bleu", dirs_exist_ok=True)   # evaluate.load('bleu') reads ./bleu
-    trust = written_by_project(model_dir)
     model = {"class": MODEL_CLASS[kind], "abbr": abbr, "path": str(model_dir), "trust_remote_code": trust,
              "dtype": "float16" if gpu else "float32", "num_gpus": 1 if gpu else 0, "batch_size": batch_size,
              "max_seq_len": int(config.get("max_position_embeddings") or DEFAULT_MAX_SEQ_LEN)}
@@ -155,14 +155,10 @@ def run_opencompass(model_dir, *, datasets=COMPETITION_DATASETS, limit: int | No
 
 
 def written_by_project(model_dir: Path) -> bool:
-    """A plan.json as compress.save_pruned writes it ({"plan", "realised"}): only then is the directory's
-    modeling_pruned.py our own code, safe to run with trust_remote_code."""
-    path = Path(model_dir) / "plan.json"
-    try:
-        record = json.loads(path.read_text()) if path.is_file() else None
-    except (OSError, ValueError):
-        return False
-    return isinstance(record, dict) and set(record) == {"plan", "realised"}
+    """trust_remote_code only for a modeling_pruned.py byte for byte as compress.save_pruned wrote it (its
+    sha256 is in plan.json); False without remote code; a one-line ValueError for anything else."""
+    from compress._io import check_remote_code
+    return check_remote_code(model_dir)
 
 
 def resolve_hf_type(model_dir: Path, hf_type: str) -> str:

@@ -25,6 +25,7 @@ import time
 
 from ._base import OBJECTIVES, Candidate, EvalContext, Metric, Objective
 from ._faithful import score_faithful
+from ._sandbox import require_isolation
 from ._scoring import PROGRAM_TIMEOUT, choice_credit, greedy_generate, option_loglikelihoods, run_programs
 from ._tasks import TASKS, Choice, HumanEval, Task, get_task
 
@@ -48,7 +49,8 @@ class ProxyAccuracyObjective(Objective):
 
     def __init__(self, *, tasks=DEFAULT_TASKS, mode: str = "loglik", items: dict | None = None,
                  max_new_tokens=MAX_NEW_TOKENS, data_dir=None, program_timeout: float = PROGRAM_TIMEOUT,
-                 max_out_len: int | None = None, early_stop: bool = True, hf_type: str = "auto"):
+                 max_out_len: int | None = None, early_stop: bool = True, hf_type: str = "auto",
+                 unsafe_exec: bool = False):
         if isinstance(tasks, str):
             tasks = (tasks,)
         tasks = tuple(tasks)
@@ -75,6 +77,9 @@ class ProxyAccuracyObjective(Objective):
         self.data_dir = data_dir
         self.program_timeout = program_timeout
         self.max_out_len, self.early_stop, self.hf_type = max_out_len, early_stop, hf_type
+        self.unsafe_exec = unsafe_exec   # run HumanEval programs even where they cannot be isolated
+        if "humaneval" in tasks:
+            require_isolation(unsafe_exec)   # refuse before any model work, in one line
         self.last_seconds: dict[str, float] = {}   # per task, from the latest evaluate (for reports)
         self.last_credits: dict[str, list[float]] = {}
         self.last_texts: dict[str, list[str | None]] = {}
@@ -117,7 +122,8 @@ class ProxyAccuracyObjective(Objective):
             if self.mode == "faithful":
                 credits, texts, accuracy = score_faithful(
                     candidate.model, candidate.tokenizer, name, items, max_out_len=self.max_out_len,
-                    early_stop=self.early_stop, hf_type=self.hf_type, program_timeout=self.program_timeout)
+                    early_stop=self.early_stop, hf_type=self.hf_type, program_timeout=self.program_timeout,
+                    unsafe_exec=self.unsafe_exec)
             else:
                 credits, texts = self.score_items(candidate.model, candidate.tokenizer, get_task(name), items, fidelity)
                 accuracy = sum(credits) / len(credits) if credits else 0.0
@@ -146,7 +152,7 @@ class ProxyAccuracyObjective(Objective):
                 texts[i] = text
             if isinstance(task, HumanEval):
                 passed = run_programs([task.program(items[i], t) for i, t in zip(pending, generated)],
-                                      timeout=self.program_timeout)
+                                      timeout=self.program_timeout, unsafe=self.unsafe_exec)
                 for i, ok in zip(pending, passed):
                     credits[i] = float(ok)
             else:

@@ -1,4 +1,4 @@
-"""Model-side scoring: option log-likelihoods, batched greedy generation, sandboxed program execution.
+"""Model-side scoring: option log-likelihoods, batched greedy generation (programs run in _sandbox).
 
 Prompts are left-truncated to the model's context (max_position_embeddings) minus what must follow them
 (the longest option, or the generation budget), as OpenCompass does; unlike OpenCompass we keep the
@@ -6,21 +6,14 @@ BOS token in front of a truncated prompt, because Llama-style models degrade bad
 """
 from __future__ import annotations
 
-import os
 import re
-import signal
-import subprocess
-import sys
-import tempfile
-from concurrent.futures import ThreadPoolExecutor
 
 import torch
 
+from ._sandbox import PROGRAM_TIMEOUT, run_program, run_programs  # noqa: F401  (execution lives there)
+
 DEFAULT_CONTEXT = 2048          # when the config names no max_position_embeddings
 GENERATE_BATCH = 8              # prompts decoded together (left-padded)
-PROGRAM_TIMEOUT = 3.0           # seconds per HumanEval program, as OpenCompass's evaluator
-PROGRAM_MEMORY = 1 << 30        # address-space limit for a HumanEval program (bytes)
-PROGRAM_WORKERS = 2
 
 
 def context_limit(model) -> int:
@@ -162,40 +155,3 @@ def _generate_batch(model, tokenizer, queries, budget: int, limit: int) -> list[
                     use_cache=True, **{_cache_kwarg(model): _cache_of(out)})
     return [t if t is not None else tokenizer.decode(n, skip_special_tokens=True) for t, n in zip(texts, new)]
 
-
-# ---- sandboxed execution -------------------------------------------------------------------------
-def _limits(memory: int, cpu_seconds: int):
-    def apply():  # runs in the child before exec: cap memory, CPU time and file sizes
-        import resource
-        resource.setrlimit(resource.RLIMIT_AS, (memory, memory))
-        resource.setrlimit(resource.RLIMIT_CPU, (cpu_seconds, cpu_seconds))
-        resource.setrlimit(resource.RLIMIT_FSIZE, (1 << 20, 1 << 20))
-    return apply
-
-
-def run_program(program: str, *, timeout: float = PROGRAM_TIMEOUT, memory: int = PROGRAM_MEMORY) -> bool:
-    """True when `program` exits 0 within `timeout` seconds. It runs in a fresh isolated interpreter
-    (never in this process), in an empty temporary directory, in its own session so a timeout kills
-    everything it started."""
-    with tempfile.TemporaryDirectory() as tmp:
-        proc = subprocess.Popen([sys.executable, "-I", "-S", "-"], stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
-                                stderr=subprocess.DEVNULL, cwd=tmp, start_new_session=True,
-                                preexec_fn=_limits(memory, int(timeout) + 1), env={"PATH": os.environ.get("PATH", "")})
-        try:
-            proc.communicate(program.encode("utf-8"), timeout=timeout)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-            return False
-        finally:
-            if proc.poll() is None:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
-        return proc.returncode == 0
-
-
-def run_programs(programs: list[str], *, timeout: float = PROGRAM_TIMEOUT, workers: int = PROGRAM_WORKERS) -> list[bool]:
-    if not programs:
-        return []
-    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-        return list(pool.map(lambda p: run_program(p, timeout=timeout), programs))

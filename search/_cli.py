@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import argparse
+import difflib
 import os
+import re
 import sys
 
 from search import _verbs, _verbs_export, _verbs_opencompass
@@ -26,9 +28,28 @@ VERBS = {
 }
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with the CLI's error contract: one `error: ...` line (with a did-you-mean for a mistyped
+    choice), exit status 2, never the usage text; no prefix matching (`--track` is not `--tracking-uri`)."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, allow_abbrev=False, **kwargs)
+
+    def error(self, message):
+        match = re.search(r"invalid choice: '([^']*)' \(choose from (.*)\)", message)
+        if match:
+            choices = re.findall(r"'([^']*)'", match.group(2)) or [c.strip() for c in match.group(2).split(",")]
+            close = difflib.get_close_matches(match.group(1), choices, n=1)
+            if close:
+                message += f"; did you mean {close[0]!r}?"
+        command = " ".join(self.prog.split()[3:])       # "python -m search launch" -> "launch"
+        print(f"error: {command + ': ' if command else ''}{message}", file=sys.stderr)
+        sys.exit(2)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m search", description=__doc__)
-    sub = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
+    parser = _Parser(prog="python -m search", description=__doc__)
+    sub = parser.add_subparsers(dest="verb", required=True, metavar="VERB", parser_class=_Parser)
     for name, (help_text, add_args, run) in VERBS.items():
         p = sub.add_parser(name, help=help_text, description=help_text)
         add_args(p)

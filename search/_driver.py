@@ -28,7 +28,12 @@ def build_setup(exp: experiments.Experiment, paths: ExperimentDir, *, tracking_u
     base = compress.shapes_from_config(config)
     profile = objectives.get_profile(exp.device)
     budget = exp.budget_gb * GB if exp.budget_gb else profile.memory_budget_bytes
-    spec = spaces.SpaceSpec(num_layers=base.num_layers, runtime=exp.runtime, criteria=tuple(exp.space.criteria),
+    runtime = exp.runtime
+    if runtime == "llama.cpp" and base.model_type == "phi":
+        # llama.cpp's phi2 graph reads one shape for all layers (GGUF `deci`, which holds per-layer shapes,
+        # has no parallel block): search uniform shapes with whole-layer drops, as for MLC
+        runtime = "mlc"
+    spec = spaces.SpaceSpec(num_layers=base.num_layers, runtime=runtime, criteria=tuple(exp.space.criteria),
                             attn_unit=exp.space.attn_unit, min_keep=exp.space.min_keep,
                             allow_drop=exp.space.allow_drop, multi=exp.search.mode == "multi",
                             min_budget_use=exp.space.min_budget_use,
@@ -38,7 +43,18 @@ def build_setup(exp: experiments.Experiment, paths: ExperimentDir, *, tracking_u
                       rungs=exp.proxy.rungs, tasks=list(exp.proxy.tasks), weights=dict(exp.proxy.weights),
                       teacher_cache=str(paths.teacher_cache), multi=exp.search.multi_objective
                       if exp.search.mode == "multi" else None, tracking_uri=tracking_uri,
-                      distill=exp.to_dict()["distill"], seed=exp.search.seed)
+                      distill=exp.to_dict()["distill"], seed=exp.search.seed, unsafe_exec=exp.proxy.unsafe_exec,
+                      **_parallel_settings(exp))
+
+
+def _parallel_settings(exp: experiments.Experiment) -> dict:
+    workers = exp.distill_workers() if exp.distill.enabled else 0
+    if workers < 2:
+        return {}
+    gpus = exp.resources.gpus_per_trial
+    # a Ray Train worker per GPU; the trial's CPUs are shared among its workers
+    return {"distill_workers": workers, "use_gpu": gpus > 0,
+            "cpus_per_worker": max(0.25, exp.resources.cpus_per_trial / workers)}
 
 
 def prepare_teacher(setup: TrialSetup, paths: ExperimentDir) -> dict:
@@ -50,15 +66,43 @@ def prepare_teacher(setup: TrialSetup, paths: ExperimentDir) -> dict:
     return {"uniform-l1": spaces.uniform_l1(setup.spec), "owl": spaces.owl(setup.spec, ratios)}
 
 
+DEFAULT_DASHBOARD_PORT = 8265
+TRAIN_DRIVER_CPU = 0.01        # a data-parallel trial's own share: it relays reports, its workers compute
+# Ray Train (data-parallel distillation inside a trial): a trial's worker group may have to wait for
+# GPUs another trial is releasing, and a trial's function thread needs more than Tune's default 2 s
+# to wind its Train run down before the actor is reused.
+WORKER_ENV = {"RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S": "1800", "TUNE_FUNCTION_THREAD_TIMEOUT_S": "120"}
+
+
+def _free_port(preferred: int) -> int:
+    import socket
+    for port in (preferred, 0):
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return s.getsockname()[1]
+    raise OSError("no free port for the Ray dashboard")
+
+
 def start_ray(address: str | None):
+    """Join `address` or start a local cluster. Every Ray worker of the job is told which cluster is
+    ours (RAY_ADDRESS / RAY_API_SERVER_ADDRESS): Ray Train's placement-group cleaner asks the State API
+    whether its controller is alive, and with two clusters on one machine its auto-detection can ask
+    the other one, hear "dead" and remove a live trial's GPUs."""
     import ray
+    env = dict(WORKER_ENV)
     if address:
-        ctx = ray.init(address=address, log_to_driver=False)
+        env["RAY_ADDRESS"] = address
+        ctx = ray.init(address=address, log_to_driver=False, runtime_env={"env_vars": env})
         print(f"joined Ray cluster at {address}", flush=True)
     else:
         os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # local, loopback-only dashboard
+        port = _free_port(DEFAULT_DASHBOARD_PORT)
+        env["RAY_API_SERVER_ADDRESS"] = f"http://127.0.0.1:{port}"
         ctx = ray.init(num_cpus=os.cpu_count(), include_dashboard=True, dashboard_host="127.0.0.1",
-                       log_to_driver=False)
+                       dashboard_port=port, log_to_driver=False, runtime_env={"env_vars": env})
     url = getattr(ctx, "dashboard_url", None)
     print(f"Ray dashboard: http://{url}" if url else "Ray dashboard: not available", flush=True)
     return ray
@@ -73,8 +117,10 @@ def make_tuner(exp: experiments.Experiment, setup: TrialSetup, paths: Experiment
     from search._searcher import ConstrainedOptunaSearch, make_sampler
     from search._tune_state import StateSnapshot, repair
 
-    trainable = tune.with_resources(tune.with_parameters(run_trial, setup=setup),
-                                    {"cpu": exp.resources.cpus_per_trial, "gpu": exp.resources.gpus_per_trial})
+    # a trial that distils on Ray Train workers only waits for them: they hold the CPUs and GPUs
+    trial_resources = {"cpu": TRAIN_DRIVER_CPU} if setup.distill_workers >= 2 else \
+        {"cpu": exp.resources.cpus_per_trial, "gpu": exp.resources.gpus_per_trial}
+    trainable = tune.with_resources(tune.with_parameters(run_trial, setup=setup), trial_resources)
     progress = ProgressPrinter(total=exp.search.trials)
     callbacks = [progress, StateSnapshot(paths.tune)]
     run_config = tune.RunConfig(storage_path=str(paths.path), name="tune", verbose=0, callbacks=callbacks,
@@ -95,7 +141,10 @@ def make_tuner(exp: experiments.Experiment, setup: TrialSetup, paths: Experiment
     scheduler = ASHAScheduler(time_attr="training_iteration", metric="score", mode="max", max_t=setup.rungs,
                               grace_period=1, reduction_factor=2) if setup.rungs > 1 else None
     tune_config = tune.TuneConfig(search_alg=searcher, scheduler=scheduler, num_samples=exp.search.trials,
-                                  max_concurrent_trials=exp.search.workers, reuse_actors=True)
+                                  max_concurrent_trials=exp.search.workers,
+                                  # data-parallel trials run for minutes: a fresh actor costs seconds and keeps
+                                  # each trial's Train run independent of the previous one's teardown
+                                  reuse_actors=setup.distill_workers < 2)
     return tune.Tuner(trainable, tune_config=tune_config, run_config=run_config), progress
 
 

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,11 +30,17 @@ class ExperimentDir:
         return f"sqlite:///{(self.path / 'optuna.db').resolve()}"
 
     @classmethod
-    def create(cls, root, name: str) -> "ExperimentDir":
+    def check_new(cls, root, name: str) -> "ExperimentDir":
+        """The paths of a new experiment; refuses an existing one (nothing is created)."""
         paths = cls._checked(root, name)
-        if paths.path.exists() and any(paths.path.iterdir()):
+        if paths.path.exists() and (not paths.path.is_dir() or any(paths.path.iterdir())):
             raise ValueError(f"experiment {name!r} already exists in {paths.root}; continue it with "
                              f"`python -m search resume --experiment {name}` or pick another --experiment")
+        return paths
+
+    @classmethod
+    def create(cls, root, name: str) -> "ExperimentDir":
+        paths = cls.check_new(root, name)
         paths.path.mkdir(parents=True, exist_ok=True)
         return paths
 
@@ -56,9 +61,8 @@ class ExperimentDir:
         return self.tune.is_dir() and any(self.tune.glob("experiment_state-*.json"))
 
     def write_json(self, path: Path, data) -> None:
-        tmp = path.with_suffix(path.suffix + ".tmp")
-        tmp.write_text(json.dumps(data, indent=2, default=str))
-        os.replace(tmp, path)
+        from compress._atomic import write_json
+        write_json(path, data)
 
     def write_state(self, data: dict) -> None:
         self.write_json(self.state, data)

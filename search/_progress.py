@@ -1,4 +1,5 @@
-"""Console progress while a search runs: trials done / running / failed, best score so far.
+"""Console progress while a search runs: a line when a trial starts, finishes or fails, with trials
+done / running / failed and the best score so far.
 
 Counts are read from Tune's trial list at every event, so a resumed search shows the trials it
 restored as well as the new ones.
@@ -26,9 +27,12 @@ class ProgressPrinter(Callback):
                 best = (value, r.get("baseline") or t.trial_id)
         return best
 
-    def _line(self, event: str, trials, finished=None, failed=None) -> None:
-        # the trial being reported is not marked TERMINATED / ERROR yet when callbacks run
-        status = ["TERMINATED" if t is finished else "ERROR" if t is failed else t.status for t in trials]
+    def _line(self, event: str, trials, finished=None, failed=None, started=None) -> None:
+        # callbacks run before Tune updates the reported trial's status (a starting one is still PENDING,
+        # a finished one still RUNNING); a line printed only at completions would always show one
+        # trial fewer than run between them, so starts get a line too
+        status = ["TERMINATED" if t is finished else "ERROR" if t is failed else "RUNNING" if t is started
+                  else t.status for t in trials]
         done = status.count("TERMINATED")
         stopped = sum(1 for t, st in zip(trials, status) if st == "TERMINATED"
                       and (t.last_result or {}).get("training_iteration", 0) < (t.last_result or {}).get("rungs", 0))
@@ -37,6 +41,10 @@ class ProgressPrinter(Callback):
         print(f"[{time.time() - self.started:6.0f}s] {event:<30} done {done}/{self.total}  running "
               f"{status.count('RUNNING')}  failed {status.count('ERROR')}  stopped early {stopped}  {best_text}",
               file=self.stream or sys.stdout, flush=True)
+
+    def on_trial_start(self, iteration, trials, trial, **info):
+        tag = (trial.config or {}).get("baseline") or trial.trial_id
+        self._line(f"{tag} started", trials, started=trial)
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         result = trial.last_result or {}

@@ -6,11 +6,12 @@ import json
 import math
 
 import compress
+from compress._atomic import atomic_file
 from search import _tracking
 from search._trial import GB, load_on_device, plan_for, recover, schedule_for
 
 COLUMNS = ("trial_id", "name", "status", "rung", "score", "proxy_accuracy", "kl_to_teacher", "perplexity",
-           "peak_memory_bytes", "decode_tokens_per_s", "params", "kept_fraction", "constraint", "reason")
+           "peak_memory_bytes", "decode_tokens_per_s", "params", "kept_fraction", "distill_step", "distill_world", "constraint", "reason")
 
 
 def collect(grid, setup, paths) -> list[dict]:
@@ -74,7 +75,7 @@ def materialise(row: dict, rank: int, setup, paths) -> dict:
     params = json.loads(row["params_json"])
     plan = plan_for(params, setup)
     schedule = schedule_for(params, setup)
-    model, tokenizer = load_on_device(setup.model_source, training=schedule is not None)
+    model, tokenizer = load_on_device(setup.model_source)
     result = compress.prune(model, tokenizer, plan)
     if schedule is not None:  # what the trial scored was the recovered student: save that
         model = recover(model, tokenizer, result, schedule, setup)
@@ -86,12 +87,10 @@ def materialise(row: dict, rank: int, setup, paths) -> dict:
 
 
 def _write_csv(rows, path) -> None:
-    tmp = path.with_suffix(".tmp")
-    with open(tmp, "w", newline="") as f:
+    with atomic_file(path) as tmp, open(tmp, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(COLUMNS), extrasaction="ignore")
         writer.writeheader()
         writer.writerows(rows)
-    tmp.replace(path)
 
 
 def _log_parent(summary, rows, setup, paths) -> None:

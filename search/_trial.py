@@ -35,6 +35,12 @@ class TrialSetup:
     parent_run_id: str | None = None
     distill: dict = field(default_factory=dict)
     seed: int = 0
+    unsafe_exec: bool = False             # HumanEval without a sandbox (the user passed --unsafe-exec)
+    # data-parallel distillation: >= 2 runs it on that many Ray Train workers (one GPU each when use_gpu)
+    distill_workers: int = 0
+    use_gpu: bool = False
+    cpus_per_worker: float = 1.0
+    train_storage: str | None = None      # Ray Train run folders (None: Ray's default, ~/ray_results)
 
     def profile(self):
         return objectives.get_profile(self.profile_name).with_budget(int(self.budget_bytes))
@@ -48,19 +54,14 @@ def plan_for(params: dict, setup: TrialSetup) -> compress.Plan:
     return spaces.params_to_plan(params, setup.spec, memory_of=setup.memory_of(), budget_bytes=setup.budget_bytes)
 
 
-def load_on_device(source: str, *, training: bool = False):
-    """On a GPU worker (Ray sets CUDA_VISIBLE_DEVICES from gpus_per_trial): FP16 for scoring, FP32 master
-    weights when it will be trained (DeepSpeed then computes in bf16); on CPU always FP32."""
-    import torch
-    cuda = torch.cuda.is_available()
-    model, tokenizer = compress.load_model(source, dtype="float16" if cuda and not training else "float32")
-    return model.to("cuda" if cuda else "cpu"), tokenizer
+device = compress.accelerator
+load_on_device = compress.load_on_device
 
 
-def build_candidate(params: dict, setup: TrialSetup):
+def build_candidate(params: dict, setup: TrialSetup, plan: compress.Plan | None = None):
     """The pruned model for these parameters."""
-    plan = plan_for(params, setup)
-    model, tokenizer = load_on_device(setup.model_source, training=spaces.distill_schedule_params(params) is not None)
+    plan = plan or plan_for(params, setup)
+    model, tokenizer = load_on_device(setup.model_source)
     result = compress.prune(model, tokenizer, plan)
     return plan, result, model, tokenizer
 
@@ -80,51 +81,42 @@ def schedule_for(params: dict, setup: TrialSetup) -> compress.DistillSchedule | 
         seed=setup.seed, **fixed)
 
 
+def check_distill_memory(plan: compress.Plan, schedule, setup: TrialSetup, *, gpus: int) -> dict:
+    """Before anything is loaded: the distillation's per-device memory, from shapes alone, against what
+    this device has free now. A trial that cannot fit fails at once with the breakdown, not after minutes
+    of loading (or with an allocator error halfway through a step)."""
+    import torch
+    where = device()
+    student = plan.realised_shapes(setup.base_shapes)
+    estimate = compress.estimate_for_shapes(student, setup.base_shapes, schedule, gpus=gpus, device_type=where.type)
+    free = int(torch.cuda.mem_get_info(where)[0]) if where.type == "cuda" else compress.available_memory("cpu")
+    compress.check_fits(estimate, free)
+    return estimate
+
+
 def recover(model, tokenizer, result, schedule, setup: TrialSetup, on_report=None):
-    """Distil the pruned `model` from the dense teacher; returns the recovered student."""
-    teacher, _ = load_on_device(setup.model_source, training=True)
+    """Distil the pruned `model` from the dense teacher (loaded 16-bit on a GPU, frozen); returns the student."""
+    teacher, _ = load_on_device(setup.model_source)
     student, _ = compress.distill(model, teacher, tokenizer, schedule, layer_map=result.layer_map, on_report=on_report)
     return student
 
 
 def run_trial(config: dict, setup: TrialSetup) -> None:
-    """Ray Tune function trainable. Reports once per fidelity rung; ASHA may stop it between rungs."""
+    """Ray Tune function trainable. Reports once per fidelity rung; ASHA may stop it between rungs.
+
+    With `setup.distill_workers` >= 2 a distilling trial runs on that many Ray Train workers (search/
+    _data_parallel.py) and relays their reports; otherwise everything runs in this process."""
     from ray import tune
 
     params = {k: v for k, v in config.items() if k != "baseline"}
-    run = _tracking.TrialRun.start(setup, tune.get_context().get_trial_id(), params, baseline=config.get("baseline", ""))
+    baseline = config.get("baseline", "")
+    run = _tracking.TrialRun.start(setup, tune.get_context().get_trial_id(), params, baseline=baseline)
     try:
-        start = time.perf_counter()
-        plan, result, model, tokenizer = build_candidate(params, setup)
-        run.log_plan(plan, result)
-        profile = setup.profile()
-        context = objectives.EvalContext(profile=profile, teacher_cache=setup.teacher_cache, seed=setup.seed,
-                                         extra={"tasks": setup.tasks})
-        candidate = objectives.Candidate(shapes=result.shapes, model=model, tokenizer=tokenizer)
-        judges = trial_objectives(setup)
-        weights = objectives.ProxyWeights.from_dict(setup.weights)
-        rung = 0
-
-        def evaluate_and_report(extra: dict | None = None) -> None:
-            nonlocal rung
-            was_training = model.training
-            model.eval()
-            metrics = objectives.evaluate_all(candidate, context, objectives=judges, fidelity=rung, weights=weights)
-            model.train(was_training)
-            report = score_report(metrics, setup, seconds=time.perf_counter() - start)
-            report.update(rung=rung, rungs=setup.rungs, baseline=config.get("baseline", ""),
-                          kept_fraction=result.params / result.base_params, **(extra or {}))
-            run.log_metrics(report, step=rung)
-            rung += 1
-            tune.report(report)  # ASHA may stop the trial here (SystemExit(0))
-
-        schedule = schedule_for(params, setup)
-        if schedule is None:
-            for _ in range(setup.rungs):
-                evaluate_and_report()
-        else:  # the fidelity ladder follows distillation: one report per share of the steps
-            recover(model, tokenizer, result, schedule, setup, on_report=lambda step, m: evaluate_and_report(
-                {"distill_step": step, "distill_loss": m["loss"]}) or False)
+        if setup.distill_workers >= 2 and schedule_for(params, setup) is not None:
+            from search import _data_parallel
+            _data_parallel.run(params, setup, run, baseline=baseline, trial_id=tune.get_context().get_trial_id())
+        else:
+            trial_body(params, setup, run, baseline=baseline, report=_tune_report)
         run.finish("FINISHED")
     except SystemExit as stop:  # Tune ends a trial the scheduler stopped with sys.exit(0) inside report()
         if stop.code in (0, None):
@@ -137,8 +129,60 @@ def run_trial(config: dict, setup: TrialSetup) -> None:
         raise
 
 
+def _tune_report(metrics: dict) -> bool:
+    from ray import tune
+    tune.report(metrics)   # ASHA may stop the trial here (SystemExit(0))
+    return False
+
+
+def trial_body(params: dict, setup: TrialSetup, run, *, baseline: str, report, rank: int = 0, world: int = 1):
+    """Prune (and distil) the candidate for `params`, scoring it once per fidelity rung; returns
+    (plan, prune result, model). `report(metrics) -> stop?` gets rank 0's scores. In a data-parallel
+    distillation every rank runs this; only rank 0 logs and reports (under ZeRO-3 every rank also runs
+    the scoring forwards, which are collectives there)."""
+    start = time.perf_counter()
+    plan = plan_for(params, setup)
+    schedule = schedule_for(params, setup)
+    if schedule is not None:
+        check_distill_memory(plan, schedule, setup, gpus=world)
+    plan, result, model, tokenizer = build_candidate(params, setup, plan)
+    if rank == 0:
+        run.log_plan(plan, result)
+    context = objectives.EvalContext(profile=setup.profile(), teacher_cache=setup.teacher_cache, seed=setup.seed,
+                                     extra={"tasks": setup.tasks})
+    candidate = objectives.Candidate(shapes=result.shapes, model=model, tokenizer=tokenizer)
+    judges = trial_objectives(setup)
+    weights = objectives.ProxyWeights.from_dict(setup.weights)
+    rung = 0
+
+    def evaluate_and_report(extra: dict | None = None) -> bool:
+        nonlocal rung
+        was_training = model.training
+        model.eval()
+        metrics = objectives.evaluate_all(candidate, context, objectives=judges, fidelity=rung, weights=weights)
+        model.train(was_training)
+        rung += 1
+        if rank != 0:
+            return False
+        scores = score_report(metrics, setup, seconds=time.perf_counter() - start)
+        scores.update(rung=rung - 1, rungs=setup.rungs, baseline=baseline,
+                      kept_fraction=result.params / result.base_params, **(extra or {}))
+        run.log_metrics(scores, step=rung - 1)
+        return bool(report(scores))
+
+    if schedule is None:
+        for _ in range(setup.rungs):
+            if evaluate_and_report():
+                break
+    else:  # the fidelity ladder follows distillation: one report per share of the steps
+        model = recover(model, tokenizer, result, schedule, setup, on_report=lambda step, m: evaluate_and_report(
+            {"distill_step": step, "distill_loss": m["loss"], "distill_world": world}))
+    return plan, result, model
+
+
 def trial_objectives(setup: TrialSetup) -> list:
-    return ["memory", "throughput", "fidelity", objectives.ProxyAccuracyObjective(tasks=tuple(setup.tasks))]
+    proxy = objectives.ProxyAccuracyObjective(tasks=tuple(setup.tasks), unsafe_exec=setup.unsafe_exec)
+    return ["memory", "throughput", "fidelity", proxy]
 
 
 def score_report(metrics: dict, setup: TrialSetup, *, seconds: float) -> dict:

@@ -8,11 +8,12 @@ step; `repair` puts the snapshot back in place of a damaged file before Tuner.re
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from pathlib import Path
 
 from ray.tune import Callback
+
+from compress._atomic import atomic_file
 
 BACKUP_SUFFIX = ".last-good"
 
@@ -36,9 +37,8 @@ class StateSnapshot(Callback):
             if self._seen.get(state.name) == mtime or not _readable(state):
                 continue
             backup = state.with_name(state.name + BACKUP_SUFFIX)
-            tmp = backup.with_name(backup.name + ".tmp")
-            shutil.copyfile(state, tmp)
-            os.replace(tmp, backup)
+            with atomic_file(backup) as tmp:
+                shutil.copyfile(state, tmp)
             self._seen[state.name] = mtime
 
 
@@ -48,6 +48,7 @@ def repair(tune_dir: Path) -> list[str]:
     for state in Path(tune_dir).glob("experiment_state-*.json"):
         backup = state.with_name(state.name + BACKUP_SUFFIX)
         if not _readable(state) and backup.is_file():
-            shutil.copyfile(backup, state)
+            with atomic_file(state) as tmp:
+                shutil.copyfile(backup, tmp)
             repaired.append(state.name)
     return repaired

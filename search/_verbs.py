@@ -6,6 +6,17 @@ import json
 import sys
 
 
+def _check_data_dir(data_dir: str, tasks, fidelity: int) -> None:
+    """Read every task's items from a user's data directory before any model is loaded."""
+    from objectives import get_task
+    for name in tasks:
+        try:
+            get_task(name).items(data_dir, level=fidelity)
+        except (OSError, KeyError, IndexError, TypeError, UnicodeDecodeError, json.JSONDecodeError) as err:
+            detail = f"{type(err).__name__}: {err}" if not isinstance(err, OSError) else (err.strerror or str(err))
+            raise ValueError(f"data directory {data_dir}: cannot read the {name} items ({detail})") from None
+
+
 def _print_json(obj) -> None:
     json.dump(obj, sys.stdout, indent=2)
     sys.stdout.write("\n")
@@ -60,36 +71,117 @@ def add_launch_args(p):
     p.add_argument("--rungs", type=int, default=None, help="fidelity levels (ASHA rungs)")
     p.add_argument("--distill", action=argparse.BooleanOptionalAction, default=None, help="distillation in trials")
     p.add_argument("--tracking-uri", default=None, help="MLflow tracking URI (default: sqlite:///<root>/mlflow.db)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="settings",
+                   help="override any experiment setting (VALUE is YAML), e.g. --set distill.seq_len=256 "
+                        "--set resources.gpus_per_trial=0; repeatable, applied after the other flags")
     p.add_argument("--full-eval-top", type=int, default=0, metavar="K",
                    help="after the search, run OpenCompass on the top K candidates and report the proxy-vs-full "
                         "Spearman correlation")
     p.add_argument("--full-eval-limit", type=int, default=None, metavar="N",
                    help="items per dataset for --full-eval-top (default: all; a full CPU run takes hours)")
+    _add_unsafe_exec(p)
     _add_common(p)
+
+
+def _add_unsafe_exec(p):
+    p.add_argument("--unsafe-exec", action="store_true",
+                   help="run model-written HumanEval programs even where they cannot be sandboxed (bubblewrap "
+                        "missing): they then run with resource limits only")
+
+
+def _settings(items: list[str]) -> dict:
+    """--set KEY=VALUE pairs -> {dotted key: YAML value}; the experiment schema rejects unknown keys."""
+    import yaml
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ValueError(f"--set takes KEY=VALUE (e.g. distill.seq_len=256), got {item!r}")
+        try:
+            out[key.strip()] = yaml.safe_load(value)
+        except yaml.YAMLError as err:
+            raise ValueError(f"--set {key}: value {value!r} is not valid YAML ({type(err).__name__})") from None
+    return out
 
 
 def launch(args) -> int:
     import experiments
-    import objectives
     from pathlib import Path
+    from search._paths import ExperimentDir
+    if args.full_eval_top < 0:
+        raise ValueError("--full-eval-top must be >= 0")
+    if args.full_eval_limit is not None and args.full_eval_limit < 1:
+        raise ValueError("--full-eval-limit must be >= 1")
     overrides = {"budget_gb": args.budget_gb, "device": args.device, "runtime": args.runtime,
                  "search.trials": args.trials, "search.sampler": args.sampler, "search.mode": args.mode,
                  "search.multi_objective": args.versus, "search.workers": args.workers,
-                 "proxy.rungs": args.rungs, "distill.enabled": args.distill}
-    exp = experiments.load_experiment(model=args.model, config=args.config, overrides=overrides)
-    objectives.get_profile(exp.device)                      # unknown profile: fail before any work
-    import compress
-    compress.load_config(exp.model)                         # unknown / uncached model: same
-    from search import _driver
-    name = args.experiment or _free_name(Path(args.root), exp.model.replace("/", "_"))
-    if args.full_eval_top < 0:
-        raise ValueError("--full-eval-top must be >= 0")
+                 "proxy.rungs": args.rungs, "distill.enabled": args.distill,
+                 "proxy.unsafe_exec": True if args.unsafe_exec else None, **_settings(args.settings)}
+    exp = experiments.load_experiment(model=args.model, config=args.config, overrides=overrides,
+                                      model_params=_param_count)
+    root = Path(args.root)
+    name = args.experiment or _free_name(root, _default_name(exp.model))
+    paths = ExperimentDir.check_new(root, name)     # an existing experiment is refused, nothing written
+    _preflight(exp, paths)
+    if exp.origin.startswith("generic"):
+        print(f"note: {exp.origin}", flush=True)
     exp.search.top_k = max(exp.search.top_k, args.full_eval_top)  # full evaluation needs the checkpoints
-    status = _driver.launch(exp, name=name, root=Path(args.root), tracking_uri=args.tracking_uri, address=args.address)
+    from search import _driver
+    status = _driver.launch(exp, name=name, root=root, tracking_uri=args.tracking_uri, address=args.address)
+    status = _search_status(paths, status)
     if status == 0 and args.full_eval_top:
         from objectives._oc_report import full_eval_top
-        full_eval_top(Path(args.root) / name, args.full_eval_top, limit=args.full_eval_limit)
+        full_eval_top(paths.path, args.full_eval_top, limit=args.full_eval_limit)
     return status
+
+
+def _param_count(model: str) -> int:
+    import compress
+    return compress.shapes_from_config(compress.load_config(model)).param_count()
+
+
+def _preflight(exp, paths) -> None:
+    """Everything a search can be refused for, checked before anything is written: the model, device,
+    criteria, tasks, the sandbox HumanEval needs, and a budget the smallest plan of the space fits."""
+    import compress
+    import objectives
+    import spaces
+    from search import _driver
+    from search._report import human_bytes
+    objectives.get_profile(exp.device)
+    compress.check_checkpoint(exp.model)      # unknown / uncached / quantized / corrupt / shapes its config denies
+    for name in exp.space.criteria:
+        compress.CRITERIA.get(name)
+    objectives.ProxyWeights.from_dict(exp.proxy.weights)
+    objectives.ProxyAccuracyObjective(tasks=tuple(exp.proxy.tasks), unsafe_exec=exp.proxy.unsafe_exec)
+    setup = _driver.build_setup(exp, paths, tracking_uri=None)
+    target = setup.budget_bytes * (setup.spec.min_budget_use if setup.spec.multi else 1.0)
+    need = min(setup.memory_of()(plan) for plan in spaces.smallest_plans(setup.spec, exp.space.criteria[0]))
+    if need > target:
+        raise ValueError(f"the memory budget ({human_bytes(target)}) is below the smallest plan this search can "
+                         f"produce ({human_bytes(need)}: embeddings, one sub-block at min_keep and the runtime's "
+                         "fixed overhead); raise --budget-gb")
+
+
+def _search_status(paths, status: int) -> int:
+    """Non-zero when the search ran but every trial failed (their reasons are in the summary above)."""
+    if status != 0 or not paths.results.is_file():
+        return status
+    summary = json.loads(paths.results.read_text())["summary"]
+    failed = summary.get("failed") or []
+    if summary.get("trials") and len(failed) == summary["trials"]:
+        print(f"error: every trial failed ({len(failed)}); first: {failed[0].get('reason')}", file=sys.stderr)
+        return 1
+    return status
+
+
+def _default_name(model: str) -> str:
+    """The experiment name a model gets without --experiment: a registry name, org_name for a hub id,
+    the folder's name for a local directory (a valid experiment name in every case)."""
+    import re
+    from pathlib import Path
+    base = Path(model).expanduser().name if Path(model).expanduser().is_dir() else model.replace("/", "_")
+    return re.sub(r"[^A-Za-z0-9._-]", "-", base).lstrip("._-")[:100] or "experiment"
 
 
 def _free_name(root, base: str) -> str:
@@ -107,9 +199,21 @@ def add_resume_args(p):
 
 
 def resume(args) -> int:
+    import objectives
     from pathlib import Path
+    from search._paths import ExperimentDir
+    paths = ExperimentDir.open(Path(args.root), args.experiment)    # no such experiment: one line
+    if paths.read_state().get("status") == "finished":
+        raise ValueError(f"experiment {args.experiment} has finished; see `python -m search top --experiment "
+                         f"{args.experiment}`, or launch a new one")
+    if not paths.tune_state_exists():
+        raise ValueError(f"experiment {args.experiment} has no Tune state to resume (it stopped before its first "
+                         "trial); launch it again under a new --experiment")
+    import experiments
+    exp = experiments.read_experiment(paths.config)
+    objectives.ProxyAccuracyObjective(tasks=tuple(exp.proxy.tasks), unsafe_exec=exp.proxy.unsafe_exec)
     from search import _driver
-    return _driver.resume(name=args.experiment, root=Path(args.root), address=args.address)
+    return _search_status(paths, _driver.resume(name=args.experiment, root=Path(args.root), address=args.address))
 
 
 def add_top_args(p):
@@ -123,6 +227,8 @@ def top(args) -> int:
     from pathlib import Path
     from search._paths import ExperimentDir
     from search._report import feasible_complete, human_bytes
+    if args.k < 1:
+        raise ValueError(f"--k must be >= 1, got {args.k}")
     paths = ExperimentDir.open(Path(args.root), args.experiment)
     if not paths.results.is_file():
         raise ValueError(f"experiment {args.experiment} has no results yet; finish it with `python -m search resume "
@@ -190,6 +296,7 @@ def add_evaluate_args(p):
     p.add_argument("--max-out-len", type=int, default=None,
                    help="faithful mode: cap on generated tokens per item (default: each config's own / 1024)")
     p.add_argument("--json", action="store_true", help="one JSON object: every metric with unit and direction")
+    _add_unsafe_exec(p)
 
 
 def _task_counts(pairs) -> dict | None:
@@ -215,15 +322,22 @@ def evaluate(args) -> int:
     proxy_kwargs.update(mode=args.proxy_mode, items=_task_counts(args.proxy_items), max_out_len=args.max_out_len)
     if args.max_out_len is not None and args.proxy_mode != "faithful":
         raise ValueError("--max-out-len applies to --proxy-mode faithful only")
-    judges = ["memory", "throughput", objectives.ProxyAccuracyObjective(**proxy_kwargs)]
-    model, tokenizer = compress.load_model(args.model, dtype="float32")
+    proxy = objectives.ProxyAccuracyObjective(unsafe_exec=args.unsafe_exec, **proxy_kwargs)
+    if not 0 <= args.fidelity <= proxy.max_fidelity:
+        raise ValueError(f"--fidelity must be 0..{proxy.max_fidelity}, got {args.fidelity}")
+    if args.data_dir:
+        _check_data_dir(args.data_dir, proxy.tasks, args.fidelity)
+    vocab = compress.load_config(args.model).vocab_size
+    if args.teacher and compress.load_config(args.teacher).vocab_size != vocab:
+        raise ValueError(f"teacher vocabulary ({compress.load_config(args.teacher).vocab_size} tokens) differs from "
+                         f"the candidate's ({vocab}): KL to the teacher needs the same tokenizer")
+    judges = ["memory", "throughput", proxy]
+    model, tokenizer = compress.load_on_device(args.model)          # FP16 on a GPU, FP32 on the CPU
     context = objectives.EvalContext(profile=profile, data_dir=args.data_dir)
     if args.teacher:
-        teacher, teacher_tok = compress.load_model(args.teacher, dtype="float32")
-        if teacher.config.vocab_size != model.config.vocab_size:
-            raise ValueError(f"teacher vocabulary ({teacher.config.vocab_size} tokens) differs from the candidate's "
-                             f"({model.config.vocab_size}): KL to the teacher needs the same tokenizer")
+        teacher, teacher_tok = compress.load_on_device(args.teacher)
         cache = objectives.TeacherCache.build(teacher, teacher_tok or tokenizer)
+        del teacher                                                  # its logits are cached: free the device
         cache.check_student(model, tokenizer)
         context.teacher_cache = cache
         judges.append("fidelity")
@@ -235,7 +349,8 @@ def evaluate(args) -> int:
                for name, value in values.items()}
     if args.json:
         _print_json({"model": str(args.model), "teacher": args.teacher, "device": profile.name,
-                     "fidelity": args.fidelity, "proxy_mode": args.proxy_mode, "metrics": metrics})
+                     "accelerator": str(next(model.parameters()).device), "fidelity": args.fidelity,
+                     "proxy_mode": args.proxy_mode, "metrics": metrics})
         return 0
     for name, m in metrics.items():
         arrow = "higher better" if m["higher_is_better"] else "lower better"

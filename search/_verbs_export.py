@@ -69,6 +69,8 @@ def _backend_options(args) -> dict:
 def run_validate(args) -> int:
     from cluster import validate_experiment
     from search._paths import ExperimentDir
+    if args.top < 1:
+        raise ValueError(f"--top must be >= 1, got {args.top}")
     options = _backend_options(args)
     paths = ExperimentDir.open(args.root, args.experiment)
     if args.ray and args.address:

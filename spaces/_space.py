@@ -99,6 +99,20 @@ def params_to_plan(params: dict, spec: SpaceSpec, *, memory_of: Callable[[Plan],
     return best
 
 
+def smallest_plans(spec: SpaceSpec, importance: str = "l1") -> list[Plan]:
+    """The smallest plans this space can produce (one of them uses the least memory): what the launch
+    preflight checks against the budget before anything is written."""
+    keep, n = max(spec.min_keep, 1e-6), spec.num_layers      # a keep above 0 realises at least one unit
+    dropped = [LayerPlan(attn_keep=0.0, mlp_keep=0.0)] * (n - 1)
+    plan = lambda layers: Plan(layers=tuple(layers), importance=importance, attn_unit=spec.attn_unit)  # noqa: E731
+    if not spec.allow_drop:
+        return [plan([LayerPlan(attn_keep=keep, mlp_keep=keep)] * n)]
+    if spec.runtime == "mlc":                 # whole layers only: one kept layer
+        return [plan([LayerPlan(attn_keep=keep, mlp_keep=keep), *dropped])]
+    return [plan([LayerPlan(attn_keep=keep, mlp_keep=0.0), *dropped]),
+            plan([LayerPlan(attn_keep=0.0, mlp_keep=keep), *dropped])]
+
+
 def _plan_at(c: float, attn: list, mlp: list, spec: SpaceSpec, importance: str) -> Plan | None:
     layers = [LayerPlan(attn_keep=0.0, mlp_keep=0.0) if a == m == 0 else  # a layer the trial dropped
               LayerPlan(attn_keep=_keep(c * a, spec), mlp_keep=_keep(c * m, spec)) for a, m in zip(attn, mlp)]

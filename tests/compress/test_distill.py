@@ -168,10 +168,16 @@ def test_refuses_fp16_on_cpu(teacher, tok):
 def test_memory_estimate_partitions_by_zero_stage():
     kw = dict(gpus=8, precision="bf16", seq_len=2048, batch_size=1, hidden=4096, layers=32, vocab=128256)
     est = {s: estimate_training_memory(4_000_000_000, 8_000_000_000, zero_stage=s, **kw) for s in (0, 1, 2, 3)}
-    assert est[0]["optimizer"] == 4_000_000_000 * 12 and est[1]["optimizer"] == est[0]["optimizer"] // 8
+    # 16-bit training: 2 + 2 bytes of bf16 weights and grads, 4 + 4 + 8 of FP32 masters, their grads, moments
+    state = ("weights", "grads", "master", "master_grads", "moments")
+    assert sum(est[0][k] for k in state) == 4_000_000_000 * 20
+    for key in ("master", "master_grads", "moments"):
+        assert est[1][key] == est[0][key] // 8
     assert est[2]["grads"] == est[0]["grads"] // 8 and est[3]["weights"] == est[0]["weights"] // 8
     assert est[0]["total"] > est[1]["total"] > est[2]["total"] > est[3]["total"]
-    assert est[3]["teacher"] == 16_000_000_000  # the teacher is not partitioned: it is no engine
+    assert est[3]["teacher"] == 16_000_000_000  # a frozen BF16 teacher, not partitioned: it is no engine
+    fp32 = estimate_training_memory(4_000_000_000, 8_000_000_000, zero_stage=0, **{**kw, "precision": "fp32"})
+    assert sum(fp32[k] for k in state) == 4_000_000_000 * 16 and fp32["teacher"] == 16_000_000_000
     check_fits(est[3], 80 * 10**9)
     with pytest.raises(ValueError, match="try more GPUs"):
         check_fits(est[3], 10**9)

@@ -149,11 +149,12 @@ def test_hf_type_follows_chat_template(tmp_path):
 
 
 def test_remote_code_trusted_only_for_project_checkpoints(tmp_path):
-    assert not _opencompass.written_by_project(tmp_path)
-    (tmp_path / "plan.json").write_text('{"anything": 1}')
-    assert not _opencompass.written_by_project(tmp_path)
+    assert not _opencompass.written_by_project(tmp_path)          # no remote code: nothing to trust
     (tmp_path / "plan.json").write_text('{"plan": null, "realised": {}}')
-    assert _opencompass.written_by_project(tmp_path)
+    assert not _opencompass.written_by_project(tmp_path)
+    (tmp_path / "modeling_pruned.py").write_text("x = 1\n")       # code plan.json does not vouch for
+    with pytest.raises(ValueError, match="no sha256"):
+        _opencompass.written_by_project(tmp_path)
 
 
 def test_parse_results_scores_and_average(tmp_path):
