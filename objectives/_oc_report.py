@@ -101,6 +101,13 @@ def chance_tasks(scores: dict, items: dict, *, bbh_subsets=None) -> list[str]:
     return out
 
 
+def check_data(*, limit: int | None, data_root=None, download: bool = False, bbh_subsets=None) -> None:
+    """The competition datasets' data is there (one line naming what is missing): what full_eval_top checks before
+    its first candidate, and what `launch --full-eval-top` should check before the search starts."""
+    _oc_data.plan_data(data_root, tasks=[TASK_OF_CONFIG[c] for c in COMPETITION_DATASETS], limit=limit,
+                       download=download, bbh_subsets=bbh_subsets)
+
+
 def full_eval_top(experiment_dir, k: int, *, limit: int | None = None, data_root=None, max_out_len: int | None = None,
                   bbh_subsets=None, device: str = "auto", work_dir=None, echo=print, download: bool = False) -> dict:
     """Run OpenCompass on the experiment's top-k checkpoints; write opencompass.json / .csv next to results.json.
@@ -116,9 +123,7 @@ def full_eval_top(experiment_dir, k: int, *, limit: int | None = None, data_root
     if not top:
         raise ValueError(f"{exp / RESULTS_FILE} lists no top candidates (summary.top is empty)")
     trials = {t.get("trial_id"): t for t in data.get("trials", [])}
-    # the data must be there before the first candidate runs (one line naming what is missing)
-    _oc_data.plan_data(data_root, tasks=[TASK_OF_CONFIG[c] for c in COMPETITION_DATASETS], limit=limit,
-                       download=download, bbh_subsets=bbh_subsets)
+    check_data(limit=limit, data_root=data_root, download=download, bbh_subsets=bbh_subsets)
     work_dir = Path(work_dir) if work_dir else exp / OUT_DIR
     candidates = []
     for entry in top[:k]:

@@ -123,6 +123,9 @@ def test_full_eval_says_when_every_candidate_is_at_chance(tmp_path, monkeypatch)
                 "errors": {}, "items": items}
 
     monkeypatch.setattr(_oc_report, "run_opencompass", at_chance_run)
+    with pytest.raises(ValueError, match="needs more than the shipped subsets"):   # refused before any candidate
+        _oc_report.full_eval_top(exp, 4, limit=None, echo=lambda *_: None)
+    assert not (exp / "opencompass.json").exists()
     lines = []
     report = _oc_report.full_eval_top(exp, 4, limit=8, echo=lines.append)
     assert report["all_at_chance"] and report["spearman_ci95"] and len(report["spearman_ci95"]) == 2
