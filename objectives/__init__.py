@@ -23,7 +23,10 @@ from ._composite import COMPOSITE, ProxyWeights, composite_score
 from ._evaluate import describe, evaluate_all
 from ._ladder import Ladder, Rung, accuracy_change, parse_ladder, proxy_modes, rank_agreement
 from ._heldout import HeldoutObjective
+# agreement between two scorings (fidelity rungs, proxy vs OpenCompass): per item and by rank
+from ._agreement import item_agreement, spearman, spearman_interval
 
 __all__ = [*globals().get("__all__", []), "TASKS", "Task", "get_task", "ProxyAccuracyObjective", "FidelityObjective",
            "TeacherCache", "LEVEL_BLOCKS", "COMPOSITE", "ProxyWeights", "composite_score", "describe", "evaluate_all",
-           "Ladder", "Rung", "accuracy_change", "parse_ladder", "proxy_modes", "rank_agreement", "HeldoutObjective"]
+           "Ladder", "Rung", "accuracy_change", "parse_ladder", "proxy_modes", "rank_agreement", "HeldoutObjective",
+           "item_agreement", "spearman", "spearman_interval"]

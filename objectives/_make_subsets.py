@@ -102,37 +102,54 @@ def _read_humaneval(path: Path) -> list[dict]:
     return [{"id": r["task_id"], **{k: r[k] for k in keys}} for r in _jsonl(path)]
 
 
-def _truthfulqa_records(path: Path) -> list[tuple[str, str, str, list[str]]]:
-    """(question, category, best answer, incorrect answers) from mc_task.json (+ the CSV beside it for
-    categories), TruthfulQA.csv, or an HF-style generation/validation.jsonl. MC1 = best + incorrect."""
+def split_answers(cell: str) -> list[str]:
+    """A TruthfulQA.csv answer cell ('; '-separated) as the HF `generation` config lists it."""
+    return [part.strip() for part in cell.split(";") if part.strip()]
+
+
+def _truthfulqa_records(path: Path) -> list[dict]:
+    """question, category, best answer, incorrect answers (MC1 = best + incorrect) and, where the source has
+    them, the generation references (correct / incorrect answer lists) that truthfulqa_gen's BLEU reads. From
+    mc_task.json (+ the CSV beside it for categories and references), TruthfulQA.csv, or an HF-style
+    generation/validation.jsonl."""
     if path.suffix == ".csv":
         with open(path, encoding="utf-8", newline="") as f:
-            return [(r["Question"], r["Category"], r["Best Answer"], r["Incorrect Answers"].split(";"))
-                    for r in csv.DictReader(f)]
+            return [{"question": r["Question"], "category": r["Category"], "best": r["Best Answer"],
+                     "wrong": r["Incorrect Answers"].split(";"), "correct_answers": split_answers(r["Correct Answers"]),
+                     "incorrect_answers": split_answers(r["Incorrect Answers"])} for r in csv.DictReader(f)]
     if path.suffix == ".jsonl":
-        return [(r["question"], r.get("category", ""), r["best_answer"], r["incorrect_answers"]) for r in _jsonl(path)]
-    categories = {}
-    if (path.parent / "TruthfulQA.csv").is_file():   # mc_task.json has no categories
-        categories = {q: c for q, c, _, _ in _truthfulqa_records(path.parent / "TruthfulQA.csv")}
+        return [{"question": r["question"], "category": r.get("category", ""), "best": r["best_answer"],
+                 "wrong": r["incorrect_answers"], **({"correct_answers": r["correct_answers"],
+                 "incorrect_answers": r["incorrect_answers"]} if "correct_answers" in r else {})} for r in _jsonl(path)]
+    beside = {}
+    if (path.parent / "TruthfulQA.csv").is_file():   # mc_task.json has no categories and no generation references
+        beside = {r["question"]: r for r in _truthfulqa_records(path.parent / "TruthfulQA.csv")}
     out = []
     for r in json.loads(path.read_text(encoding="utf-8")):
         targets = r["mc1_targets"]
-        best = next(k for k, v in targets.items() if v == 1)
-        out.append((r["question"], categories.get(r["question"], ""), best, [k for k, v in targets.items() if v == 0]))
+        csv_row = beside.get(r["question"], {})
+        out.append({"question": r["question"], "category": csv_row.get("category", ""),
+                    "best": next(k for k, v in targets.items() if v == 1),
+                    "wrong": [k for k, v in targets.items() if v == 0],
+                    **{k: csv_row[k] for k in ("correct_answers", "incorrect_answers") if k in csv_row}})
     return out
 
 
 def _read_truthfulqa(path: Path) -> list[dict]:
     items = []
-    for i, (question, category, best, wrong) in enumerate(_truthfulqa_records(path)):
+    for i, r in enumerate(_truthfulqa_records(path)):
         # stripped, empty ones dropped (mc_task.json has 17 empty options), duplicates merged
-        options = list(dict.fromkeys(x.strip() for x in [best, *wrong] if x.strip()))
+        options = list(dict.fromkeys(x.strip() for x in [r["best"], *r["wrong"]] if x.strip()))
         label = options[0]
         # the sources list the correct answer first; shuffle so a model that ties every option (or
         # prefers the first) gets no credit for the file's order
         random.Random(f"truthfulqa/{i}").shuffle(options)
-        items.append({"id": f"truthfulqa/{i}", "question": question, "category": category,
-                      "options": options, "label": options.index(label)})
+        item = {"id": f"truthfulqa/{i}", "question": r["question"], "category": r["category"],
+                "options": options, "label": options.index(label)}
+        if "correct_answers" in r:      # truthfulqa_gen's references (faithful mode)
+            item.update(best_answer=r["best"], correct_answers=r["correct_answers"],
+                        incorrect_answers=r["incorrect_answers"])
+        items.append(item)
     return items
 
 

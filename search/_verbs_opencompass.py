@@ -14,7 +14,10 @@ def _add_run_options(p):
     p.add_argument("--max-out-len", type=int, default=None,
                    help="cap on generated tokens per item (default: each dataset config's own)")
     p.add_argument("--data-root", default=None,
-                   help="raw benchmark files laid out like shared/data (default: ../shared/data next to the repo)")
+                   help="benchmark data: an OpenCompass data folder (with data/) or raw files laid out like "
+                        "shared/data (default: the subsets shipped in the package, enough for --limit 8)")
+    p.add_argument("--download", action="store_true",
+                   help="let OpenCompass download the full datasets into its cache (needs a network connection)")
     p.add_argument("--bbh-subsets", nargs="+", default=None, metavar="TASK",
                    help="only these BIG-Bench-Hard tasks, e.g. navigate word_sorting (default: all 27)")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
@@ -39,13 +42,14 @@ def run_opencompass_verb(args) -> int:
     from objectives._opencompass import COMPETITION_DATASETS, run_opencompass
     result = run_opencompass(args.model, datasets=args.datasets or COMPETITION_DATASETS, limit=args.limit,
                              work_dir=args.work_dir, data_root=args.data_root, max_out_len=args.max_out_len,
-                             hf_type=args.hf_type, device=args.device, bbh_subsets=args.bbh_subsets)
+                             hf_type=args.hf_type, device=args.device, bbh_subsets=args.bbh_subsets,
+                             download=args.download)
     if args.json:
         json.dump(result, sys.stdout, indent=2)
         sys.stdout.write("\n")
         return 0
     print(f"{result['model_abbr']}: {result['model_class']} ({result['device']}, {result['dtype']}), "
-          f"{result['seconds']} s, limit {result['limit'] or 'none'}")
+          f"{result['seconds']} s, limit {result['limit'] or 'none'}, data: {result['data']}")
     for task, score in result["scores"].items():
         print(f"  {task:<16}{_fmt(score):>10}")
     print(f"  {'average':<16}{_fmt(result['average']):>10}")
@@ -65,7 +69,8 @@ def run_full_eval(args) -> int:
     from search._record import ExperimentRecord
     experiment = ExperimentRecord.open(args.root, args.experiment)
     report = full_eval_top(experiment, args.top, limit=args.limit, data_root=args.data_root,
-                           max_out_len=args.max_out_len, bbh_subsets=args.bbh_subsets, device=args.device)
+                           max_out_len=args.max_out_len, bbh_subsets=args.bbh_subsets, device=args.device,
+                           download=args.download)
     print(f"wrote {experiment.opencompass_json} and {experiment.opencompass_csv}")
     failed = [c for c in report["candidates"] if c["error"]]
     return 1 if failed and len(failed) == len(report["candidates"]) else 0

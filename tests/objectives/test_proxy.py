@@ -75,7 +75,8 @@ def test_evaluate_all_is_flat_and_described(candidate, tiny_lm):
     assert result["kl_to_teacher"] == pytest.approx(0.0, abs=1e-5)
     assert result["composite_score"] == pytest.approx(composite_score(result))
     without = evaluate_all(candidate, context, objectives=["fidelity"], fidelity=5)   # clamped to its top level
-    assert "composite_score" not in without and set(without) == {"kl_to_teacher", "perplexity", "teacher_perplexity"}
+    assert "composite_score" not in without and set(without) == {"kl_to_teacher", "perplexity", "teacher_perplexity",
+                                                                  "kl_to_teacher_se", "log_ppl_ratio_se"}
     with pytest.raises(ValueError, match="did you mean 'proxy'"):
         evaluate_all(candidate, context, objectives=["proxi"])
     with pytest.raises(ValueError, match="listed twice"):
