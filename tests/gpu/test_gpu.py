@@ -17,7 +17,7 @@ import torch
 import compress
 from compress import Plan
 from compress._groups import attention_group, mlp_group
-from compress._prune import _scores, collect_statistics
+from compress._rankings import collect_statistics, score_group as _scores
 from tests.compress.test_prune import CALIB, IDS, NON_UNIFORM
 from tests.conftest import FAMILIES, tiny_model
 
