@@ -32,6 +32,7 @@ import math
 from dataclasses import asdict, dataclass, replace
 
 from . import _proxy
+from ._agreement import item_agreement, spearman
 from ._composite import COMPOSITE, ProxyWeights, composite_score
 from ._tasks import Choice, get_task
 from ._evaluate import evaluate_all
@@ -103,6 +104,7 @@ class Ladder:
         self.weights = weights or ProxyWeights()
         self._proxies: dict[tuple, _proxy.ProxyAccuracyObjective] = {}
         self._cache: TeacherCache | None = None
+        self.credits: dict[int, dict] = {}   # rung -> {task: [credit per item]} of the last candidate scored there
 
     def __len__(self) -> int:
         return len(self.rungs)
@@ -148,6 +150,7 @@ class Ladder:
         if tasks:
             teacher = cache.proxy.get(r.key, {})
             credits = self.proxy(r, tasks).last_credits
+            self.credits[rung] = {t: list(c) for t, c in credits.items()}
             if all(len(teacher.get(t, ())) == len(credits.get(t, ())) > 0 for t in tasks):
                 delta, se = accuracy_change(credits, {t: teacher[t] for t in tasks})
                 metrics.update(proxy_accuracy_delta=delta, proxy_accuracy_delta_se=se,
@@ -155,6 +158,23 @@ class Ladder:
         # without a scored task the rung has the teacher-distance terms alone (accuracy weight 0, not a missing metric)
         metrics[COMPOSITE] = composite_score(metrics, self.weights if tasks else replace(self.weights, accuracy=0.0))
         return metrics
+
+    def item_agreement(self, rung: int) -> dict[int, float]:
+        """Per earlier proxy rung j: the fraction of items whose credit at rung j equals this rung's (same
+        candidate). Levels share their leading items (stratified order), so the common prefix is compared."""
+        top = self.credits.get(rung)
+        out = {}
+        for j, own in self.credits.items():
+            if j >= rung or not top:
+                continue
+            tasks = [t for t in own if t in top]
+            short = {t: own[t][:len(top[t])] for t in tasks}
+            long = {t: top[t][:len(own[t])] for t in tasks}
+            per_task = item_agreement(short, long)
+            n = sum(v["n"] for v in per_task.values())
+            if n:
+                out[j] = sum(v["agreement"] * v["n"] for v in per_task.values() if v["n"]) / n
+        return out
 
     def teacher_credits(self, model, tokenizer, context) -> dict:
         """The dense teacher's credits for every proxy rung: {rung key: {task: [credit, ...]}} (once per experiment)."""
@@ -201,7 +221,6 @@ def accuracy_change(credits: dict, teacher: dict) -> tuple[float, float]:
 def rank_agreement(histories: list[list[float]]) -> list[float | None]:
     """Spearman of each rung's scores with the final rung's, over trials with a score at every rung
     (`histories[i][k]`: trial i's score at rung k). One entry per rung before the last; None where undefined."""
-    from ._oc_report import spearman
     if not histories:
         return []
     rungs = len(histories[0])

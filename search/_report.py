@@ -149,7 +149,16 @@ def rung_agreement(rows: list[dict], rungs: int) -> dict | None:
     keys = [f"score_rung{k}" for k in range(rungs)]
     histories = [[r[k] for k in keys] for r in rows if r["status"] == "complete" and all(k in r for k in keys)]
     rhos = objectives.rank_agreement(histories)
-    return {"trials": len(histories), "spearman": {f"rung{k}": rho for k, rho in enumerate(rhos)}}
+    intervals = [objectives.spearman_interval(rho, len(histories)) for rho in rhos]
+    final = [r for r in rows if r["status"] == "complete" and r.get(keys[-1]) is not None]
+    items = {}
+    for k in range(rungs - 1):      # per-item agreement of rung k's proxy credits with the final rung's
+        values = [r[f"item_agreement_rung{k}"] for r in final if r.get(f"item_agreement_rung{k}") is not None]
+        if values:
+            items[f"rung{k}"] = {"mean": sum(values) / len(values), "trials": len(values)}
+    return {"trials": len(histories), "spearman": {f"rung{k}": rho for k, rho in enumerate(rhos)},
+            "spearman_ci95": {f"rung{k}": list(ci) if ci else None for k, ci in enumerate(intervals)},
+            "item_agreement": items}
 
 
 def _write_csv(rows, path) -> None:
@@ -180,6 +189,11 @@ def _log_parent(summary, rows, setup, record) -> None:
     agreement = summary.get("rung_agreement") or {}
     for rung, rho in (agreement.get("spearman") or {}).items():
         metrics[f"{rung}_spearman_vs_final"] = rho
+    for rung, ci in (agreement.get("spearman_ci95") or {}).items():
+        if ci:
+            metrics[f"{rung}_spearman_ci95_low"], metrics[f"{rung}_spearman_ci95_high"] = ci
+    for rung, items in (agreement.get("item_agreement") or {}).items():
+        metrics[f"{rung}_item_agreement_vs_final"] = items["mean"]
     if agreement:
         metrics["rung_agreement_trials"] = agreement["trials"]
     ranked = sorted(feasible_complete(rows), key=lambda r: -r["score"])
@@ -245,9 +259,15 @@ def print_summary(summary, *, stream) -> None:
         print(f"gain over {name.replace('_', '-')} baseline at the same budget: {gain:+.4f}", file=stream)
     agreement = summary.get("rung_agreement")
     if agreement and any(rho is not None for rho in agreement["spearman"].values()):
-        rhos = ", ".join(f"{rung} {'-' if rho is None else f'{rho:+.2f}'}" for rung, rho in agreement["spearman"].items())
-        print(f"fidelity ladder, Spearman with the final rung over {agreement['trials']} trials that completed it: "
-              f"{rhos}", file=stream)
+        cis = agreement.get("spearman_ci95") or {}
+        rhos = ", ".join(f"{rung} {'-' if rho is None else f'{rho:+.2f}'}"
+                         + (f" [{cis[rung][0]:+.2f}, {cis[rung][1]:+.2f}]" if cis.get(rung) else "")
+                         for rung, rho in agreement["spearman"].items())
+        print(f"fidelity ladder, Spearman with the final rung (95% CI) over {agreement['trials']} trials that "
+              f"completed it: {rhos}", file=stream)
+    for rung, items in ((agreement or {}).get("item_agreement") or {}).items():
+        print(f"fidelity ladder, {rung}: {items['mean']:.1%} of proxy items credited as at the final rung "
+              f"(mean over {items['trials']} trials)", file=stream)
     if summary.get("pareto_front"):
         print(f"Pareto front: {len(summary['pareto_front'])} candidates", file=stream)
     print(top_table(summary), file=stream)

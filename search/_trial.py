@@ -209,6 +209,8 @@ class Evaluation:
         self.model.train(was_training)
         report = score_report(metrics, self.setup, seconds=time.perf_counter() - self.start)
         self.scores.append(report["score"])
+        # how often each cheaper proxy rung gave this candidate's items the same credit as this rung
+        report.update({f"item_agreement_rung{j}": a for j, a in self.ladder.item_agreement(rung).items()})
         report.update(rung=rung, rungs=self.setup.rungs, kept_fraction=self.result.params / self.result.base_params,
                       **{f"score_rung{k}": v for k, v in enumerate(self.scores) if v is not None},
                       **self.kept, **(extra or {}))

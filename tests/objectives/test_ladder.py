@@ -102,3 +102,23 @@ def test_batch_means_standard_error():
     assert batch_means_se(torch.ones(2, 64)) == 0.0
     values = torch.arange(64.0).reshape(1, 64)       # two windows of 32: means 15.5 and 47.5
     assert batch_means_se(values) == pytest.approx(torch.tensor([15.5, 47.5]).std().item() / 2 ** 0.5)
+
+
+def test_item_agreement_of_a_cheap_rung_with_a_later_one(bundled):
+    """Rungs scoring more items share their leading items (stratified order): the same scoring of the same
+    candidate agrees on every shared item; a changed credit shows up as exactly one disagreement."""
+    model, tokenizer, path = bundled
+    rungs = [{"kl_blocks": 1}, {"kl_blocks": 1, "proxy": "loglik", "proxy_level": 0, "chance_z": None},
+             {"kl_blocks": 1, "proxy": "loglik", "proxy_level": 1, "chance_z": None}]
+    ladder = objectives.Ladder(rungs, tasks=("csqa", "truthfulqa"))
+    pruned = copy.deepcopy(model)
+    result = compress.prune(pruned, tokenizer, compress.Plan.uniform(5, attn_keep=0.5, mlp_keep=0.5))
+    context = objectives.EvalContext(profile=objectives.get_profile("stories260k-tiny"), teacher_cache=str(path))
+    candidate = objectives.Candidate(shapes=result.shapes, model=pruned, tokenizer=tokenizer)
+    for rung in range(3):
+        ladder.evaluate(candidate, context, rung)
+    assert ladder.item_agreement(0) == {} and ladder.item_agreement(1) == {}
+    assert len(ladder.credits[1]["csqa"]) == 8 and len(ladder.credits[2]["csqa"]) == 24
+    assert ladder.item_agreement(2) == {1: 1.0}
+    ladder.credits[1]["csqa"][0] = 1.0 - ladder.credits[1]["csqa"][0]
+    assert ladder.item_agreement(2) == {1: pytest.approx(15 / 16)}     # 8 csqa + 8 truthfulqa items compared
