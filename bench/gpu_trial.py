@@ -184,7 +184,7 @@ def run_stages(rec: Recorder, args) -> None:
             result = compress.prune(model, tokenizer, pruned_plan)
             s["params"] = result.params
     # rung 0, then what matters most (saving, distillation, a whole trial); the long rung 1 last
-    context = objectives.EvalContext(profile=setup.profile(), teacher_cache=setup.teacher_cache)
+    context = objectives.EvalContext(profile=setup.profile(), teacher_cache=setup.teacher_cache.get())   # a Shipped value
     candidate = objectives.Candidate(shapes=result.shapes, model=model, tokenizer=tokenizer)
     proxy = objectives.ProxyAccuracyObjective(tasks=tuple(setup.tasks), unsafe_exec=True)
     score_rung(rec, proxy, candidate, context, 0)

@@ -149,11 +149,11 @@ def fitness_agreement(setup, baselines: dict, caches: dict, n: int = 40) -> dict
     import math
     import optuna
     import objectives
-    from objectives._oc_report import spearman
+    from objectives import spearman
     from search._evolution import EvolutionSampler
     from search._trial import build_candidate
     owl = baselines["owl"]
-    cache = objectives.TeacherCache.load(setup.teacher_cache)
+    cache = setup.teacher_cache.get()              # shipped by prepare_teacher (a local value without Ray)
     blocks = max(r["kl_blocks"] for r in setup.ladder)
     mutate = EvolutionSampler(seed=0).mutate
     dists = {k: optuna.distributions.FloatDistribution(0, 1) for k in owl if k.startswith(("attn", "mlp"))}
@@ -226,10 +226,10 @@ def params_setup(setup, params: int):
 def bench_budget(label: str, budget_gb, args, root: Path) -> dict:
     import experiments
     from search import _driver
-    from search._paths import ExperimentDir
+    from search._record import ExperimentRecord
     exp = experiments.load_experiment(model=None, overrides={"budget_gb": budget_gb})
-    paths = ExperimentDir.create(root, label)
-    memory = _driver.build_setup(exp, paths, tracking_uri=None)
+    paths = ExperimentRecord.create(root, label)
+    memory = _driver.build_setup(exp, paths)
     baselines = _driver.prepare_teacher(memory, paths)
     caches = judge_caches(memory)
     owl_params = judge(baselines["owl"], memory, caches)["params"]

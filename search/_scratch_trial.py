@@ -61,6 +61,7 @@ class ScratchSetup:
     mlflow_experiment_id: str | None = None
     parent_run_id: str | None = None
     seed: int = 0
+    min_tokens_per_s: float | None = None # throughput floor: the constraint the sampler sees (as in Track 1)
 
     def profile(self):
         base = objectives.get_profile(self.profile_name).for_runtime(self.spec.runtime).with_budget(int(self.budget_bytes))
@@ -93,7 +94,7 @@ def build_setup(exp, paths, *, tracking_uri: str | None = None) -> ScratchSetup:
                          train={k: getattr(train, k) for k in ("hub", "zero_stage", "precision",
                                                                "gradient_accumulation", "weight_decay")},
                          trials_dir=str(root / TRIALS), baseline=baseline_params(exp.baseline, spec),
-                         unsafe_exec=exp.proxy.unsafe_exec,
+                         unsafe_exec=exp.proxy.unsafe_exec, min_tokens_per_s=exp.search.min_tokens_per_s,
                          multi=exp.search.multi_objective if exp.search.mode == "multi" else None,
                          tracking_uri=tracking_uri, seed=exp.search.seed, **_parallel(exp.resources))
     spaces.check_feasible(spec, memory_of=setup.memory_of(), budget_bytes=setup.budget_bytes)

@@ -73,7 +73,7 @@ def _kill_one_trial_worker(workers, stop: threading.Event, killed: list) -> None
     while not stop.is_set() and not killed:
         for node in workers:
             for pid, title in node.processes("ray::ImplicitFunc"):
-                time.sleep(3)                        # let it get into the trial (load, prune, first rung)
+                time.sleep(2)                        # let it get into the trial (load, prune, first rung)
                 try:
                     os.kill(pid, signal.SIGKILL)
                     killed.append((node.name, pid, title))
@@ -86,7 +86,10 @@ def _kill_one_trial_worker(workers, stop: threading.Event, killed: list) -> None
 def test_launch_on_three_nodes(cluster):
     runs, shared = cluster["runs"], cluster["base"] / "shared"
     env = {**os.environ, **cluster["nodes"].env, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    # the proxy scored on every item of three tasks (chance_z null): trials last long enough to be killed mid-way
+    ladder = "[{kl_blocks: 8}, {kl_blocks: 32, proxy: loglik, proxy_level: 2, chance_z: null}]"
     cmd = [sys.executable, "-m", "search", "launch", "--trials", "2", "--rungs", "2", "--workers", "2",
+           "--set", f"proxy.ladder={ladder}", "--set", "proxy.tasks=[csqa, chid, gsm8k]",
            "--experiment", "mn", "--root", str(runs), "--storage", str(shared), "--address", cluster["address"]]
     stop, killed = threading.Event(), []
     killer = threading.Thread(target=_kill_one_trial_worker, args=(cluster["workers"], stop, killed), daemon=True)
