@@ -148,7 +148,6 @@ def fitness_agreement(setup, baselines: dict, caches: dict, n: int = 40) -> dict
     search compares late), of -KL and of -(KL + log ppl ratio) on the fitness tokens, with -judge KL."""
     import math
     import optuna
-    import objectives
     from objectives import spearman
     from search._evolution import EvolutionSampler
     from search._trial import build_candidate

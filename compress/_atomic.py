@@ -115,3 +115,31 @@ def replace_dir(new: Path, target: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
     else:
         os.replace(new, target)
+
+
+def save_torch(path: str | os.PathLike, payload: dict) -> Path:
+    """torch.save of a dict of tensors and plain values, atomically (the teacher cache, the rankings)."""
+    import torch
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_file(path) as tmp:
+        torch.save(payload, tmp)
+    return path
+
+
+def load_torch(path: str | os.PathLike, *, what: str, fmt, hint: str = "") -> dict:
+    """What save_torch wrote, with payload["format"] == fmt; one-line ValueError when the file is missing,
+    truncated, not a torch file, or of another format (`what` names it; `hint` follows "not found")."""
+    import pickle
+    import torch
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"{what} not found: {path}{hint}")
+    try:
+        data = torch.load(path, map_location="cpu", weights_only=True)
+    except (RuntimeError, OSError, EOFError, ValueError, pickle.UnpicklingError) as err:   # truncated, not ours
+        raise ValueError(f"{what} {path} is corrupt, truncated or not a {what} ({type(err).__name__}); "
+                         "delete it to rebuild it") from None
+    if not isinstance(data, dict) or data.get("format") != fmt:
+        raise ValueError(f"{path} is not a {what} written by this version")
+    return data

@@ -14,7 +14,6 @@ re-run a batch after an overflow, which must not count that batch's activations 
 """
 from __future__ import annotations
 
-import pickle
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -79,26 +78,14 @@ class Rankings:
 
     # ---- persistence (next to the teacher cache) -------------------------------------------
     def save(self, path) -> Path:
-        from ._atomic import atomic_file
-        path = Path(path)
-        payload = {"scores": self.scores, "num_layers": self.num_layers, "calibration": self.calibration,
-                   "meta": dict(self.meta), "format": FORMAT}
-        with atomic_file(path) as tmp:
-            torch.save(payload, tmp)
-        return path
+        from ._atomic import save_torch
+        return save_torch(path, {"scores": self.scores, "num_layers": self.num_layers, "calibration": self.calibration,
+                                 "meta": dict(self.meta), "format": FORMAT})
 
     @classmethod
     def load(cls, path) -> "Rankings":
-        path = Path(path)
-        if not path.is_file():
-            raise ValueError(f"rankings not found: {path}")
-        try:
-            data = torch.load(path, map_location="cpu", weights_only=True)
-        except (RuntimeError, OSError, EOFError, ValueError, pickle.UnpicklingError) as err:
-            raise ValueError(f"rankings file {path} is corrupt or truncated ({type(err).__name__}); delete it to "
-                             "rebuild it") from None
-        if not isinstance(data, dict) or data.get("format") != FORMAT:
-            raise ValueError(f"{path} is not a rankings file written by this version")
+        from ._atomic import load_torch
+        data = load_torch(path, what="rankings file", fmt=FORMAT)
         return cls(scores=data["scores"], num_layers=int(data["num_layers"]), calibration=data["calibration"],
                    meta=data["meta"])
 

@@ -27,7 +27,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import pickle
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -136,29 +135,17 @@ class TeacherCache:
     # ---- persistence ---------------------------------------------------------------------------
     def save(self, path) -> Path:
         """Atomic: written to a temporary file in the same folder, then renamed over `path`."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        payload = {"tokens": self.tokens, "values": self.values, "lse": self.lse, "nll": self.nll,
-                   "indices": self.indices, "vocab_size": self.vocab_size, "vocab_hash": self.vocab_hash,
-                   "level_blocks": list(self.level_blocks), "meta": dict(self.meta), "proxy": dict(self.proxy),
-                   "format": 1}
-        from compress._atomic import atomic_file
-        with atomic_file(path) as tmp:
-            torch.save(payload, tmp)
-        return path
+        from compress._atomic import save_torch
+        return save_torch(path, {"tokens": self.tokens, "values": self.values, "lse": self.lse, "nll": self.nll,
+                                 "indices": self.indices, "vocab_size": self.vocab_size, "vocab_hash": self.vocab_hash,
+                                 "level_blocks": list(self.level_blocks), "meta": dict(self.meta),
+                                 "proxy": dict(self.proxy), "format": 1})
 
     @classmethod
     def load(cls, path) -> "TeacherCache":
-        path = Path(path)
-        if not path.is_file():
-            raise ValueError(f"teacher cache not found: {path} (build one with TeacherCache.build(...).save(path))")
-        try:
-            data = torch.load(path, map_location="cpu", weights_only=True)
-        except (RuntimeError, OSError, EOFError, ValueError, pickle.UnpicklingError) as err:   # truncated, not ours
-            raise ValueError(f"teacher cache {path} is corrupt, truncated or not a teacher cache "
-                             f"({type(err).__name__}); delete it to rebuild it") from None
-        if not isinstance(data, dict) or data.get("format") != 1:
-            raise ValueError(f"{path} is not a teacher cache written by this version")
+        from compress._atomic import load_torch
+        data = load_torch(path, what="teacher cache", fmt=1,
+                          hint=" (build one with TeacherCache.build(...).save(path))")
         return cls(tokens=data["tokens"], values=data["values"], indices=data["indices"], lse=data["lse"],
                    nll=data["nll"], vocab_size=int(data["vocab_size"]), vocab_hash=data["vocab_hash"],
                    level_blocks=tuple(data["level_blocks"]), meta=data["meta"], proxy=data.get("proxy") or {})

@@ -11,7 +11,7 @@ from compress._atomic import atomic_file
 from search import _candidates, _tracking
 from search._candidates import SECOND_OBJECTIVE
 from search._plots import kept_ratio_figure, score_vs_memory_figure
-from search._trial import GB, plan_for
+from search._trial import plan_for
 
 # what Tune adds to every result (the trial's own report is the rest)
 TUNE_KEYS = {"timestamp", "checkpoint_dir_name", "done", "training_iteration", "trial_id", "date", "time_this_iter_s",

@@ -1,5 +1,4 @@
 """Pruned checkpoints are complete HF directories that load both ways with the same logits."""
-import copy
 import json
 
 import pytest

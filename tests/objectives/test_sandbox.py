@@ -1,9 +1,7 @@
 """Hostile model-written programs are contained: each fails, and the files, the project tree and the
 machine (no stray process, no open connection) are intact afterwards."""
-import os
 import socket
 import subprocess
-import sys
 import time
 import uuid
 from pathlib import Path

@@ -11,13 +11,6 @@ import pytest
 from search import _plots, _report, _tracking
 
 
-@pytest.fixture
-def store(tmp_path, monkeypatch):
-    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")
-    uri = (tmp_path / "mlruns").as_uri()
-    exp_id, parent = _tracking.ensure_parent(uri, "exp", tags={})
-    return uri, exp_id, parent
-
 
 def _row(trial_id, status, name=None, **extra):
     return {"trial_id": trial_id, "name": name or trial_id, "status": status, "params_json": json.dumps(

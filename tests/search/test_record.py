@@ -69,14 +69,6 @@ def test_shipped_values_pickle_without_their_cached_copy():
     assert shipped.get() == {"big": 1} and pickle.loads(pickle.dumps(shipped)).get() == {"big": 1}
 
 
-@pytest.fixture
-def store(tmp_path, monkeypatch):
-    """A parent run in a file store (fast to create; the transport code is the same as over HTTP)."""
-    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")
-    uri = (tmp_path / "mlruns").as_uri()
-    exp_id, parent = _tracking.ensure_parent(uri, "exp", tags={})
-    return uri, exp_id, parent
-
 
 class _Setup:
     def __init__(self, uri, exp_id, parent):

@@ -11,7 +11,6 @@ import sys
 from pathlib import Path
 
 import optuna
-import pytest
 from mlflow.tracking import MlflowClient
 
 
