@@ -3,6 +3,7 @@ storage and MLflow server), fault tolerance (trial retries) and hands results to
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import os
 import sys
@@ -74,12 +75,14 @@ def _parallel_settings(exp: experiments.Experiment, record: ExperimentRecord) ->
 def prepare_teacher(setup: TrialSetup, record: ExperimentRecord, *, baselines: bool = True) -> dict | None:
     """Once per experiment, from the dense model: the teacher's outputs (held-out C4, and its own answers to
     the ladder's proxy items), every criterion's unit rankings (trials only slice), the OWL layer scores.
-    The first two are kept in the run directory (for `resume`) and reach trials through the object store."""
-    model, tokenizer = load_on_device(setup.model_source)
+    The first two are kept in the run directory (for `resume`) and reach trials through the object store;
+    the dense model is loaded only when one of them is missing or the baselines are asked for."""
+    dense = functools.cache(lambda: load_on_device(setup.model_source))
     ladder = objectives.Ladder(setup.ladder, tasks=setup.tasks, unsafe_exec=setup.unsafe_exec)
     if record.teacher_cache.exists():
         cache = objectives.TeacherCache.load(record.teacher_cache)
     else:
+        model, tokenizer = dense()
         blocks = max(r.kl_blocks for r in ladder.rungs)
         cache = objectives.TeacherCache.build(model, tokenizer, level_blocks=sorted({*objectives.LEVEL_BLOCKS, blocks}))
         cache.proxy = ladder.teacher_credits(model, tokenizer, objectives.EvalContext(seed=setup.seed))
@@ -90,21 +93,22 @@ def prepare_teacher(setup: TrialSetup, record: ExperimentRecord, *, baselines: b
                 print(f"fidelity ladder rung {rung}: the dense model is at chance on {', '.join(tasks)}: weight 0, "
                       "not scored", flush=True)
     setup.teacher_cache = Shipped.put(cache)
-    attach_rankings(setup, record, model, tokenizer)
+    attach_rankings(setup, record, dense)
     if not baselines:
         return None
+    model, tokenizer = dense()
     ratios = compress.layer_outlier_ratios(model, compress.calibration_tokens(tokenizer))
     return {"uniform-l1": spaces.uniform_l1(setup.spec), "owl": spaces.owl(setup.spec, ratios)}
 
 
-def attach_rankings(setup: TrialSetup, record: ExperimentRecord, model=None, tokenizer=None) -> None:
+def attach_rankings(setup: TrialSetup, record: ExperimentRecord, dense: Callable) -> None:
     """The dense model's unit rankings for every criterion of the space, computed once and cached next to
-    the teacher cache (`rankings.pt`); shipped to trials through the object store."""
+    the teacher cache (`rankings.pt`); shipped to trials through the object store. `dense()` -> (model,
+    tokenizer), called only when the rankings are not cached yet."""
     if record.rankings.exists():
         rankings = compress.Rankings.load(record.rankings)
     else:
-        if model is None:
-            model, tokenizer = load_on_device(setup.model_source)
+        model, tokenizer = dense()
         rankings = compress.compute_rankings(model, tokenizer, criteria=setup.spec.criteria,
                                              attn_units=[setup.spec.attn_unit])
         rankings.save(record.rankings)

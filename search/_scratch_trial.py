@@ -171,24 +171,13 @@ def run_scratch_trial(config: dict, setup: ScratchSetup) -> None:
     trial_id = tune.get_context().get_trial_id()
     params = {k: v for k, v in config.items() if k != "baseline"}
     baseline = config.get("baseline", "")
-    run = _tracking.TrialRun.start(setup, trial_id, params, baseline=baseline)
-    try:
+    with _tracking.TrialRun.start(setup, trial_id, params, baseline=baseline).finishing() as run:
         if setup.distill_workers >= 2:
             from search import _data_parallel
             _data_parallel.run(params, setup, run, baseline=baseline, trial_id=trial_id,
                                body=functools.partial(scratch_body, trial_id=trial_id))
         else:
             scratch_body(params, setup, run, baseline=baseline, report=_tune_report, trial_id=trial_id)
-        run.finish("FINISHED")
-    except SystemExit as stop:  # Tune ends a trial the scheduler stopped with sys.exit(0) inside report()
-        if stop.code in (0, None):
-            run.finish("FINISHED")     # after the last rung or stopped early: the driver's table tags which
-        else:
-            run.finish("FAILED", reason=f"SystemExit({stop.code})")
-        raise
-    except BaseException as err:
-        run.finish("FAILED", reason=f"{type(err).__name__}: {err}")
-        raise
 
 
 def scratch_body(params: dict, setup: ScratchSetup, run, *, baseline: str, report, trial_id: str, rank: int = 0,

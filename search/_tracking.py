@@ -9,6 +9,7 @@ finds its run by its Tune trial id instead of opening a second one.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
@@ -185,6 +186,23 @@ class TrialRun:
 
     def log_metrics(self, metrics: dict, *, step: int) -> None:
         self._do(("metrics", mlflow_metrics(metrics), step))
+
+    @contextlib.contextmanager
+    def finishing(self):
+        """The trial's body inside: its run ends FINISHED when the body returns or the scheduler stopped it
+        (Tune ends such a trial with sys.exit(0) inside report()), else FAILED with the reason; re-raises."""
+        try:
+            yield self
+        except SystemExit as stop:
+            if stop.code in (0, None):    # after the last rung or stopped early: the driver's table tags which
+                self.finish("FINISHED")
+            else:
+                self.finish("FAILED", reason=f"SystemExit({stop.code})")
+            raise
+        except BaseException as err:
+            self.finish("FAILED", reason=f"{type(err).__name__}: {err}")
+            raise
+        self.finish("FINISHED")
 
     def finish(self, status: str, *, reason: str = "") -> None:
         """The trial's own end; the driver sets the outcome (complete / stopped early / failed) afterwards."""

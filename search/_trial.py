@@ -130,8 +130,7 @@ def run_trial(config: dict, setup: TrialSetup) -> None:
     params = {k: v for k, v in config.items() if k != "baseline"}
     baseline = config.get("baseline", "")
     trial_id = tune.get_context().get_trial_id()
-    run = _tracking.TrialRun.start(setup, trial_id, params, baseline=baseline)
-    try:
+    with _tracking.TrialRun.start(setup, trial_id, params, baseline=baseline).finishing() as run:
         if setup.distill_workers >= 2 and schedule_for(params, setup) is not None:
             from search import _data_parallel
             _data_parallel.run(params, setup, run, baseline=baseline, trial_id=trial_id)
@@ -139,16 +138,6 @@ def run_trial(config: dict, setup: TrialSetup) -> None:
             # a retried (its worker or node died) or resumed trial goes on after its last reported rung
             trial_body(params, setup, run, baseline=baseline, report=report_with_rung, skip=restored_rungs(),
                        trial_id=trial_id)
-        run.finish("FINISHED")
-    except SystemExit as stop:  # Tune ends a trial the scheduler stopped with sys.exit(0) inside report()
-        if stop.code in (0, None):    # after the last rung or stopped early: the driver's table tags which
-            run.finish("FINISHED")
-        else:
-            run.finish("FAILED", reason=f"SystemExit({stop.code})")
-        raise
-    except BaseException as err:
-        run.finish("FAILED", reason=f"{type(err).__name__}: {err}")
-        raise
 
 
 def _tune_report(metrics: dict) -> bool:

@@ -154,11 +154,18 @@ def launch(args) -> int:
     storage = Storage.check(args.storage) if args.storage else None     # an unknown filesystem: one line
     record = ExperimentRecord.check_new(root, name, storage=storage)    # an existing experiment is refused
     _preflight(exp, record)
+    return launch_checked(exp, record, args, storage=storage,
+                          note=exp.origin if exp.origin.startswith("generic") else None)
+
+
+def launch_checked(exp, record, args, *, storage, note: str | None = None) -> int:
+    """Both tracks, once their own checks passed: the MLflow server answers, then the search, its exit
+    status, and the full evaluation of its top candidates when asked for."""
     if args.tracking_uri:
         from search._tracking import check_reachable
         check_reachable(args.tracking_uri)                              # a refusing MLflow server: one line
-    if exp.origin.startswith("generic"):
-        print(f"note: {exp.origin}", flush=True)
+    if note:
+        print(f"note: {note}", flush=True)
     exp.search.top_k = max(exp.search.top_k, args.full_eval_top)  # full evaluation needs the checkpoints
     from search import _driver
     status = _driver.launch(exp, record, storage=storage, tracking_uri=args.tracking_uri, address=args.address)

@@ -36,9 +36,9 @@ def is_scratch(args) -> bool:
 def launch_scratch(args) -> int:
     import compress
     import experiments
-    from search import _driver, _scratch_trial
+    from search import _scratch_trial
     from search._record import ExperimentRecord
-    from search._verbs import _free_name, _search_status, _settings
+    from search._verbs import _free_name, _settings, launch_checked
     if args.model:
         raise ValueError("Track 2 trains from scratch: --model (a pre-trained model) is not allowed; "
                          "omit it, or use --track prune to compress a model")
@@ -70,13 +70,4 @@ def launch_scratch(args) -> int:
     storage = None
     record = ExperimentRecord.check_new(root, name, storage=storage)  # an existing experiment is refused
     _scratch_trial.build_setup(exp, record)                          # every check; nothing is written yet
-    if args.tracking_uri:
-        from search._tracking import check_reachable
-        check_reachable(args.tracking_uri)
-    exp.search.top_k = max(exp.search.top_k, args.full_eval_top)  # full evaluation needs the checkpoints
-    status = _driver.launch(exp, record, storage=storage, tracking_uri=args.tracking_uri, address=args.address)
-    status = _search_status(record, status)
-    if status == 0 and args.full_eval_top:
-        from objectives._oc_report import full_eval_top
-        full_eval_top(record, args.full_eval_top, limit=args.full_eval_limit)
-    return status
+    return launch_checked(exp, record, args, storage=storage)
