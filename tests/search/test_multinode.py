@@ -107,15 +107,18 @@ def test_launch_on_three_nodes(cluster):
     record = runs / "mn"
     assert not (record / "tune").exists() and (shared / "mn" / "tune").is_dir()
 
-    # every trial ran on a worker node (the head has no CPUs), both workers were used
+    # every trial ran on a worker node (the head has no CPUs), both workers were used: the killed attempt ran on
+    # one of them, and its retry may land on either (on the other one once that finished its own trial)
+    assert killed and "retried (failure 1)" in proc.stdout, (killed, proc.stdout[-2000:])
     results = json.loads((record / "results.json").read_text())
     rows = results["trials"]
     assert len(rows) == 2 and all(r["status"] in ("complete", "stopped early") for r in rows), rows
     workers = {node.node_id for node in cluster["workers"]}
-    assert {r["node_id"] for r in rows} <= workers and len({r["node_id"] for r in rows}) == 2
+    killed_on = {node.node_id for node in cluster["workers"] if node.name == killed[0][0]}
+    assert {r["node_id"] for r in rows} <= workers and len(killed_on) == 1
+    assert {r["node_id"] for r in rows} | killed_on == workers, (rows, killed)
 
     # the killed worker's trial was retried as the same trial: once in Optuna, once in MLflow
-    assert killed and "retried (failure 1)" in proc.stdout, (killed, proc.stdout[-2000:])
     study = optuna.load_study(study_name="mn", storage=f"sqlite:///{record / 'optuna.db'}")
     assert len(study.trials) == 2 and {t.state.name for t in study.trials} <= {"COMPLETE", "PRUNED"}
     assert sorted(t.user_attrs["tune_trial_id"] for t in study.trials) == sorted(r["trial_id"] for r in rows)
