@@ -1,10 +1,10 @@
 """Benchmark: does the search beat its own warm start (OWL), uniform-L1 and random search, and which sampler?
 
     .venv/bin/python bench/search_quality.py [--trials 60] [--seeds 3] [--samplers tpe,evolution,cmaes,random]
-        [--budgets default,0.0064952] [--kinds memory,params] [--long 200] [--launch 60] [--distill-launch 16]
+        [--budgets default,HALF_BUDGET_GB] [--kinds memory,params] [--long 200] [--launch 60] [--distill-launch 16]
 
 On the bundled stories260k, at two memory budgets (the profile's default, ~0.68 of the dense parameters, and
---budget-gb 0.0064952 (HALF_BUDGET_GB), ~0.55), every sampler runs `--seeds` seeds at the same trial count. Every result is
+--budget-gb HALF_BUDGET_GB, ~0.55), every sampler runs `--seeds` seeds at the same trial count. Every result is
 judged the same way, by a judge no trial optimises: KL(dense || candidate) per token on
   - c4: 16 held-out C4 blocks after those the search's fitness reads (its ladder's largest kl_blocks), and
   - sampled: 16 blocks of stories sampled from the dense model itself (temperature 1, fixed seed).
@@ -46,9 +46,12 @@ RESULTS = REPO / "bench" / "results" / "search_quality.json"
 SEQ_LEN = 256
 JUDGE_BLOCKS = 16
 SAMPLE_SEED = 1234
-# ~0.55 of the dense parameters: llama.cpp's fixed memory in the bundled profile (6,344,704 bytes) + ~630K
-# bytes for the model. The issue's `--budget-gb 0.000555` meant 0.55 before the profile counted that fixed memory.
-HALF_BUDGET_GB = 0.0064952
+# ~0.55 of the dense parameters: llama.cpp's fixed memory in the bundled profile + 629,464 bytes for the model
+# (the issue's `--budget-gb 0.000555` meant 0.55 before the profile counted that fixed memory). In GiB, as
+# --budget-gb reads it, rounded to 9 digits (within 1 byte).
+from objectives._profiles import STORIES_LLAMACPP_OVERHEAD  # noqa: E402
+
+HALF_BUDGET_GB = round((STORIES_LLAMACPP_OVERHEAD + 629_464) / 2**30, 9)
 TARGETS = {"default_60_vs_owl": 0.85, "default_200_vs_uniform_c4": 0.40, "half_60_vs_uniform": 0.55}
 
 

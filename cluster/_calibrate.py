@@ -10,6 +10,12 @@ the measurements they came from.
              token overhead = median residual at the profile's bandwidth; with >= 3 candidates whose
              decode bytes span >= 2x, both are fitted by least squares (kept only if both are positive)
 
+Repeated runs pool: the fit uses this run's candidates and those of every earlier entry in the file with the
+same runtime, kind of measurement and settings (context, prompt, generated tokens). One run's candidates share
+that run's host state; measured here, llama.cpp's residual moved by up to 30 KB and decode speed by 30 %
+between runs minutes apart, so an envelope and a median over several runs carry to the next run, one run's
+do not. A new llama.cpp build or different settings start a new pool.
+
 The file: {"profile": {DeviceProfile fields}, "calibration": [one entry per run, newest last]}. Pass it
 wherever a profile name goes (`launch --device FILE`, `validate --profile FILE`, `evaluate --device FILE`).
 """
@@ -90,17 +96,35 @@ def calibrate(record: dict, profile, path, *, runtime: str = "llama.cpp") -> dic
     base = read_profile_file(path) if path.exists() else profile
     history = json.loads(path.read_text()).get("calibration", []) if path.exists() else []
     pts = points(record)
-    fitted = fit(pts, base)
+    key = _pool_key(record, base, runtime)
+    pool = [e for e in history if e.get("pool") == key and e.get("measurements")]
+    fitted = fit([p for e in pool for p in e["measurements"]] + pts, base)
+    fitted["pooled_runs"] = len(pool) + 1
     cost = RuntimeCost(overhead_bytes=fitted["overhead_bytes"], token_overhead_s=fitted["token_overhead_s"])
     name = base.name if path.exists() else path.stem
     new = base.with_runtime_cost(runtime, cost, name=name,
                                  decode_bandwidth_bytes_per_s=fitted["decode_bandwidth_bytes_per_s"])
     entry = {"created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "experiment": record.get("experiment"),
              "device": record.get("device"), "kind": record.get("kind"), "runtime": runtime,
-             "from_profile": profile.name, "settings": record.get("settings"), "fitted": fitted,
+             "from_profile": profile.name, "settings": record.get("settings"), "pool": key, "fitted": fitted,
              "before": {"overhead_bytes": base.runtimes.get(runtime, RuntimeCost()).overhead_bytes,
                         "token_overhead_s": base.runtimes.get(runtime, RuntimeCost()).token_overhead_s,
                         "decode_bandwidth_bytes_per_s": base.decode_bandwidth_bytes_per_s},
              "measurements": pts}
     write_json(path, {"profile": new.to_dict(), "calibration": [*history, entry]})
     return entry
+
+
+
+def _pool_key(record: dict, profile, runtime: str) -> dict:
+    """What must match for two runs' measurements to be fitted together (see the module doc)."""
+    build = None
+    if record.get("kind") == "measured-emulated":
+        from importlib.metadata import PackageNotFoundError, version
+        try:
+            build = f"llama-cpp-python {version('llama-cpp-python')}"
+        except PackageNotFoundError:
+            pass
+    return {"runtime": runtime, "kind": record.get("kind"), "device": record.get("device"), "build": build,
+            "settings": record.get("settings"), "context_length": profile.context_length,
+            "prefill_chunk": profile.prefill_chunk}

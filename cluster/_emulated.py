@@ -12,7 +12,9 @@ Speed: with one llama.cpp thread (the default on 2 cores) prefill and decode are
 time, what a core of its own would take (a shared host's wall clock also counts waits for other processes);
 with more threads by the wall clock; the median over repetitions.
 
-Memory reported: peak resident growth over the pre-load footprint (VmHWM), plus llama.cpp's own
+Memory reported: peak resident growth over the pre-load footprint (VmHWM), less the pages of llama.cpp's
+code first touched while running (the same for every model, but build-dependent: a phone runs its own
+build), plus llama.cpp's own
 buffer sizes (weights, KV cache, compute, output) parsed from its log, the figures the memory model
 predicts. Projection: decode is bandwidth-bound, so phone tok/s = host tok/s x phone bandwidth / host
 bandwidth (numpy copy benchmark); prefill is compute-bound: x phone FLOP/s / host FLOP/s (numpy
@@ -115,19 +117,23 @@ class EmulatedBackend(DeviceBackend):
                     if spec["method"] else "no memory cap (no budget given)")
         buffers = llama_buffers(err)
         if rc != 0 or data is None or "error" in data:
-            detail = (data or {}).get("error") or _tail(err) or f"exit {rc}"
+            # an allocation that fails inside ggml aborts (GGML_ASSERT) a line or two after saying why
+            detail = (data or {}).get("error") or _tail(err, 3) or f"exit {rc}"
             memory_failure = rc in (-9, 137) or any(m in detail.lower() for m in MEMORY_ERRORS)
             if not spec["method"] or not memory_failure:
                 raise ValueError(f"emulated run of {spec['model']} failed: {detail}")
             return ValidationResult(backend=self.name, decode_tokens_per_s=None, prefill_tokens_per_s=None,
                                     peak_memory_bytes=None, fits=False, notes=[f"does not fit: {detail}", cap_note],
                                     raw={"rc": rc, "cap": spec, "llama_buffers": buffers})
-        model_bytes = data["peak_rss_bytes"] - data["baseline_rss_bytes"]
+        # the library's code pages are the build's, not the model's (see _emulated_child): not counted
+        model_bytes = data["peak_rss_bytes"] - data["baseline_rss_bytes"] - data["code_pages_bytes"]
         fits = self.budget_bytes is None or model_bytes <= self.budget_bytes
         decode_ratio = self.phone_bandwidth / host_bandwidth() if self.phone_bandwidth else 1.0
         prefill_ratio = self.phone_flops / host_flops() if self.phone_flops else 1.0
-        notes = [cap_note, f"peak memory = resident growth while loading and running; the process peaked at "
-                           f"{data['peak_rss_bytes']} B with {data['baseline_rss_bytes']} B before loading",
+        notes = [cap_note, f"peak memory = resident growth while loading and running, less the runtime library's "
+                           f"code pages: the process peaked at {data['peak_rss_bytes']} B with "
+                           f"{data['baseline_rss_bytes']} B before loading, {data['code_pages_bytes']} B of it "
+                           f"library code touched while running",
                  "llama.cpp buffers: " + ", ".join(f"{k} {v} B" for k, v in buffers.items())]
         notes.append(f"timed by {data.get('clock', 'wall clock')} ({self.threads} llama.cpp thread(s)), median of "
                      f"{len(data['decode_samples'])} run(s)")
@@ -238,9 +244,9 @@ def _last_json(text: str) -> dict | None:
     return None
 
 
-def _tail(text: str) -> str:
-    lines = [x for x in text.strip().splitlines() if x.strip()]
-    return lines[-1] if lines else ""
+def _tail(text: str, n: int = 1) -> str:
+    lines = [x.strip() for x in text.strip().splitlines() if x.strip()]
+    return " / ".join(lines[-n:])
 
 
 BACKENDS.add("emulated", EmulatedBackend)

@@ -121,3 +121,29 @@ def test_calibrate_fits_overhead_envelope_and_bandwidth_from_spread():
     assert one["token_overhead_s"] == pytest.approx(2e-3 + 1e9 / 40e9 - 1e9 / profile.decode_bandwidth_bytes_per_s)
     with pytest.raises(ValueError, match="nothing to calibrate"):
         fit([], profile)
+
+
+def test_calibrate_pools_earlier_runs_with_the_same_settings(tmp_path):
+    """Runs minutes apart differ more than candidates within one run: the fit pools every earlier run in the
+    file that measured the same thing, and a run with other settings starts a pool of its own."""
+    from cluster._calibrate import calibrate
+    profile = objectives.get_profile("stories260k-tiny")
+
+    def record(residual: int, tok_s: float, prompt: int = 64) -> dict:
+        cands = [{"rank": r, "name": f"c{r}", "trial_id": f"t{r}",
+                  "measured": {"peak_memory_bytes": 500_000 + residual + r, "decode_tokens_per_s": tok_s},
+                  "simulated": {"model_bytes": 500_000, "decode_bytes_per_token": 400_000}} for r in (1, 2)]
+        return {"experiment": "e", "device": "emulated", "kind": "measured-emulated", "candidates": cands,
+                "settings": {"prompt_tokens": prompt, "gen_tokens": 32, "repetitions": 7}}
+
+    path = tmp_path / "me.json"
+    first = calibrate(record(4_000_000, 20_000.0), profile, path)
+    second = calibrate(record(4_030_000, 16_000.0), profile, path)
+    assert first["fitted"]["pooled_runs"] == 1 and second["fitted"]["pooled_runs"] == 2
+    assert len(second["fitted"]["memory_residuals_bytes"]) == 4
+    # the envelope covers both runs: the larger residual plus the spread between the runs
+    assert second["fitted"]["overhead_bytes"] >= 4_030_002 + 30_001
+    assert objectives.get_profile(str(path)).runtimes["llama.cpp"].overhead_bytes == second["fitted"]["overhead_bytes"]
+    other = calibrate(record(4_000_000, 20_000.0, prompt=16), profile, path)        # other settings: alone
+    assert other["fitted"]["pooled_runs"] == 1 and other["fitted"]["overhead_bytes"] < 4_030_002
+    assert len(json.loads(path.read_text())["calibration"]) == 3
