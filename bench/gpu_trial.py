@@ -183,7 +183,7 @@ def run_stages(rec: Recorder, args) -> None:
             pruned_plan = dataclasses.replace(plan, importance=criterion)
             result = compress.prune(model, tokenizer, pruned_plan)
             s["params"] = result.params
-    # rung 0, then what matters most (saving, distillation, a whole trial); the long rung 1 last
+    # rung 0, then what matters most (saving, a whole trial, distillation); the long rung 1 last
     context = objectives.EvalContext(profile=setup.profile(), teacher_cache=setup.teacher_cache.get())   # a Shipped value
     candidate = objectives.Candidate(shapes=result.shapes, model=model, tokenizer=tokenizer)
     proxy = objectives.ProxyAccuracyObjective(tasks=tuple(setup.tasks), unsafe_exec=True)
@@ -192,18 +192,20 @@ def run_stages(rec: Recorder, args) -> None:
         compress.save_pruned(model, tokenizer, args.work / "top", plan=pruned_plan, summary=result.summary())
     model = candidate = result = None
     free_device()
+    # a whole trial before distillation: DeepSpeed ZeRO-3 wraps torch's linear for the rest of the process,
+    # and a real trial, which distils in Ray Train workers of its own, never scores under that wrapper
+    with rec.stage("whole level-0 trial: load + prune + proxy rung 0 + KL (trial_body)") as s:
+        reports = []
+        trial_body(owl, dataclasses.replace(setup, rungs=1), _tracking.TrialRun(None, None), baseline="owl",
+                   report=lambda m: reports.append(m) or False)
+        s.update(score=reports[-1]["score"], kl_to_teacher=reports[-1]["kl_to_teacher"])
+    free_device()
     # the trial's own student (the 12 GiB plan); if it cannot fit one GPU, a half-size one
     half = compress.Plan.uniform(setup.base_shapes.num_layers, attn_keep=0.5, mlp_keep=0.5, importance="l1")
     for label, student_plan in (("12 GiB plan", plan), ("half the parameters", half)):
         if distill_steps(rec, setup, student_plan, dense, label):
             break
         free_device()
-    free_device()
-    with rec.stage("whole level-0 trial: load + prune + proxy rung 0 + KL (trial_body)") as s:
-        reports = []
-        trial_body(owl, dataclasses.replace(setup, rungs=1), _tracking.TrialRun(None, None), baseline="owl",
-                   report=lambda m: reports.append(m) or False)
-        s.update(score=reports[-1]["score"], kl_to_teacher=reports[-1]["kl_to_teacher"])
     free_device()
     if args.levels > 1:
         model, tokenizer = compress.load_on_device(args.work / "top")   # the saved candidate, 12 GiB plan

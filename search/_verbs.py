@@ -99,6 +99,9 @@ def add_launch_args(p):
                         "Spearman correlation")
     p.add_argument("--full-eval-limit", type=int, default=None, metavar="N",
                    help="items per dataset for --full-eval-top (default: all; a full CPU run takes hours)")
+    p.add_argument("--full-eval-data-root", default=None, metavar="DIR",
+                   help="the OpenCompass data for --full-eval-top, as `full-eval --data-root` (default: the "
+                        "shipped subsets, which serve --full-eval-limit up to their size)")
     _add_unsafe_exec(p)
     _add_common(p)
 
@@ -138,6 +141,12 @@ def launch(args) -> int:
         raise ValueError("--full-eval-top must be >= 0")
     if args.full_eval_limit is not None and args.full_eval_limit < 1:
         raise ValueError("--full-eval-limit must be >= 1")
+    if args.full_eval_top:          # the OpenCompass data must be there before the search, not hours after it
+        from objectives._oc_report import check_data
+        try:
+            check_data(limit=args.full_eval_limit, data_root=args.full_eval_data_root)
+        except ValueError as err:   # its advice names full-eval's flags; launch spells them --full-eval-*
+            raise ValueError(f"--full-eval-top: {err} (launch: --full-eval-limit N, --full-eval-data-root DIR)") from None
     from search import _verbs_scratch
     if _verbs_scratch.is_scratch(args):
         return _verbs_scratch.launch_scratch(args)
@@ -172,7 +181,7 @@ def launch_checked(exp, record, args, *, storage, note: str | None = None) -> in
     status = _search_status(record, status)
     if status == 0 and args.full_eval_top:
         from objectives._oc_report import full_eval_top
-        full_eval_top(record, args.full_eval_top, limit=args.full_eval_limit)
+        full_eval_top(record, args.full_eval_top, limit=args.full_eval_limit, data_root=args.full_eval_data_root)
     return status
 
 
