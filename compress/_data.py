@@ -1,11 +1,15 @@
 """Text the rules allow (C4, Chinese Alpaca): the bundled samples offline, `datasets` on a connected machine.
 
 Bundled C4 documents 0-239 are for calibration / training, 240-299 are held out for evaluation,
-so KL and perplexity are never measured on text the model was pruned or distilled on.
+so KL and perplexity are never measured on text the model was pruned or distilled on. On the hub, C4's
+held-out text is its validation split; Chinese Alpaca has only a train split, so a document is held out
+when the CRC-32 of its text falls in 1 of HUB_HELDOUT_EVERY buckets (disjoint by construction, whatever
+the dataset's size or order) and the train side never yields it.
 """
 from __future__ import annotations
 
 import json
+import zlib
 from functools import lru_cache
 from pathlib import Path
 
@@ -13,6 +17,12 @@ BUNDLED_DATA = Path(__file__).parent / "_bundled" / "data"
 HELDOUT_START = 240
 ALLOWED_SOURCES = ("c4", "alpaca_zh")
 HUB_IDS = {"c4": ("allenai/c4", "en"), "alpaca_zh": ("shibing624/alpaca-zh", None)}
+HUB_HELDOUT_EVERY = 10          # Alpaca on the hub: ~10 % of its documents held out, like the bundled sample
+
+
+def hub_heldout(name: str, text: str) -> bool:
+    """Whether a hub document of `name` is held out (never trained or calibrated on)."""
+    return name != "c4" and zlib.crc32(text.encode("utf-8")) % HUB_HELDOUT_EVERY == 0
 
 
 def check_source(name: str) -> str:
@@ -47,6 +57,12 @@ def texts(name: str = "c4", *, split: str = "train", hub: bool = False, limit: i
     return list(docs[:limit] if limit else docs)
 
 
+def row_text(row: dict) -> str:
+    """A hub row's document: C4's text, or Alpaca's instruction, input and output."""
+    return row["text"] if "text" in row else "\n".join(str(row[k]) for k in ("instruction", "input", "output")
+                                                     if row.get(k))
+
+
 def _hub_texts(name: str, split: str, limit: int) -> list[str]:
     try:
         import datasets
@@ -55,7 +71,9 @@ def _hub_texts(name: str, split: str, limit: int) -> list[str]:
         stream = datasets.load_dataset(repo, config, split=hub_split, streaming=True)
         out = []
         for row in stream:
-            out.append(row["text"] if "text" in row else "\n".join(str(row.get(k, "")) for k in ("instruction", "input", "output")))
+            text = row_text(row)
+            if name == "c4" or hub_heldout(name, text) == (split == "heldout"):
+                out.append(text)
             if len(out) >= limit:
                 break
         return out

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ._data import HUB_IDS, check_source, texts
+from ._data import HUB_IDS, check_source, hub_heldout, row_text, texts
 from ._distill import (DistillSchedule, _agree, _ds_config, _finish, _process_group, available_memory, check_fits,
                        estimate_training_memory)
 from ._distill_data import BlockMixer, check_mix, lm_loss
@@ -90,9 +90,8 @@ def _hub_documents(name: str, *, rank: int, world: int, seed: int):
         for i, row in enumerate(rows):
             if i % world != rank:          # each rank its own documents
                 continue
-            text = row["text"] if "text" in row else \
-                "\n".join(str(row[k]) for k in ("instruction", "input", "output") if row.get(k))
-            if text and text not in heldout:
+            text = row_text(row)
+            if text and text not in heldout and not hub_heldout(name, text):
                 yield text
         epoch += 1
 

@@ -112,3 +112,22 @@ def test_gguf_of_a_per_layer_scratch_model_tokenizes_and_computes_like_pytorch(t
         ref = model(torch.tensor([ids])).logits[0].numpy()
     llm.eval(ids)
     assert float(np.abs(np.asarray(llm.scores[:len(ids)]) - ref).max()) < 1e-3
+
+
+def test_hub_alpaca_heldout_is_disjoint_from_what_trains(monkeypatch):
+    """Chinese Alpaca has one hub split: held-out and training documents are told apart by a hash of the text,
+    so the held-out side never overlaps what is calibrated or trained on; C4 holds out its validation split."""
+    import datasets
+    rows = [{"instruction": f"问题 {i}", "input": "", "output": f"回答 {i}"} for i in range(200)]
+    asked = []
+    monkeypatch.setattr(datasets, "load_dataset", lambda *a, **k: asked.append((a, k["split"])) or rows)
+    train = compress.texts("alpaca_zh", split="train", hub=True, limit=1000)
+    heldout = compress.texts("alpaca_zh", split="heldout", hub=True, limit=1000)
+    assert heldout and train and not set(train) & set(heldout) and len(train) + len(heldout) == 200
+    assert 5 <= len(heldout) <= 40                                     # about 1 in HUB_HELDOUT_EVERY
+    streamed = [next(gen) for gen in [_hub_documents("alpaca_zh", rank=0, world=1, seed=0)] for _ in range(300)]
+    assert not set(streamed) & set(heldout) and set(streamed) == set(train)
+    c4 = [{"text": f"doc {i}"} for i in range(5)]
+    monkeypatch.setattr(datasets, "load_dataset", lambda *a, **k: asked.append((a, k["split"])) or c4)
+    assert compress.texts("c4", split="heldout", hub=True, limit=5) == [r["text"] for r in c4]
+    assert asked[-1] == (("allenai/c4", "en"), "validation") and asked[0][1] == "train"
