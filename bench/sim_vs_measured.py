@@ -86,6 +86,7 @@ def main() -> None:
     ap.add_argument("--trials", type=int, default=60)
     ap.add_argument("--top", type=int, default=3)
     ap.add_argument("--repetitions", type=int, default=7, help="timed decode runs per candidate (median)")
+    ap.add_argument("--out", default=str(RESULTS), help="where to write the results (default: %(default)s)")
     ap.add_argument("--runs", type=int, default=3, help="validate runs to calibrate, and as many to check")
     ap.add_argument("--root", default=None, help="keep the experiment here (default: a temporary folder)")
     ap.add_argument("--reuse", action="store_true", help="validate an experiment already in --root")
@@ -122,12 +123,12 @@ def main() -> None:
            "fitted_profile": compare(second, fits), "measurements": calibration["measurements"]}
     sys.path.insert(0, str(REPO))
     from compress._atomic import write_json
-    write_json(RESULTS, out)
+    write_json(Path(args.out), out)
     for label in ("bundled_profile", "fitted_profile"):
         r = out[label]
         print(f"{label}: memory within 10 %: {r['memory_within_10pct']}, decode within 25 %: "
               f"{r['decode_within_25pct']} (medians over {args.runs} runs), fits agree in {r['fits_agree_in_runs']} runs")
-    print(f"fit: {calibration['fitted']}\nwrote {RESULTS}")
+    print(f"fit: {calibration['fitted']}\nwrote {args.out}")
 
 
 if __name__ == "__main__":

@@ -12,9 +12,9 @@ Speed: with one llama.cpp thread (the default on 2 cores) prefill and decode are
 time, what a core of its own would take (a shared host's wall clock also counts waits for other processes);
 with more threads by the wall clock; the median over repetitions.
 
-Memory reported: peak resident growth over the pre-load footprint (VmHWM), less the pages of llama.cpp's
-code first touched while running (the same for every model, but build-dependent: a phone runs its own
-build), plus llama.cpp's own
+Memory reported: the growth of the child's anonymous memory while loading and running plus the model file's
+resident pages (see _emulated_child: the whole resident set also counts code and data files, which differ
+between environments), plus llama.cpp's own
 buffer sizes (weights, KV cache, compute, output) parsed from its log, the figures the memory model
 predicts. Projection: decode is bandwidth-bound, so phone tok/s = host tok/s x phone bandwidth / host
 bandwidth (numpy copy benchmark); prefill is compute-bound: x phone FLOP/s / host FLOP/s (numpy
@@ -125,15 +125,16 @@ class EmulatedBackend(DeviceBackend):
             return ValidationResult(backend=self.name, decode_tokens_per_s=None, prefill_tokens_per_s=None,
                                     peak_memory_bytes=None, fits=False, notes=[f"does not fit: {detail}", cap_note],
                                     raw={"rc": rc, "cap": spec, "llama_buffers": buffers})
-        # the library's code pages are the build's, not the model's (see _emulated_child): not counted
-        model_bytes = data["peak_rss_bytes"] - data["baseline_rss_bytes"] - data["code_pages_bytes"]
+        # what the model run allocates, not the code and data files the environment touches (_emulated_child)
+        model_bytes = data["anon_growth_bytes"] + data["model_file_resident_bytes"]
         fits = self.budget_bytes is None or model_bytes <= self.budget_bytes
         decode_ratio = self.phone_bandwidth / host_bandwidth() if self.phone_bandwidth else 1.0
         prefill_ratio = self.phone_flops / host_flops() if self.phone_flops else 1.0
-        notes = [cap_note, f"peak memory = resident growth while loading and running, less the runtime library's "
-                           f"code pages: the process peaked at {data['peak_rss_bytes']} B with "
-                           f"{data['baseline_rss_bytes']} B before loading, {data['code_pages_bytes']} B of it "
-                           f"library code touched while running",
+        notes = [cap_note, f"peak memory = anonymous memory growth while loading and running "
+                           f"({data['anon_growth_bytes']} B) + the model file's resident pages "
+                           f"({data['model_file_resident_bytes']} B); the whole process peaked at "
+                           f"{data['peak_rss_bytes']} B with {data['baseline_rss_bytes']} B before loading, "
+                           f"{data['other_file_pages_bytes']} B of code and data files touched on the way",
                  "llama.cpp buffers: " + ", ".join(f"{k} {v} B" for k, v in buffers.items())]
         notes.append(f"timed by {data.get('clock', 'wall clock')} ({self.threads} llama.cpp thread(s)), median of "
                      f"{len(data['decode_samples'])} run(s)")

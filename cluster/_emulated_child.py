@@ -5,11 +5,15 @@ the runtime's own footprint stays small and is measured before the cap is set.
 Input: one JSON argument (see EmulatedBackend.run). Output: one JSON line on stdout; on failure
 {"error": ...} and exit status 1. A kill by the kernel (cgroup OOM) shows as a negative exit status.
 
-Memory: the peak resident set (VmHWM) grows while loading and running by (a) what llama.cpp allocates
-(weights read or mapped, KV cache, compute and output buffers: anonymous pages plus the model file's pages)
-and (b) pages of its shared libraries' code touched for the first time. (b) is the same for every model but
-differs between builds of the library (measured: 3.4-3.5 MB with this checkout's build), and a phone
-runs its own build, so it is reported apart (`code_pages_bytes`) and not counted in the model's peak.
+Memory: what the model run allocates = the growth of this process's anonymous memory (RssAnon: KV cache,
+compute and output buffers, logits, weights when not mapped), highest of the samples taken after loading and
+after every prefill and decode run (llama.cpp reserves its buffers when the context is created), plus the
+model file's resident pages (mapped weights). Not the growth of the whole resident set (VmHWM): that also
+counts pages of llama.cpp's and Python's own code and data files first touched on the way, which are the
+same for every model but not for every environment: measured on the same GGUF with the same package
+versions, VmHWM growth less those file pages gave 5.26-5.29 MB in this checkout's venv and 4.80-4.82 MB in
+a fresh clone's, the anonymous growth plus the model file 3.38-3.39 MB in both. Those other file pages are
+reported apart (`other_file_pages_bytes`), with VmHWM.
 """
 import json
 import os
@@ -22,7 +26,7 @@ from pathlib import Path
 def _child(spec: dict) -> dict:
     import llama_cpp   # imported before the cap is set: the runtime's own footprint is not the model's
     import numpy as np
-    baseline, baseline_files = _rss_peak(), _file_pages()
+    baseline, baseline_files, anon = _rss_peak(), _file_pages(), [_status_kb("RssAnon")]
     if spec["method"] == "rlimit":
         limit = _vm_size() + spec["budget"] + spec["allowance"]
         resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
@@ -33,6 +37,7 @@ def _child(spec: dict) -> dict:
                           n_ubatch=spec["n_batch"], n_threads=spec["threads"], n_threads_batch=spec["threads"],
                           flash_attn=bool(spec.get("flash_attn", True)),   # attention scores in tiles
                           verbose=True)   # its load log (stderr) carries the buffer sizes
+    anon.append(_status_kb("RssAnon"))
     rng, n_vocab = np.random.default_rng(0), llm.n_vocab()
     prompt = [int(t) for t in rng.integers(3, llm.n_vocab(), n_prompt)]   # ids 0-2 are special
     # One llama.cpp thread computes on this thread, so its CPU time is the time a core of its own would take:
@@ -50,19 +55,20 @@ def _child(spec: dict) -> dict:
             llm.eval([token])
             token = int(np.argmax(np.ctypeslib.as_array(llm._ctx.get_logits(), shape=(n_vocab,))))  # greedy
         end, end_wall = clock(), time.perf_counter()
+        anon.append(_status_kb("RssAnon"))      # after the timed part: reading /proc costs time
         if rep:
             prefill.append(n_prompt / (mid - start))
             decode.append(n_gen / (end - mid))
             wall.append(n_gen / (end_wall - mid_wall))
     files = _file_pages()
     model_file = files.pop(spec["model"], 0)                  # spec["model"] is an absolute, resolved path
-    code = sum(max(0, size - baseline_files.get(path, 0)) for path, size in files.items())
+    other_files = sum(max(0, size - baseline_files.get(path, 0)) for path, size in files.items())
     # medians: one repetition slowed down by another process on a shared host does not move the result
     return {"prefill_tokens_per_s": float(np.median(prefill)), "decode_tokens_per_s": float(np.median(decode)),
             "prefill_samples": prefill, "decode_samples": decode, "decode_wall_clock_samples": wall,
             "clock": "thread CPU time" if spec["threads"] == 1 else "wall clock", "baseline_rss_bytes": baseline,
-            "peak_rss_bytes": _rss_peak(), "code_pages_bytes": code, "model_file_resident_bytes": model_file,
-            "threads": spec["threads"]}
+            "peak_rss_bytes": _rss_peak(), "anon_growth_bytes": max(anon) - anon[0],
+            "model_file_resident_bytes": model_file, "other_file_pages_bytes": other_files, "threads": spec["threads"]}
 
 
 def _rss_peak() -> int:
