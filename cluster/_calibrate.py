@@ -12,9 +12,9 @@ the measurements they came from.
 
 Repeated runs pool: the fit uses this run's candidates and those of every earlier entry in the file with the
 same runtime, kind of measurement and settings (context, prompt, generated tokens). One run's candidates share
-that run's host state; measured here, llama.cpp's residual moved by up to 30 KB and decode speed by 30 %
-between runs minutes apart, so an envelope and a median over several runs carry to the next run, one run's
-do not. A new llama.cpp build or different settings start a new pool.
+that run's host state; measured (bench/results/sim_vs_measured*.json), a candidate's decode speed moved by up
+to 26 % between runs minutes apart and its memory residual by up to 11 KB, so an envelope and a median over
+several runs carry to the next run, one run's do not. A new llama.cpp build or different settings start a new pool.
 
 The file: {"profile": {DeviceProfile fields}, "calibration": [one entry per run, newest last]}. Pass it
 wherever a profile name goes (`launch --device FILE`, `validate --profile FILE`, `evaluate --device FILE`).

@@ -74,7 +74,7 @@ STORIES_BUDGET_FRACTION = 0.7
 # checked these constants): memory llama.cpp allocates beyond the model's bytes (compute and output buffers,
 # logits, context; anonymous memory, not the code and data files a process touches, see
 # cluster/_emulated_child.py), as the upper envelope (largest residual + the residuals' spread, 42 KB over
-# 9 measurements, the same in every run) so a candidate the search packs up to the budget still fits when
+# 9 measurements; a candidate's residual moves by at most ~11 KB between runs) so a candidate the search packs up to the budget still fits when
 # measured, and time per decoded token beyond reading weights and KV cache, projected to the phone like the
 # emulated measurement itself.
 STORIES_LLAMACPP_OVERHEAD = 2_732_032
