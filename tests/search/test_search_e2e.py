@@ -103,20 +103,23 @@ def test_short_search_end_to_end(tmp_path):
 def test_kill_then_resume_keeps_completed_trials(tmp_path, ray_tmp):
     cmd = [sys.executable, "-m", "search", "launch", "--trials", "6", "--rungs", "1", "--workers", "2",
            "--experiment", "kill", "--root", str(tmp_path)]
-    driver = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                              env=_env(ray_tmp), start_new_session=True)
+    log = tmp_path / "driver.log"            # a file, not a pipe nobody reads: the output is there on failure
+    with open(log, "w") as out:
+        driver = subprocess.Popen(cmd, cwd=REPO, stdout=out, stderr=subprocess.STDOUT, text=True,
+                                  env=_env(ray_tmp), start_new_session=True)
     db = tmp_path / "kill" / "optuna.db"
     deadline = time.time() + 300
-    while time.time() < deadline:
+    while time.time() < deadline and driver.poll() is None:
         time.sleep(2)
         if db.exists() and study_states(tmp_path, "kill").count("COMPLETE") >= 2:
             break
+    exited = driver.poll()                   # the driver must still be running when it is killed
     os.killpg(driver.pid, signal.SIGKILL)
     driver.wait()
     kill_mentioning(ray_tmp)                 # what is left of the driver's local Ray cluster, and nothing else
     before = study_states(tmp_path, "kill")
     completed_before = before.count("COMPLETE")
-    assert completed_before >= 2 and len(before) < 6 + 2, before
+    assert exited is None and completed_before >= 2 and len(before) < 6 + 2, (exited, before, log.read_text()[-3000:])
 
     deadline = time.time() + 30             # the MLflow server's supervisor stops it once the driver is gone
     while pids_mentioning(tmp_path / "kill") and time.time() < deadline:
