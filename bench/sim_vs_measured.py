@@ -8,9 +8,9 @@ measurement, decode within +-25 %, and `validate` agreeing with the search about
 2. `validate --device emulated --top K --calibrate FILE` RUNS times (llama.cpp on this host, flash attention
    on): each run is compared with the bundled profile, and the fit pools the runs (cluster/_calibrate.py);
 3. `validate` RUNS more times with that fitted profile (independent measurements: how well the fit carries).
-Host decode speed moves by up to 30 % between runs minutes apart while the candidates of one run move
-together, so each check reports every run and the median over runs per candidate. Writes
-bench/results/sim_vs_measured.json with the measured / simulated pairs, the fit, and the load average. The
+A candidate's decode speed moved by up to 26 % between runs minutes apart while the candidates of one run
+moved together (bench/results/sim_vs_measured*.json), so each check reports every run and the median over
+runs per candidate. Writes bench/results/sim_vs_measured.json with the measured / simulated pairs, the fit, and the load average. The
 constants of the bundled profile (objectives/_profiles.py STORIES_LLAMACPP_*) are the fit of a run of this
 benchmark.
 """

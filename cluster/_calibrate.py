@@ -115,7 +115,6 @@ def calibrate(record: dict, profile, path, *, runtime: str = "llama.cpp") -> dic
     return entry
 
 
-
 def _pool_key(record: dict, profile, runtime: str) -> dict:
     """What must match for two runs' measurements to be fitted together (see the module doc)."""
     build = None
