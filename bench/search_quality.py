@@ -212,6 +212,12 @@ def summarise(runs: list[dict]) -> dict:
     return out
 
 
+def without_reconstruction(setup):
+    """The same set-up with plain cuts: the baselines as the literature (and the issue) define them."""
+    import dataclasses
+    return dataclasses.replace(setup, spec=dataclasses.replace(setup.spec, reconstruct=False))
+
+
 def params_setup(setup, params: int):
     """The same set-up with the budget counted in parameters (2 bytes each) instead of modeled peak memory:
     every method then lands on the same parameter count (the issue's 'equal parameter count' judging)."""
@@ -243,10 +249,13 @@ def bench_budget(label: str, budget_gb, args, root: Path) -> dict:
     print(label, "fitness agreement", json.dumps(out["fitness_agreement"]), flush=True)
     for kind in args.kinds.split(","):
         setup = memory if kind == "memory" else params_setup(memory, owl_params)
+        literature = without_reconstruction(setup)
+        judged = {name: judge(params, literature, caches) for name, params in baselines.items()}
+        if setup.spec.reconstruct:   # the product's own warm starts: the same plans, reconstructed
+            judged.update({f"{name}+lsq": judge(params, setup, caches) for name, params in baselines.items()})
         entry = out[kind] = {"budget": "modeled peak memory (the product's constraint)" if kind == "memory" else
                              f"{owl_params} parameters (OWL's count at the memory budget)",
-                             "baselines": {name: judge(params, setup, caches) for name, params in baselines.items()},
-                             "samplers": {}}
+                             "baselines": judged, "samplers": {}}
         print(label, kind, json.dumps(entry["baselines"]), flush=True)
         memo: dict = {}
         counts = [args.trials] + ([args.long] if args.long and label == "default" else [])
@@ -283,9 +292,14 @@ def verdicts(result: dict) -> dict:
             for run in ("launch", "launch_distill"):
                 if run in entry:
                     found[run] = {j: entry[run][f"kl_{j}"] for j in ("c4", "sampled")}
+            if "owl+lsq" in base:
+                found.update({name: {j: base[name][f"kl_{j}"] for j in ("c4", "sampled")}
+                              for name in ("owl+lsq", "uniform-l1+lsq")})
             for key, kls in found.items():
                 ratios[key] = {j: {"vs_owl": round(kl / base["owl"][f"kl_{j}"], 3),
-                                   "vs_uniform_l1": round(kl / base["uniform-l1"][f"kl_{j}"], 3)}
+                                   "vs_uniform_l1": round(kl / base["uniform-l1"][f"kl_{j}"], 3),
+                                   **({"vs_own_warm_start": round(kl / base["owl+lsq"][f"kl_{j}"], 3)}
+                                      if "owl+lsq" in base else {})}
                                for j, kl in kls.items()}
     return out
 

@@ -6,7 +6,9 @@ JSON form (every key but `layers` optional):
      "attn_unit": "kv_group",       # "kv_group": remove whole KV groups (K/V head + its query heads)
                                     # "head": remove query heads inside every KV group, equally per group
      "mlp_multiple": 1,             # round kept MLP widths to a multiple of this (e.g. 64 for kernels)
-     "calibration": {"samples": 16, "seq_len": 128, "seed": 0},
+     "calibration": {"samples": 64, "seq_len": 128, "seed": 0},
+     "reconstruct": false,          # refit each cut output projection on its kept units (least squares
+                                    # on the calibration activations, compress/_reconstruct.py)
      "layers": [{"attn_keep": 0.5, "mlp_keep": 0.75}, ...]}   # one entry per layer of the base model
 
 A keep fraction of 0 removes that sub-block; a layer with both at 0 is dropped. Fractions are turned
@@ -46,6 +48,7 @@ class Plan:
     attn_unit: str = "kv_group"
     mlp_multiple: int = 1
     calibration: dict = field(default_factory=dict)
+    reconstruct: bool = False
 
     def __post_init__(self):
         from ._criteria import CRITERIA  # late: criteria import groups, which need torch
@@ -54,6 +57,8 @@ class Plan:
             raise ValueError(f"attn_unit must be one of {ATTN_UNITS}, got {self.attn_unit!r}")
         if not isinstance(self.mlp_multiple, int) or self.mlp_multiple < 1:
             raise ValueError(f"mlp_multiple must be a positive integer, got {self.mlp_multiple!r}")
+        if not isinstance(self.reconstruct, bool):
+            raise ValueError(f"reconstruct must be true or false, got {self.reconstruct!r}")
         if not self.layers:
             raise ValueError("a plan needs at least one layer entry")
         if all(layer.dropped for layer in self.layers):
@@ -69,7 +74,7 @@ class Plan:
     def from_dict(cls, data: dict) -> "Plan":
         if not isinstance(data, dict) or "layers" not in data:
             raise ValueError('a plan is a JSON object with a "layers" list')
-        known = {"layers", "importance", "attn_unit", "mlp_multiple", "calibration", "realised"}
+        known = {"layers", "importance", "attn_unit", "mlp_multiple", "calibration", "reconstruct", "realised"}
         unknown = sorted(set(data) - known)
         if unknown:
             raise ValueError(f"unknown plan keys {unknown}; known: {sorted(known - {'realised'})}")
@@ -80,7 +85,8 @@ class Plan:
             extra = set(entry) - {"attn_keep", "mlp_keep"}
             if extra:
                 raise ValueError(f"unknown layer keys {sorted(extra)}; known: attn_keep, mlp_keep")
-        kwargs = {k: data[k] for k in ("importance", "attn_unit", "mlp_multiple", "calibration") if k in data}
+        kwargs = {k: data[k] for k in ("importance", "attn_unit", "mlp_multiple", "calibration", "reconstruct")
+                  if k in data}
         return cls(layers=tuple(LayerPlan(**entry) for entry in layers), **kwargs)
 
     @classmethod

@@ -1,4 +1,5 @@
-"""Cut: apply a Plan to a loaded model, layer by layer, in place, keeping the top-ranked units.
+"""Cut: apply a Plan to a loaded model, layer by layer, in place, keeping the top-ranked units
+(and, when the plan reconstructs, refitting each cut output projection on its kept units: _reconstruct.py).
 
 The ranking (score + group, `_rankings.py`) is computed before any cut: once per experiment by a search
 (`rankings=`), or here for this plan alone. Weights are physically removed (smaller dense tensors). Each
@@ -18,6 +19,7 @@ from ._groups import UnitGroup, attention_group, kept_indices, mlp_group, select
 from ._modeling_pruned import RemovedAttention, RemovedMLP
 from ._plan import Plan
 from ._rankings import Rankings, compute_rankings, linear_weights
+from ._reconstruct import least_squares
 from ._release import release
 from ._shapes import LayerShape, ModelShapes, shapes_from_config
 
@@ -63,7 +65,7 @@ def prune(model: nn.Module, tokenizer, plan: Plan, *, calibration=None, release_
     targets = plan.realise(base)
     if rankings is None:
         rankings = compute_rankings(model, tokenizer, criteria=[plan.importance], attn_units=[plan.attn_unit],
-                                    calibration=plan.calibration, tokens=calibration)
+                                    calibration=plan.calibration, tokens=calibration, grams=plan.reconstruct)
     rankings.check(plan, base)
     kept = []
     for idx, (layer, shape, target) in enumerate(zip(adapter.layers(model), base.layers, targets)):
@@ -105,7 +107,7 @@ def _prune_attention(adapter, layer, idx, base, shape, target, plan, rankings) -
         target.num_attention_heads // target.num_key_value_heads
     units = _ranked(group, rankings.layer_scores(plan.importance, "attn", idx, plan.attn_unit), keep)
     attn = layer.self_attn
-    _cut(attn, group, _attn_names(adapter, unit), units)
+    _cut(attn, group, _attn_names(adapter, unit), units, rankings.layer_gram("attn", idx) if plan.reconstruct else None)
     attn.num_key_value_groups = target.num_attention_heads // target.num_key_value_heads
     if unit == "kv_group":
         per_group = shape.num_attention_heads // shape.num_key_value_heads
@@ -129,7 +131,8 @@ def _prune_mlp(adapter, layer, idx, shape, target, plan, rankings) -> list[int] 
         return []
     group = mlp_group(mods, ffn=shape.intermediate_size)
     units = _ranked(group, rankings.layer_scores(plan.importance, "mlp", idx), target.intermediate_size)
-    _cut(layer.mlp, group, list(adapter.mlp_in) + [adapter.mlp_out], units)
+    _cut(layer.mlp, group, list(adapter.mlp_in) + [adapter.mlp_out], units,
+         rankings.layer_gram("mlp", idx) if plan.reconstruct else None)
     return units.tolist()
 
 
@@ -141,21 +144,28 @@ def _stand_in(cls, out_proj: nn.Linear, *args):
     return removed
 
 
-def _cut(owner: nn.Module, group: UnitGroup, names: list[str], units: torch.Tensor) -> None:
-    """Replace each coupled projection of `owner` by its kept rows (producers) or columns (consumers)."""
+def _cut(owner: nn.Module, group: UnitGroup, names: list[str], units: torch.Tensor, gram=None) -> None:
+    """Replace each coupled projection of `owner` by its kept rows (producers) or columns (consumers);
+    with `gram` (the consumer input's Gram matrix), the consumer's kept columns are refit by least squares."""
     for coupling, name in zip(group.couplings, names):
         kept = kept_indices(coupling, units)
-        setattr(owner, name, _slice_linear(coupling.module, **({"cols": kept} if coupling.consumer else {"rows": kept})))
+        if not coupling.consumer:
+            setattr(owner, name, _slice_linear(coupling.module, rows=kept))
+            continue
+        weight = None if gram is None else least_squares(coupling.module.weight.data, gram, kept)
+        setattr(owner, name, _slice_linear(coupling.module, cols=kept, weight=weight))
 
 
-def _slice_linear(linear: nn.Linear, *, rows=None, cols=None) -> nn.Linear:
-    """A new, smaller nn.Linear holding only the kept rows / columns (no masking)."""
-    weight = linear.weight.data
-    if rows is not None:
-        rows = rows.to(weight.device)
-        weight = weight.index_select(0, rows)
-    if cols is not None:
-        weight = weight.index_select(1, cols.to(weight.device))
+def _slice_linear(linear: nn.Linear, *, rows=None, cols=None, weight=None) -> nn.Linear:
+    """A new, smaller nn.Linear holding only the kept rows / columns (no masking); `weight`: the kept
+    columns' values when they were refit (reconstruction), else sliced from the old weight."""
+    if weight is None:
+        weight = linear.weight.data
+        if rows is not None:
+            rows = rows.to(weight.device)
+            weight = weight.index_select(0, rows)
+        if cols is not None:
+            weight = weight.index_select(1, cols.to(weight.device))
     new = nn.Linear(weight.shape[1], weight.shape[0], bias=linear.bias is not None, device="meta")
     new.weight = nn.Parameter(weight.contiguous(), requires_grad=False)
     if linear.bias is not None:

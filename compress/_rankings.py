@@ -24,9 +24,10 @@ from ._criteria import get_criterion
 from ._data import texts, token_blocks
 from ._families import FamilyAdapter, family_of
 from ._groups import UnitGroup, attention_group, mlp_group
+from ._reconstruct import accumulate_gram
 from ._shapes import shapes_from_config
 
-CALIBRATION_DEFAULTS = {"samples": 16, "seq_len": 128, "seed": 0}
+CALIBRATION_DEFAULTS = {"samples": 64, "seq_len": 128, "seed": 0}
 CALIBRATION_BATCH = 4          # calibration blocks per forward pass
 INITIAL_LOSS_SCALE = 2.0**12   # taylor on a 16-bit model: halved on overflow until gradients are finite
 GIVEN_TOKENS = "given tokens"  # Rankings.calibration when the caller passed its own calibration tensor
@@ -50,6 +51,9 @@ class Rankings:
     num_layers: int
     calibration: dict | str        # resolved settings, or GIVEN_TOKENS
     meta: dict = field(default_factory=dict)
+    # for plans that reconstruct (_reconstruct.py): "attn" / "mlp" -> per layer the FP32 Gram matrix of the
+    # output projection's input on the calibration blocks (None where the layer has no such sub-block)
+    grams: dict = field(default_factory=dict)
 
     @staticmethod
     def key(criterion: str, kind: str, unit: str = "") -> str:
@@ -61,6 +65,12 @@ class Rankings:
             raise ValueError(f"rankings have no {kind} scores for layer {layer}")
         return scores
 
+    def layer_gram(self, kind: str, layer: int) -> torch.Tensor:
+        gram = self.grams[kind][layer]
+        if gram is None:
+            raise ValueError(f"rankings have no {kind} Gram matrix for layer {layer}")
+        return gram
+
     def check(self, plan, base) -> None:
         """Refuse (one line) a plan these rankings cannot serve, before anything is cut."""
         if base.num_layers != self.num_layers:
@@ -71,7 +81,10 @@ class Rankings:
             known = sorted({k.split("/")[0] for k in self.scores})
             raise ValueError(f"rankings were computed for criteria {known} and attention units "
                              f"{self.meta.get('attn_units')}: none for {', '.join(missing)}")
-        needs_data = bool(get_criterion(plan.importance).requires)
+        if plan.reconstruct and not self.grams:
+            raise ValueError("the plan reconstructs, but these rankings were computed without the Gram matrices "
+                             "it needs (compute_rankings(..., grams=True))")
+        needs_data = bool(get_criterion(plan.importance).requires) or plan.reconstruct
         if needs_data and self.calibration != GIVEN_TOKENS and self.calibration != resolved_calibration(plan.calibration):
             raise ValueError(f"rankings were computed with calibration {self.calibration}, the plan asks for "
                              f"{resolved_calibration(plan.calibration)}")
@@ -80,25 +93,26 @@ class Rankings:
     def save(self, path) -> Path:
         from ._atomic import save_torch
         return save_torch(path, {"scores": self.scores, "num_layers": self.num_layers, "calibration": self.calibration,
-                                 "meta": dict(self.meta), "format": FORMAT})
+                                 "meta": dict(self.meta), "grams": self.grams, "format": FORMAT})
 
     @classmethod
     def load(cls, path) -> "Rankings":
         from ._atomic import load_torch
         data = load_torch(path, what="rankings file", fmt=FORMAT)
         return cls(scores=data["scores"], num_layers=int(data["num_layers"]), calibration=data["calibration"],
-                   meta=data["meta"])
+                   meta=data["meta"], grams=data.get("grams") or {})
 
 
 def compute_rankings(model, tokenizer, *, criteria, attn_units=("kv_group",), calibration: dict | None = None,
-                     tokens: torch.Tensor | None = None) -> Rankings:
+                     tokens: torch.Tensor | None = None, grams: bool = False) -> Rankings:
     """Score every layer's units on the (dense) `model` for each criterion and attention unit.
-    `tokens`: calibration LongTensor [n, seq] (else the bundled C4 blocks `calibration` describes)."""
+    `tokens`: calibration LongTensor [n, seq] (else the bundled C4 blocks `calibration` describes).
+    grams: also keep the Gram matrices of every output projection's input (for plans that reconstruct)."""
     criteria = list(dict.fromkeys(criteria))
     built = {name: get_criterion(name) for name in criteria}
     adapter = family_of(model.config)
     base = shapes_from_config(model.config)
-    needs = frozenset().union(*(c.requires for c in built.values()))
+    needs = frozenset().union(*(c.requires for c in built.values())) | ({"gram"} if grams else set())
     stats: dict = {}
     given = tokens is not None
     if needs:
@@ -127,7 +141,17 @@ def compute_rankings(model, tokenizer, *, criteria, attn_units=("kv_group",), ca
     setting = GIVEN_TOKENS if (needs and given) else resolved_calibration(calibration)
     return Rankings(scores=scores, num_layers=base.num_layers, calibration=setting,
                     meta={"criteria": criteria, "attn_units": list(attn_units),
-                          "model": str(getattr(model.config, "_name_or_path", ""))})
+                          "model": str(getattr(model.config, "_name_or_path", ""))},
+                    grams=_layer_grams(adapter, model, stats.get("gram", {})) if grams else {})
+
+
+def _layer_grams(adapter, model, store: dict) -> dict:
+    out = {"attn": [], "mlp": []}
+    for layer in adapter.layers(model):
+        for kind, module in (("attn", adapter.attention(layer)["o"]), ("mlp", adapter.mlp(layer)["out"])):
+            gram = store.get(module)
+            out[kind].append(None if gram is None else gram.cpu())
+    return out
 
 
 def calibration_tokens(tokenizer, calibration: dict | None = None) -> torch.Tensor:
@@ -150,12 +174,13 @@ def score_group(criterion, group: UnitGroup, stats: dict) -> torch.Tensor:
 
 # ---- calibration statistics -------------------------------------------------------------------
 def collect_statistics(model, adapter: FamilyAdapter, tokens: torch.Tensor, requires: frozenset) -> dict:
-    """{"act_sq": {module: FP32 sum of x^2 per input feature}} and/or {"grads": {param: FP32 grad sum}}.
+    """{"act_sq": {module: FP32 sum of x^2 per input feature}}, {"gram": {module: FP32 X^T X of its input}}
+    (output projections only) and/or {"grads": {param: FP32 grad sum}}.
 
     Gradients (taylor) are taken batch by batch and summed in FP32 outside autograd: a 16-bit model's own
     .grad would accumulate in FP16 and under/overflow. Each batch's loss is scaled (dynamic loss scaling,
     as mixed-precision training does) so small FP16 gradients survive, and unscaled when summed."""
-    unknown = set(requires) - {"activations", "gradients"}
+    unknown = set(requires) - {"activations", "gradients", "gram"}
     if unknown:
         raise ValueError(f"criterion requires unknown statistics {sorted(unknown)}")
     stats: dict = {}
@@ -167,6 +192,12 @@ def collect_statistics(model, adapter: FamilyAdapter, tokens: torch.Tensor, requ
             consumers = [adapter.attention(layer)["o"], adapter.mlp(layer)["out"]]
             for module in consumers:
                 hooks.append(module.register_forward_pre_hook(accumulate_input_square(act_sq, module)))
+    if "gram" in requires:
+        grams: dict = {}
+        stats["gram"] = grams
+        for layer in adapter.layers(model):
+            for module in (adapter.attention(layer)["o"], adapter.mlp(layer)["out"]):
+                hooks.append(module.register_forward_pre_hook(accumulate_gram(grams, module)))
     grad_on = "gradients" in requires
     # only the projections a criterion scores need gradients (not embeddings, norms or the LM head)
     params = [p for layer in adapter.layers(model) for p in linear_weights(layer)]

@@ -52,6 +52,10 @@ class SpaceSettings:
     min_keep: float = 0.15
     allow_drop: bool = True
     min_budget_use: float = 0.5        # multi mode: smallest fraction of the budget a trial may target
+    # refit every cut output projection by least squares on calibration activations (compress/_reconstruct.py).
+    # "auto": on when the dense model's Gram matrices (collected once, shipped to every trial) take at most
+    # RECONSTRUCT_AUTO_BYTES; true / false force it
+    reconstruct: bool | str = "auto"
 
 
 @dataclass(kw_only=True)
@@ -105,6 +109,8 @@ class Experiment:
             raise ValueError(f"space.min_keep must be in [0, 1), got {self.space.min_keep}")
         if not self.space.criteria:
             raise ValueError("space.criteria needs at least one criterion")
+        if self.space.reconstruct not in (True, False, "auto"):
+            raise ValueError(f"space.reconstruct must be true, false or auto, got {self.space.reconstruct!r}")
         workers = self.distill.workers
         if workers is not None and (not isinstance(workers, int) or isinstance(workers, bool) or workers < 0):
             raise ValueError(f"distill.workers must be an integer >= 0 or null, got {workers!r}")

@@ -31,6 +31,8 @@ from search._shipped import Shipped  # noqa: E402
 from search._storage import Storage  # noqa: E402
 from search._trial import GB, TrialSetup, load_on_device, run_trial  # noqa: E402
 
+RECONSTRUCT_AUTO_BYTES = 2 * 2**30   # space.reconstruct "auto": on up to this much of Gram matrices (FP32)
+
 
 def build_setup(exp: experiments.Experiment, record: ExperimentRecord, *, teacher_cache=None) -> TrialSetup:
     source = compress.resolve_model(exp.model)
@@ -48,7 +50,7 @@ def build_setup(exp: experiments.Experiment, record: ExperimentRecord, *, teache
                             allow_drop=exp.space.allow_drop, multi=exp.search.mode == "multi",
                             min_budget_use=exp.space.min_budget_use,
                             distill_steps=tuple(exp.distill.steps) if exp.distill.enabled else (),
-                            distill_lr=tuple(exp.distill.lr))
+                            distill_lr=tuple(exp.distill.lr), reconstruct=reconstructs(exp.space.reconstruct, base))
     ladder = objectives.parse_ladder(exp.proxy.ladder, use=exp.proxy.rungs)
     return TrialSetup(model_source=source, base_shapes=base, spec=spec,
                       profile_name=objectives.shippable_profile(exp.device), budget_bytes=float(budget),
@@ -59,6 +61,14 @@ def build_setup(exp: experiments.Experiment, record: ExperimentRecord, *, teache
                       else None, distill=exp.to_dict()["distill"], seed=exp.search.seed,
                       unsafe_exec=exp.proxy.unsafe_exec, top_uri=record.top.uri, top_k=exp.search.top_k,
                       **_parallel_settings(exp, record))
+
+
+def reconstructs(setting, base) -> bool:
+    """space.reconstruct -> on or off. "auto": on while the Gram matrices every trial receives stay small
+    (a 7-8B model's are ~28-42 GB, more than a trial should copy out of the object store)."""
+    if setting == "auto":
+        return compress.gram_bytes(base) <= RECONSTRUCT_AUTO_BYTES
+    return bool(setting)
 
 
 def _parallel_settings(exp: experiments.Experiment, record: ExperimentRecord) -> dict:
@@ -102,15 +112,15 @@ def prepare_teacher(setup: TrialSetup, record: ExperimentRecord, *, baselines: b
 
 
 def attach_rankings(setup: TrialSetup, record: ExperimentRecord, dense: Callable) -> None:
-    """The dense model's unit rankings for every criterion of the space, computed once and cached next to
-    the teacher cache (`rankings.pt`); shipped to trials through the object store. `dense()` -> (model,
+    """The dense model's unit rankings for every criterion of the space (and, when its plans reconstruct, the
+    Gram matrices that needs), computed once and cached next to the teacher cache (`rankings.pt`); shipped
+    to trials through the object store. `dense()` -> (model,
     tokenizer), called only when the rankings are not cached yet."""
-    if record.rankings.exists():
-        rankings = compress.Rankings.load(record.rankings)
-    else:
+    rankings = compress.Rankings.load(record.rankings) if record.rankings.exists() else None
+    if rankings is None or (setup.spec.reconstruct and not rankings.grams):   # (cached before reconstruction)
         model, tokenizer = dense()
         rankings = compress.compute_rankings(model, tokenizer, criteria=setup.spec.criteria,
-                                             attn_units=[setup.spec.attn_unit])
+                                             attn_units=[setup.spec.attn_unit], grams=setup.spec.reconstruct)
         rankings.save(record.rankings)
     setup.rankings = Shipped.put(rankings)
 
@@ -130,7 +140,8 @@ def start_ray(address: str | None):
 
 def _headline(exp: experiments.Experiment, setup: TrialSetup) -> str:
     return (f"model {exp.model}, device {exp.device}, budget {human_bytes(setup.budget_bytes)}, {exp.search.trials} "
-            f"trials ({exp.search.sampler}, {exp.search.mode}), runtime {exp.runtime}")
+            f"trials ({exp.search.sampler}, {exp.search.mode}), runtime {exp.runtime}, "
+            f"reconstruction {'on' if setup.spec.reconstruct else 'off'}")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -273,7 +284,8 @@ def configuration(exp, setup) -> dict:
             "sampler": exp.search.sampler, "mode": exp.search.mode, "seed": exp.search.seed,
             "workers": exp.search.workers, "top_k": exp.search.top_k, "proxy_tasks": ",".join(proxy.tasks),
             "criteria": ",".join(getattr(getattr(exp, "space", None), "criteria", ()) or ()) or "-",
-            "distill": bool(getattr(getattr(exp, "distill", None), "enabled", False))}
+            "distill": bool(getattr(getattr(exp, "distill", None), "enabled", False)),
+            "reconstruct": bool(getattr(getattr(setup, "spec", None), "reconstruct", False))}
 
 
 def _note_shared_storage(address: str | None, storage: Storage | None) -> None:

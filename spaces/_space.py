@@ -40,6 +40,7 @@ class SpaceSpec:
     min_budget_use: float = 0.5
     distill_steps: tuple = ()          # empty: distillation is off
     distill_lr: tuple = (1e-4, 3e-3)
+    reconstruct: bool = False          # every plan refits its cut output projections (compress/_reconstruct.py)
 
 
 def define_space(trial, spec: SpaceSpec) -> None:
@@ -112,7 +113,8 @@ def smallest_plans(spec: SpaceSpec, importance: str = "l1") -> list[Plan]:
     preflight checks against the budget before anything is written."""
     keep, n = max(spec.min_keep, 1e-6), spec.num_layers      # a keep above 0 realises at least one unit
     dropped = [LayerPlan(attn_keep=0.0, mlp_keep=0.0)] * (n - 1)
-    plan = lambda layers: Plan(layers=tuple(layers), importance=importance, attn_unit=spec.attn_unit)  # noqa: E731
+    plan = lambda layers: Plan(layers=tuple(layers), importance=importance, attn_unit=spec.attn_unit,  # noqa: E731
+                               reconstruct=spec.reconstruct)
     if not spec.allow_drop:
         return [plan([LayerPlan(attn_keep=keep, mlp_keep=keep)] * n)]
     if spec.runtime == "mlc":                 # whole layers only: one kept layer
@@ -126,7 +128,7 @@ def _plan_at(c: float, attn: list, mlp: list, spec: SpaceSpec, importance: str) 
               LayerPlan(attn_keep=_keep(c * a, spec), mlp_keep=_keep(c * m, spec)) for a, m in zip(attn, mlp)]
     if all(layer.dropped for layer in layers):
         return None
-    return Plan(layers=tuple(layers), importance=importance, attn_unit=spec.attn_unit)
+    return Plan(layers=tuple(layers), importance=importance, attn_unit=spec.attn_unit, reconstruct=spec.reconstruct)
 
 
 def _keep(x: float, spec: SpaceSpec) -> float:

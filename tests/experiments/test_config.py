@@ -32,6 +32,7 @@ def test_overrides_and_defaults():
     ({"search.trial": 3}, "unknown keys in 'search'"),
     ({"budget_gb": 0}, "budget_gb must be positive"),
     ({"space.min_keep": 1.5}, "min_keep must be in"),
+    ({"space.reconstruct": "yes"}, "space.reconstruct must be true, false or auto"),
 ])
 def test_bad_configs_are_refused(overrides, message):
     with pytest.raises(ValueError, match=message):

@@ -37,6 +37,8 @@ CASES = [
      "3 layer entries but the model has 5"),
     ("plan keep outside [0, 1]", ["prune", "--plan", "{plan_keep_1_5}", "--out", "{out}"],
      "attn_keep must be a number in [0, 1]"),
+    ("plan reconstruct not a boolean", ["prune", "--plan", "{plan_reconstruct_yes}", "--out", "{out}"],
+     "reconstruct must be true or false"),
     ("plan file missing", ["prune", "--plan", "{tmp}/nope.json", "--out", "{out}"], "plan file not found"),
     ("a budget no plan fits", ["launch", "--budget-gb", "0.0000001", "--root", "{root}"], "below the smallest plan"),
     ("--trials 0", ["launch", "--trials", "0", "--root", "{root}"], "search.trials (--trials) must be an integer >= 1"),
@@ -145,7 +147,8 @@ def world(tmp_path_factory):
     silent.listen(8)
     files = {"plan": GOOD_PLAN, "plan_l3": {**GOOD_PLAN, "importance": "l3"},
              "plan_3_layers": {"layers": GOOD_PLAN["layers"][:3]},
-             "plan_keep_1_5": {"layers": [{"attn_keep": 1.5, "mlp_keep": 0.5}] * 5}}
+             "plan_keep_1_5": {"layers": [{"attn_keep": 1.5, "mlp_keep": 0.5}] * 5},
+             "plan_reconstruct_yes": {**GOOD_PLAN, "reconstruct": "yes"}}
     paths = {"tmp": tmp, "out": tmp / "out", "root": tmp / "runs",
              "closed_port": f"127.0.0.1:{closed.getsockname()[1]}", "silent_port": f"127.0.0.1:{silent.getsockname()[1]}"}
     for key, data in files.items():

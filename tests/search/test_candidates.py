@@ -65,3 +65,20 @@ def test_storage_trouble_costs_the_trial_nothing(prepared, tmp_path):
     row = {"trial_id": "x", "name": "x", "score": 1.0, "constraint": -1}
     assert _candidates.offer(broken, row, lambda folder: None) is False
     assert Storage(str(tmp_path)).list_dirs() == []
+
+
+def test_the_bundled_search_reconstructs_from_grams_computed_once(prepared):
+    import compress
+    from search._trial import load_on_device, plan_for
+    setup, baselines, record = prepared
+    assert setup.spec.reconstruct                     # "auto": the bundled model's Gram matrices are tiny
+    assert plan_for(baselines["owl"], setup).reconstruct
+    shipped = setup.rankings.get()
+    assert all(g is not None for g in shipped.grams["mlp"])
+    # a rankings cache written before reconstruction existed is recomputed, not left to fail every trial
+    compress.Rankings(scores=shipped.scores, num_layers=shipped.num_layers, calibration=shipped.calibration,
+                      meta=shipped.meta).save(record.rankings)
+    _driver.attach_rankings(setup, record, lambda: load_on_device(setup.model_source))
+    again = setup.rankings.get()
+    assert all(a.equal(b) for a, b in zip(again.grams["mlp"], shipped.grams["mlp"]))
+    assert compress.Rankings.load(record.rankings).grams

@@ -88,3 +88,12 @@ def test_multi_and_distill_parameters():
     half = spaces.params_to_plan({**params, "budget_use": 0.5}, spec, memory_of=weight_bytes, budget_bytes=DENSE)
     assert weight_bytes(half) <= 0.5 * DENSE
     assert spaces.distill_schedule_params(next(sample(spaces.SpaceSpec(num_layers=5), 1))) is None
+
+
+def test_the_space_passes_reconstruction_to_every_plan():
+    for reconstruct in (False, True):
+        spec = spaces.SpaceSpec(num_layers=5, reconstruct=reconstruct)
+        for params in sample(spec, 3):
+            plan = spaces.params_to_plan(params, spec, memory_of=weight_bytes, budget_bytes=0.6 * DENSE)
+            assert plan.reconstruct is reconstruct
+        assert all(p.reconstruct is reconstruct for p in spaces.smallest_plans(spec))
