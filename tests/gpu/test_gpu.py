@@ -3,6 +3,7 @@ tests/compress/test_device_guard.py; these run the real thing whenever a GPU mac
 
 - pruning a CUDA FP16 model keeps the same units as pruning the CPU FP32 model (ties within FP16
   rounding of the criterion's own scores excepted) and computes the same logits within FP16 tolerance;
+- reconstruction (Gram matrices and the least-squares refit) on CUDA FP16 matches the CPU FP32 refit;
 - a whole trial body (prune, every objective, every rung) and a distilling one run on CUDA;
 - DeepSpeed BF16 distillation steps with a frozen BF16 teacher, for ZeRO 0 and 3, and the memory
   estimate is not below what CUDA really allocated;
@@ -85,6 +86,23 @@ def test_prune_on_cuda_fp16_matches_cpu_fp32(family, criterion):
             ref = cpu(IDS).logits
             out = gpu(IDS.cuda()).logits.float().cpu()
         assert torch.allclose(out, ref, atol=LOGIT_ATOL, rtol=1e-2), (out - ref).abs().max()
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_reconstruction_on_cuda_fp16_matches_cpu_fp32(family):
+    """The Gram matrices accumulate in FP32 on the GPU and the refit solves there: the same refit weights
+    as on the CPU, within FP16 tolerance (l1: the same units on both)."""
+    dense = fp16_exact(tiny_model(family))
+    plan = Plan.from_dict({**NON_UNIFORM, "importance": "l1", "reconstruct": True})
+    cpu, gpu = copy.deepcopy(dense), copy.deepcopy(dense).half().cuda()
+    want = compress.prune(cpu, None, plan, calibration=CALIB)
+    got = compress.prune(gpu, None, plan, calibration=CALIB)
+    assert got.kept == want.kept
+    assert all(p.device.type == "cuda" and p.dtype == torch.float16 for p in gpu.parameters())
+    with torch.no_grad():
+        ref = cpu(IDS).logits
+        out = gpu(IDS.cuda()).logits.float().cpu()
+    assert torch.allclose(out, ref, atol=2 * LOGIT_ATOL, rtol=2e-2), (out - ref).abs().max()
 
 
 def _setup(tmp_path, **overrides):
