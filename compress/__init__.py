@@ -8,7 +8,7 @@ from ._data import check_source, texts, token_blocks
 from ._models import (DEFAULT_MODEL, MODELS, ModelSpec, accelerator, load_on_device, check_checkpoint, check_dtype, load_config, load_model,
                       resolve_model)
 from ._rankings import Rankings, calibration_tokens, compute_rankings
-from ._reconstruct import gram_bytes
+from ._reconstruct import check_gram_memory, gram_bytes
 from ._prune import PruneResult, prune
 from ._io import check_output_dir, check_remote_code, read_plan_record, save_pruned
 from ._outliers import layer_outlier_ratios
@@ -26,7 +26,7 @@ __all__ = [
     "LayerShape", "ModelShapes", "shapes_from_config", "LayerPlan", "Plan",
     "CRITERIA", "Criterion", "get_criterion", "check_source", "texts", "token_blocks",
     "DEFAULT_MODEL", "MODELS", "ModelSpec", "accelerator", "load_on_device", "check_checkpoint", "check_dtype", "load_config", "load_model", "resolve_model",
-    "Rankings", "compute_rankings", "gram_bytes", "PruneResult", "calibration_tokens", "prune", "check_output_dir", "check_remote_code", "read_plan_record",
+    "Rankings", "compute_rankings", "check_gram_memory", "gram_bytes", "PruneResult", "calibration_tokens", "prune", "check_output_dir", "check_remote_code", "read_plan_record",
     "save_pruned",
     "layer_outlier_ratios", "DistillSchedule", "available_memory", "check_fits", "distill", "estimate_for_shapes",
     "estimate_training_memory", "teacher_dtype", "run_distill",

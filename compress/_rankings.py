@@ -24,7 +24,7 @@ from ._criteria import get_criterion
 from ._data import texts, token_blocks
 from ._families import FamilyAdapter, family_of
 from ._groups import UnitGroup, attention_group, mlp_group
-from ._reconstruct import accumulate_gram
+from ._reconstruct import accumulate_gram, check_gram_memory
 from ._shapes import shapes_from_config
 
 CALIBRATION_DEFAULTS = {"samples": 64, "seq_len": 128, "seed": 0}
@@ -113,6 +113,8 @@ def compute_rankings(model, tokenizer, *, criteria, attn_units=("kv_group",), ca
     adapter = family_of(model.config)
     base = shapes_from_config(model.config)
     needs = frozenset().union(*(c.requires for c in built.values())) | ({"gram"} if grams else set())
+    if grams:
+        check_gram_memory(base, next(model.parameters()).device.type)
     stats: dict = {}
     given = tokens is not None
     if needs:

@@ -43,6 +43,19 @@ def gram_bytes(shapes) -> int:
     return 4 * total
 
 
+def check_gram_memory(shapes, device_type: str = "cpu") -> None:
+    """One clear line instead of an out-of-memory kill: the Gram matrices accumulate on the model's device
+    and are kept on the host."""
+    from ._distill import available_memory
+    need = gram_bytes(shapes)
+    for kind in dict.fromkeys([device_type, "cpu"]):
+        free = available_memory(kind)
+        if need > free:
+            raise ValueError(f"reconstruction needs {need / 1e9:.3g} GB of Gram matrices (every output projection's "
+                             f"input, FP32) and {kind} has {free / 1e9:.3g} GB free: leave it off "
+                             f"(plan \"reconstruct\": false, space.reconstruct: false)")
+
+
 def least_squares(weight: torch.Tensor, gram: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
     """The [out, len(cols)] weight over input features `cols` that best reproduces `weight` [out, in] on the
     activations whose Gram matrix is `gram` [in, in]. Solved in FP32 on the weight's device, returned in its dtype."""

@@ -192,7 +192,8 @@ def _param_count(model: str) -> int:
 
 def _preflight(exp, record) -> None:
     """Everything a search can be refused for, checked before anything is written: the model, device,
-    criteria, tasks, the sandbox HumanEval needs, and a budget the smallest plan of the space fits."""
+    criteria, tasks, the sandbox HumanEval needs, host memory for reconstruction's Gram matrices, and a budget
+    the smallest plan of the space fits."""
     import compress
     import objectives
     import spaces
@@ -205,6 +206,8 @@ def _preflight(exp, record) -> None:
     objectives.ProxyWeights.from_dict(exp.proxy.weights)
     objectives.ProxyAccuracyObjective(tasks=tuple(exp.proxy.tasks), unsafe_exec=exp.proxy.unsafe_exec)
     setup = _driver.build_setup(exp, record)
+    if setup.spec.reconstruct:                 # the driver collects them and keeps them in host memory
+        compress.check_gram_memory(setup.base_shapes)
     target = spaces.memory_target(setup.budget_bytes, setup.spec.min_budget_use if setup.spec.multi else 1.0,
                                   setup.profile().runtime_overhead_bytes)
     need = min(setup.memory_of()(plan) for plan in spaces.smallest_plans(setup.spec, exp.space.criteria[0]))

@@ -174,3 +174,26 @@ def test_gram_bytes_and_the_auto_setting():
     assert compress.gram_bytes(qwen) > 20 * 2**30 > RECONSTRUCT_AUTO_BYTES
     assert reconstructs("auto", bundled) and not reconstructs("auto", qwen)
     assert reconstructs(True, qwen) and not reconstructs(False, bundled)
+
+
+def test_grams_that_do_not_fit_are_refused_with_one_line(monkeypatch, tmp_path, capsys):
+    import json
+    from compress import _distill
+    from search._cli import main
+    monkeypatch.setattr(_distill, "available_memory", lambda kind: 1000)
+    with pytest.raises(ValueError, match="reconstruction needs .* GB of Gram matrices"):
+        compress.compute_rankings(tiny_model("llama"), None, criteria=["l1"], tokens=CALIB, grams=True)
+    compress.compute_rankings(tiny_model("llama"), None, criteria=["l1"], tokens=CALIB)   # no Grams: no check
+    plan = tmp_path / "plan.json"
+    plan.write_text(json.dumps({"layers": [{"attn_keep": 0.5, "mlp_keep": 0.5}] * 5, "reconstruct": True}))
+    capsys.readouterr()
+    assert main(["prune", "--plan", str(plan), "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: reconstruction needs"), err
+    assert not (tmp_path / "out").exists()
+    # launch refuses before anything is written (forcing reconstruction on the bundled model here)
+    root = tmp_path / "runs"
+    assert main(["launch", "--root", str(root), "--set", "space.reconstruct=true"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: reconstruction needs"), err
+    assert not root.exists() or not any(root.iterdir())
