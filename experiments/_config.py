@@ -246,4 +246,10 @@ def save_experiment(experiment: Experiment, path: Path) -> None:
 
 
 def read_experiment(path: Path) -> Experiment:
-    return from_dict(yaml.safe_load(Path(path).read_text()))
+    """A saved experiment (runs/NAME/config.yaml), as it ran: one saved before `space.reconstruct` existed
+    cut without reconstruction, so it resumes without it (its finished trials' scores stay comparable)."""
+    data = yaml.safe_load(Path(path).read_text()) or {}
+    space = data.get("space")
+    if isinstance(space, dict) and data.get("track", "prune") == "prune" and "reconstruct" not in space:
+        space["reconstruct"] = False
+    return from_dict(data)

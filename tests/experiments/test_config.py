@@ -37,3 +37,16 @@ def test_overrides_and_defaults():
 def test_bad_configs_are_refused(overrides, message):
     with pytest.raises(ValueError, match=message):
         experiments.load_experiment(model="stories260k", overrides=overrides)
+
+
+def test_an_experiment_saved_before_reconstruction_resumes_without_it(tmp_path):
+    import yaml
+    exp = experiments.load_experiment(model="stories260k")
+    assert exp.space.reconstruct == "auto"
+    path = tmp_path / "config.yaml"
+    experiments.save_experiment(exp, path)
+    assert experiments.read_experiment(path).space.reconstruct == "auto"      # saved with the key: as saved
+    old = yaml.safe_load(path.read_text())
+    del old["space"]["reconstruct"]                                         # what an older version saved
+    path.write_text(yaml.safe_dump(old))
+    assert experiments.read_experiment(path).space.reconstruct is False
