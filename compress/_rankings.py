@@ -24,7 +24,7 @@ from ._criteria import get_criterion
 from ._data import texts, token_blocks
 from ._families import FamilyAdapter, family_of
 from ._groups import UnitGroup, attention_group, mlp_group
-from ._reconstruct import accumulate_gram, check_gram_memory
+from ._reconstruct import check_gram_memory
 from ._shapes import shapes_from_config
 
 CALIBRATION_DEFAULTS = {"samples": 64, "seq_len": 128, "seed": 0}
@@ -150,10 +150,15 @@ def compute_rankings(model, tokenizer, *, criteria, attn_units=("kv_group",), ca
 def _layer_grams(adapter, model, store: dict) -> dict:
     out = {"attn": [], "mlp": []}
     for layer in adapter.layers(model):
-        for kind, module in (("attn", adapter.attention(layer)["o"]), ("mlp", adapter.mlp(layer)["out"])):
+        for kind, module in output_projections(adapter, layer).items():
             gram = store.get(module)
             out[kind].append(None if gram is None else gram.cpu())
     return out
+
+
+def output_projections(adapter: FamilyAdapter, layer) -> dict:
+    """{"attn": o_proj, "mlp": down_proj / fc2}: the consumers whose inputs the statistics describe."""
+    return {"attn": adapter.attention(layer)["o"], "mlp": adapter.mlp(layer)["out"]}
 
 
 def calibration_tokens(tokenizer, calibration: dict | None = None) -> torch.Tensor:
@@ -187,19 +192,14 @@ def collect_statistics(model, adapter: FamilyAdapter, tokens: torch.Tensor, requ
         raise ValueError(f"criterion requires unknown statistics {sorted(unknown)}")
     stats: dict = {}
     hooks = []
-    if "activations" in requires:
-        act_sq: dict = {}
-        stats["act_sq"] = act_sq
+    # statistics of the output projections' inputs: one store per requirement, one hook per projection each
+    input_hooks = {name: (key, make) for name, key, make in (("activations", "act_sq", accumulate_input_square),
+                                                             ("gram", "gram", accumulate_gram)) if name in requires}
+    for key, make in input_hooks.values():
+        store = stats[key] = {}
         for layer in adapter.layers(model):
-            consumers = [adapter.attention(layer)["o"], adapter.mlp(layer)["out"]]
-            for module in consumers:
-                hooks.append(module.register_forward_pre_hook(accumulate_input_square(act_sq, module)))
-    if "gram" in requires:
-        grams: dict = {}
-        stats["gram"] = grams
-        for layer in adapter.layers(model):
-            for module in (adapter.attention(layer)["o"], adapter.mlp(layer)["out"]):
-                hooks.append(module.register_forward_pre_hook(accumulate_gram(grams, module)))
+            for module in output_projections(adapter, layer).values():
+                hooks.append(module.register_forward_pre_hook(make(store, module)))
     grad_on = "gradients" in requires
     # only the projections a criterion scores need gradients (not embeddings, norms or the LM head)
     params = [p for layer in adapter.layers(model) for p in linear_weights(layer)]
@@ -255,4 +255,12 @@ def accumulate_input_square(store: dict, module):
         x = args[0].detach().float()
         total = x.pow(2).reshape(-1, x.shape[-1]).sum(0)
         store[module] = store.get(module, 0) + total
+    return hook
+
+
+def accumulate_gram(store: dict, module):
+    """store[module] += X^T X of the module's input, in FP32 on the input's device (reconstruction)."""
+    def hook(_module, args):
+        x = args[0].detach().reshape(-1, args[0].shape[-1]).float()
+        store[module] = store.get(module, 0) + x.t() @ x
     return hook

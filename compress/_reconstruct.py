@@ -23,15 +23,6 @@ DAMP = 0.01            # ridge: this fraction of G[S, S]'s mean diagonal (Sparse
 MAX_DAMP_TRIES = 6     # a singular G[S, S] (units that never fired) retries with 10x the damping
 
 
-def accumulate_gram(store: dict, module):
-    """Forward pre-hook: store[module] += X^T X of the module's input, in FP32 on the input's device."""
-    def hook(_module, args):
-        x = args[0].detach().reshape(-1, args[0].shape[-1]).float()
-        gram = x.t() @ x
-        store[module] = gram if module not in store else store[module] + gram
-    return hook
-
-
 def gram_bytes(shapes) -> int:
     """FP32 bytes of the Gram matrices a reconstruction needs for a model of these shapes."""
     total = 0
