@@ -47,7 +47,7 @@ def _child(spec: dict) -> dict:
     prefill, decode, wall = [], [], []
     for rep in range(reps + 1):                 # run 0 warms caches and is not counted, like llama-bench
         llm.reset()
-        start, start_wall = clock(), time.perf_counter()
+        start = clock()
         llm.eval(prompt)
         mid, mid_wall = clock(), time.perf_counter()
         token = prompt[-1]

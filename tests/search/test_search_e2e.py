@@ -59,11 +59,13 @@ def artifacts(root, name, run) -> set:
 
 def study_states(root, name):
     """States of the study's trials ([] while the driver has created optuna.db but not yet the study)."""
+    storage = optuna.storages.RDBStorage(f"sqlite:///{root / name / 'optuna.db'}")
     try:
-        study = optuna.load_study(study_name=name, storage=f"sqlite:///{root / name / 'optuna.db'}")
+        return [t.state.name for t in optuna.load_study(study_name=name, storage=storage).trials]
     except KeyError:
         return []
-    return [t.state.name for t in study.trials]
+    finally:
+        storage.engine.dispose()     # one engine per poll: the polling loop must not pile up open connections
 
 
 def test_short_search_end_to_end(tmp_path):
