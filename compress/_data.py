@@ -18,6 +18,7 @@ HELDOUT_START = 240
 ALLOWED_SOURCES = ("c4", "alpaca_zh")
 HUB_IDS = {"c4": ("allenai/c4", "en"), "alpaca_zh": ("shibing624/alpaca-zh", None)}
 HUB_HELDOUT_EVERY = 10          # Alpaca on the hub: ~10 % of its documents held out, like the bundled sample
+SCORE_BATCH = 8                 # documents per forward pass when ranking them by the model's NLL
 
 
 def hub_heldout(name: str, text: str) -> bool:
@@ -96,3 +97,30 @@ def token_blocks(tokenizer, docs: list[str], *, seq_len: int, count: int):
         raise ValueError("not enough text to build one calibration block")
     blocks = torch.tensor(ids[:usable], device="cpu").reshape(-1, seq_len)   # host-side; callers move it
     return blocks[:count]
+
+
+def predictable_documents(model, tokenizer, docs: list[str], *, fraction: float, seq_len: int) -> list[str]:
+    """The `fraction` of `docs` the (dense) model predicts best: lowest mean next-token NLL over each document's
+    first `seq_len` tokens (BOS included), in their given order. Calibrating on them keeps the statistics in the
+    model's own domain while reading only allowed text (bench/reconstruction_limits.py measured why)."""
+    import torch
+    device = next(model.parameters()).device
+    bos = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
+    ids = [(bos + tokenizer(doc, add_special_tokens=False, verbose=False)["input_ids"])[:seq_len] for doc in docs]
+    nll = [float("inf")] * len(docs)           # a document of one token predicts nothing: never selected
+    by_length: dict[int, list[int]] = {}
+    for i, row in enumerate(ids):
+        if len(row) >= 2:
+            by_length.setdefault(len(row), []).append(i)
+    with torch.no_grad():
+        for length, members in by_length.items():      # equal lengths batch without padding
+            for start in range(0, len(members), SCORE_BATCH):
+                batch = members[start:start + SCORE_BATCH]
+                tokens = torch.tensor([ids[i] for i in batch], device=device)
+                logits = model(input_ids=tokens, use_cache=False).logits[:, :-1].float()
+                loss = torch.nn.functional.cross_entropy(logits.transpose(1, 2), tokens[:, 1:], reduction="none")
+                for i, value in zip(batch, loss.mean(1).tolist()):
+                    nll[i] = value
+    keep = max(1, round(len(docs) * fraction))
+    chosen = set(sorted(range(len(docs)), key=lambda i: (nll[i], i))[:keep])
+    return [doc for i, doc in enumerate(docs) if i in chosen]

@@ -6,7 +6,8 @@ JSON form (every key but `layers` optional):
      "attn_unit": "kv_group",       # "kv_group": remove whole KV groups (K/V head + its query heads)
                                     # "head": remove query heads inside every KV group, equally per group
      "mlp_multiple": 1,             # round kept MLP widths to a multiple of this (e.g. 64 for kernels)
-     "calibration": {"samples": 64, "seq_len": 128, "seed": 0},
+     "calibration": {"samples": 64, "seq_len": 128, "seed": 0,   # C4 blocks for the criteria / reconstruction
+                     "select": 1.0},  # draw them from this fraction of C4, what the dense model predicts best
      "reconstruct": false,          # refit each cut output projection on its kept units (least squares
                                     # on the calibration activations, compress/_reconstruct.py)
      "layers": [{"attn_keep": 0.5, "mlp_keep": 0.75}, ...]}   # one entry per layer of the base model
@@ -23,6 +24,7 @@ from pathlib import Path
 from ._shapes import LayerShape, ModelShapes
 
 ATTN_UNITS = ("kv_group", "head")
+CALIBRATION_KEYS = ("samples", "seq_len", "seed", "select", "hub")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -57,6 +59,7 @@ class Plan:
             raise ValueError(f"attn_unit must be one of {ATTN_UNITS}, got {self.attn_unit!r}")
         if not isinstance(self.mlp_multiple, int) or self.mlp_multiple < 1:
             raise ValueError(f"mlp_multiple must be a positive integer, got {self.mlp_multiple!r}")
+        check_calibration(self.calibration)
         if not isinstance(self.reconstruct, bool):
             raise ValueError(f"reconstruct must be true or false, got {self.reconstruct!r}")
         if not self.layers:
@@ -138,6 +141,24 @@ class Plan:
         ffn = base.intermediate_size
         ffn = 0 if (lp.mlp_keep == 0 or ffn == 0) else _count_multiple(lp.mlp_keep, ffn, self.mlp_multiple)
         return LayerShape(heads, kv, ffn)
+
+
+def check_calibration(calibration, name: str = "calibration") -> None:
+    """A plan's (or an experiment's space.) "calibration" settings: known keys, sane values (one-line errors)."""
+    if not isinstance(calibration, dict):
+        raise ValueError(f"{name} must be a mapping of {', '.join(CALIBRATION_KEYS)}, got {calibration!r}")
+    unknown = sorted(set(calibration) - set(CALIBRATION_KEYS))
+    if unknown:
+        raise ValueError(f"unknown {name} keys {unknown}; known: {', '.join(CALIBRATION_KEYS)}")
+    for key, least in (("samples", 1), ("seq_len", 2), ("seed", 0)):
+        value = calibration.get(key, least)
+        if not isinstance(value, int) or isinstance(value, bool) or value < least:
+            raise ValueError(f"{name}.{key} must be an integer >= {least}, got {value!r}")
+    select = calibration.get("select", 1.0)
+    if not isinstance(select, (int, float)) or isinstance(select, bool) or not 0 < select <= 1:
+        raise ValueError(f"{name}.select must be a fraction in (0, 1], got {select!r}")
+    if not isinstance(calibration.get("hub", False), bool):
+        raise ValueError(f"{name}.hub must be true or false, got {calibration['hub']!r}")
 
 
 def _count(keep: float, total: int) -> int:

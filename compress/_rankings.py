@@ -21,13 +21,14 @@ import torch
 from torch import nn
 
 from ._criteria import get_criterion
-from ._data import texts, token_blocks
+from ._data import predictable_documents, texts, token_blocks
 from ._families import FamilyAdapter, family_of
 from ._groups import UnitGroup, attention_group, mlp_group
 from ._reconstruct import check_gram_memory
 from ._shapes import shapes_from_config
 
-CALIBRATION_DEFAULTS = {"samples": 64, "seq_len": 128, "seed": 0}
+# select: the fraction of C4 documents calibration draws from, those the dense model predicts best (1.0: all)
+CALIBRATION_DEFAULTS = {"samples": 64, "seq_len": 128, "seed": 0, "select": 1.0}
 CALIBRATION_BATCH = 4          # calibration blocks per forward pass
 INITIAL_LOSS_SCALE = 2.0**12   # taylor on a 16-bit model: halved on overflow until gradients are finite
 GIVEN_TOKENS = "given tokens"  # Rankings.calibration when the caller passed its own calibration tensor
@@ -99,7 +100,9 @@ class Rankings:
     def load(cls, path) -> "Rankings":
         from ._atomic import load_torch
         data = load_torch(path, what="rankings file", fmt=FORMAT)
-        return cls(scores=data["scores"], num_layers=int(data["num_layers"]), calibration=data["calibration"],
+        calibration = data["calibration"]   # a cache saved before a setting existed ran with its default
+        calibration = resolved_calibration(calibration) if isinstance(calibration, dict) else calibration
+        return cls(scores=data["scores"], num_layers=int(data["num_layers"]), calibration=calibration,
                    meta=data["meta"], grams=data.get("grams") or {})
 
 
@@ -119,7 +122,7 @@ def compute_rankings(model, tokenizer, *, criteria, attn_units=("kv_group",), ca
     given = tokens is not None
     if needs:
         if tokens is None:
-            tokens = calibration_tokens(tokenizer, calibration)
+            tokens = calibration_tokens(tokenizer, calibration, model=model)
         for requirement in sorted(needs):         # one statistic per set of passes (see module docstring)
             stats.update(collect_statistics(model, adapter, tokens, frozenset({requirement})))
     scores: dict = {}
@@ -161,13 +164,25 @@ def output_projections(adapter: FamilyAdapter, layer) -> dict:
     return {"attn": adapter.attention(layer)["o"], "mlp": adapter.mlp(layer)["out"]}
 
 
-def calibration_tokens(tokenizer, calibration: dict | None = None) -> torch.Tensor:
-    """Calibration blocks from bundled C4 (or the hub): a plan's "calibration" settings over the defaults."""
+def calibration_tokens(tokenizer, calibration: dict | None = None, *, model=None) -> torch.Tensor:
+    """Calibration blocks from bundled C4 (or the hub): a plan's "calibration" settings over the defaults.
+    With "select" < 1 only that fraction of the documents is drawn from, those the dense `model` predicts best."""
     cfg = resolved_calibration(calibration)
     docs = texts("c4", split="train", hub=bool(cfg.get("hub", False)))
     rng = torch.Generator(device="cpu").manual_seed(int(cfg["seed"]))
     order = torch.randperm(len(docs), generator=rng, device="cpu").tolist()
-    return token_blocks(tokenizer, [docs[i] for i in order], seq_len=int(cfg["seq_len"]), count=int(cfg["samples"]))
+    docs = [docs[i] for i in order]
+    samples, seq_len, select = int(cfg["samples"]), int(cfg["seq_len"]), float(cfg["select"])
+    if select >= 1:
+        return token_blocks(tokenizer, docs, seq_len=seq_len, count=samples)
+    if model is None:
+        raise ValueError("calibration select < 1 ranks the documents by the dense model's NLL: pass model=")
+    docs = predictable_documents(model, tokenizer, docs, fraction=select, seq_len=seq_len)
+    blocks = token_blocks(tokenizer, docs, seq_len=seq_len, count=samples)
+    if blocks.shape[0] < samples:
+        raise ValueError(f"calibration select {select} keeps {len(docs)} documents, {blocks.shape[0]} blocks of "
+                         f"{seq_len} tokens: fewer than the {samples} samples asked for (raise select or lower samples)")
+    return blocks
 
 
 def score_group(criterion, group: UnitGroup, stats: dict) -> torch.Tensor:

@@ -56,6 +56,9 @@ class SpaceSettings:
     # "auto": on when the dense model's Gram matrices (collected once, shipped to every trial) take at most
     # RECONSTRUCT_AUTO_BYTES; true / false force it
     reconstruct: bool | str = "auto"
+    # every plan's calibration (compress/_plan.py: samples, seq_len, seed, select, hub) over compress's defaults:
+    # the C4 blocks the criteria, OWL's outlier ratios and reconstruction read, once per experiment
+    calibration: dict = field(default_factory=dict)
 
 
 @dataclass(kw_only=True)
@@ -109,6 +112,8 @@ class Experiment:
             raise ValueError(f"space.min_keep must be in [0, 1), got {self.space.min_keep}")
         if not self.space.criteria:
             raise ValueError("space.criteria needs at least one criterion")
+        from compress._plan import check_calibration     # (late: compress imports torch)
+        check_calibration(self.space.calibration, "space.calibration")
         if self.space.reconstruct not in (True, False, "auto"):
             raise ValueError(f"space.reconstruct must be true, false or auto, got {self.space.reconstruct!r}")
         workers = self.distill.workers

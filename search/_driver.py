@@ -50,7 +50,8 @@ def build_setup(exp: experiments.Experiment, record: ExperimentRecord, *, teache
                             allow_drop=exp.space.allow_drop, multi=exp.search.mode == "multi",
                             min_budget_use=exp.space.min_budget_use,
                             distill_steps=tuple(exp.distill.steps) if exp.distill.enabled else (),
-                            distill_lr=tuple(exp.distill.lr), reconstruct=reconstructs(exp.space.reconstruct, base))
+                            distill_lr=tuple(exp.distill.lr), reconstruct=reconstructs(exp.space.reconstruct, base),
+                            calibration=tuple(sorted(exp.space.calibration.items())))
     ladder = objectives.parse_ladder(exp.proxy.ladder, use=exp.proxy.rungs)
     return TrialSetup(model_source=source, base_shapes=base, spec=spec,
                       profile_name=objectives.shippable_profile(exp.device), budget_bytes=float(budget),
@@ -107,7 +108,8 @@ def prepare_teacher(setup: TrialSetup, record: ExperimentRecord, *, baselines: b
     if not baselines:
         return None
     model, tokenizer = dense()
-    ratios = compress.layer_outlier_ratios(model, compress.calibration_tokens(tokenizer))
+    ratios = compress.layer_outlier_ratios(model, compress.calibration_tokens(tokenizer, dict(setup.spec.calibration),
+                                                                              model=model))
     return {"uniform-l1": spaces.uniform_l1(setup.spec), "owl": spaces.owl(setup.spec, ratios)}
 
 
@@ -116,10 +118,12 @@ def attach_rankings(setup: TrialSetup, record: ExperimentRecord, dense: Callable
     Gram matrices that needs), computed once and cached next to the teacher cache (`rankings.pt`); shipped
     to trials through the object store. `dense()` -> (model,
     tokenizer), called only when the rankings are not cached yet."""
+    calibration = dict(setup.spec.calibration)
     rankings = compress.Rankings.load(record.rankings) if record.rankings.exists() else None
-    if rankings is None or (setup.spec.reconstruct and not rankings.grams):   # (cached before reconstruction)
+    if rankings is None or (setup.spec.reconstruct and not rankings.grams) or \
+            rankings.calibration != compress.resolved_calibration(calibration):   # (cached before those settings)
         model, tokenizer = dense()
-        rankings = compress.compute_rankings(model, tokenizer, criteria=setup.spec.criteria,
+        rankings = compress.compute_rankings(model, tokenizer, criteria=setup.spec.criteria, calibration=calibration,
                                              attn_units=[setup.spec.attn_unit], grams=setup.spec.reconstruct)
         rankings.save(record.rankings)
     setup.rankings = Shipped.put(rankings)
@@ -141,7 +145,12 @@ def start_ray(address: str | None):
 def _headline(exp: experiments.Experiment, setup: TrialSetup) -> str:
     return (f"model {exp.model}, device {exp.device}, budget {human_bytes(setup.budget_bytes)}, {exp.search.trials} "
             f"trials ({exp.search.sampler}, {exp.search.mode}), runtime {exp.runtime}, "
-            f"reconstruction {'on' if setup.spec.reconstruct else 'off'}")
+            f"reconstruction {'on' if setup.spec.reconstruct else 'off'}" + _calibration_note(setup.spec.calibration))
+
+
+def _calibration_note(calibration) -> str:
+    select = dict(calibration).get("select", 1.0)
+    return "" if select >= 1 else f", calibration from the {select:.0%} of C4 the dense model predicts best"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -285,7 +294,8 @@ def configuration(exp, setup) -> dict:
             "workers": exp.search.workers, "top_k": exp.search.top_k, "proxy_tasks": ",".join(proxy.tasks),
             "criteria": ",".join(getattr(getattr(exp, "space", None), "criteria", ()) or ()) or "-",
             "distill": bool(getattr(getattr(exp, "distill", None), "enabled", False)),
-            "reconstruct": bool(getattr(getattr(setup, "spec", None), "reconstruct", False))}
+            "reconstruct": bool(getattr(getattr(setup, "spec", None), "reconstruct", False)),
+            "calibration_select": dict(getattr(getattr(setup, "spec", None), "calibration", ()) or ()).get("select", 1.0)}
 
 
 def _note_shared_storage(address: str | None, storage: Storage | None) -> None:

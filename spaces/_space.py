@@ -41,6 +41,7 @@ class SpaceSpec:
     distill_steps: tuple = ()          # empty: distillation is off
     distill_lr: tuple = (1e-4, 3e-3)
     reconstruct: bool = False          # every plan refits its cut output projections (compress/_reconstruct.py)
+    calibration: tuple = ()            # (key, value) pairs of every plan's "calibration" (hashable: a frozen spec)
 
 
 def define_space(trial, spec: SpaceSpec) -> None:
@@ -128,7 +129,8 @@ def _plan_at(c: float, attn: list, mlp: list, spec: SpaceSpec, importance: str) 
               LayerPlan(attn_keep=_keep(c * a, spec), mlp_keep=_keep(c * m, spec)) for a, m in zip(attn, mlp)]
     if all(layer.dropped for layer in layers):
         return None
-    return Plan(layers=tuple(layers), importance=importance, attn_unit=spec.attn_unit, reconstruct=spec.reconstruct)
+    return Plan(layers=tuple(layers), importance=importance, attn_unit=spec.attn_unit, reconstruct=spec.reconstruct,
+                calibration=dict(spec.calibration))
 
 
 def _keep(x: float, spec: SpaceSpec) -> float:

@@ -43,9 +43,10 @@ def test_bundled_calibration_owl_teacher_cache_and_scoring_stay_on_the_models_de
     model, tokenizer = compress.load_model("stories260k")
     with foreign_default_device():
         calibration = compress.calibration_tokens(tokenizer)
+        selected = compress.calibration_tokens(tokenizer, {"samples": 8, "select": 0.3}, model=model)
         ratios = compress.layer_outlier_ratios(model, calibration)
         cache = objectives.TeacherCache.build(model, tokenizer)
-    assert calibration.device.type == "cpu" and len(ratios) == 5
+    assert calibration.device.type == selected.device.type == "cpu" and len(ratios) == 5
     student = copy.deepcopy(model)
     plan = Plan.uniform(5, attn_keep=0.5, mlp_keep=0.5, importance="activation")
     with foreign_default_device():

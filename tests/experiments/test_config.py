@@ -33,6 +33,8 @@ def test_overrides_and_defaults():
     ({"budget_gb": 0}, "budget_gb must be positive"),
     ({"space.min_keep": 1.5}, "min_keep must be in"),
     ({"space.reconstruct": "yes"}, "space.reconstruct must be true, false or auto"),
+    ({"space.calibration.select": 0}, r"space.calibration.select must be a fraction in \(0, 1\]"),
+    ({"space.calibration.sample": 8}, r"unknown space.calibration keys \['sample'\]"),
 ])
 def test_bad_configs_are_refused(overrides, message):
     with pytest.raises(ValueError, match=message):
@@ -50,3 +52,15 @@ def test_an_experiment_saved_before_reconstruction_resumes_without_it(tmp_path):
     del old["space"]["reconstruct"]                                         # what an older version saved
     path.write_text(yaml.safe_dump(old))
     assert experiments.read_experiment(path).space.reconstruct is False
+
+
+def test_an_experiment_saved_before_calibration_select_resumes_on_all_documents(tmp_path):
+    import yaml
+    assert experiments.load_experiment(model="stories260k").space.calibration == {"select": 0.3}
+    assert experiments.load_experiment(model="qwen-7b").space.calibration == {}     # unmeasured there: all of C4
+    path = tmp_path / "config.yaml"
+    experiments.save_experiment(experiments.load_experiment(model="stories260k"), path)
+    old = yaml.safe_load(path.read_text())
+    del old["space"]["calibration"]                                         # what an older version saved
+    path.write_text(yaml.safe_dump(old))
+    assert experiments.read_experiment(path).space.calibration == {}      # compress's default: select 1.0

@@ -105,6 +105,17 @@ def test_reconstruction_on_cuda_fp16_matches_cpu_fp32(family):
     assert torch.allclose(out, ref, atol=2 * LOGIT_ATOL, rtol=2e-2), (out - ref).abs().max()
 
 
+def test_calibration_selection_on_cuda_fp16_picks_the_cpu_documents():
+    """Ranking C4 documents by the dense model's NLL runs on the model's device: the bundled model in FP16 on
+    the GPU selects the documents it selects in FP32 on the CPU (FP16 may swap a near-tie at the threshold)."""
+    model, tokenizer = compress.load_model("stories260k")
+    docs = compress.texts("c4", split="train")
+    want = compress.predictable_documents(model, tokenizer, docs, fraction=0.3, seq_len=128)
+    got = compress.predictable_documents(copy.deepcopy(model).half().cuda(), tokenizer, docs, fraction=0.3,
+                                         seq_len=128)
+    assert len(got) == len(want) == 72 and len(set(want) - set(got)) <= 2
+
+
 def _setup(tmp_path, **overrides):
     import experiments
     from search import _driver

@@ -40,6 +40,10 @@ CASES = [
     ("plan reconstruct not a boolean", ["prune", "--plan", "{plan_reconstruct_yes}", "--out", "{out}"],
      "reconstruct must be true or false"),
     ("plan file missing", ["prune", "--plan", "{tmp}/nope.json", "--out", "{out}"], "plan file not found"),
+    ("plan calibration select 0", ["prune", "--plan", "{plan_select_0}", "--out", "{out}"],
+     "calibration.select must be a fraction in (0, 1]"),
+    ("experiment calibration select 2", ["launch", "--set", "space.calibration.select=2", "--root", "{root}"],
+     "space.calibration.select must be a fraction in (0, 1]"),
     ("a budget no plan fits", ["launch", "--budget-gb", "0.0000001", "--root", "{root}"], "below the smallest plan"),
     ("--trials 0", ["launch", "--trials", "0", "--root", "{root}"], "search.trials (--trials) must be an integer >= 1"),
     ("--workers 0", ["launch", "--workers", "0", "--root", "{root}"], "search.workers (--workers)"),
@@ -148,7 +152,8 @@ def world(tmp_path_factory):
     files = {"plan": GOOD_PLAN, "plan_l3": {**GOOD_PLAN, "importance": "l3"},
              "plan_3_layers": {"layers": GOOD_PLAN["layers"][:3]},
              "plan_keep_1_5": {"layers": [{"attn_keep": 1.5, "mlp_keep": 0.5}] * 5},
-             "plan_reconstruct_yes": {**GOOD_PLAN, "reconstruct": "yes"}}
+             "plan_reconstruct_yes": {**GOOD_PLAN, "reconstruct": "yes"},
+             "plan_select_0": {**GOOD_PLAN, "calibration": {"select": 0}}}
     paths = {"tmp": tmp, "out": tmp / "out", "root": tmp / "runs",
              "closed_port": f"127.0.0.1:{closed.getsockname()[1]}", "silent_port": f"127.0.0.1:{silent.getsockname()[1]}"}
     for key, data in files.items():

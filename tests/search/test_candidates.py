@@ -82,3 +82,18 @@ def test_the_bundled_search_reconstructs_from_grams_computed_once(prepared):
     again = setup.rankings.get()
     assert all(a.equal(b) for a, b in zip(again.grams["mlp"], shipped.grams["mlp"]))
     assert compress.Rankings.load(record.rankings).grams
+
+
+def test_the_bundled_search_calibrates_on_the_c4_its_model_predicts_best(prepared):
+    import compress
+    from search._trial import load_on_device, plan_for
+    setup, baselines, record = prepared
+    assert plan_for(baselines["owl"], setup).calibration == {"select": 0.3}     # experiments/stories260k.yaml
+    shipped = setup.rankings.get()
+    assert shipped.calibration == compress.resolved_calibration({"select": 0.3})
+    # a rankings cache from before the setting (all documents) is recomputed with it, not left to fail trials
+    compress.Rankings(scores=shipped.scores, num_layers=shipped.num_layers, meta=shipped.meta, grams=shipped.grams,
+                      calibration=compress.resolved_calibration({})).save(record.rankings)
+    _driver.attach_rankings(setup, record, lambda: load_on_device(setup.model_source))
+    assert setup.rankings.get().calibration["select"] == 0.3
+    assert compress.Rankings.load(record.rankings).calibration["select"] == 0.3
