@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/search_quality.py [--trials 60] [--seeds 3] [--samplers tpe,evolution,cmaes,random]
         [--budgets default,HALF_BUDGET_GB] [--kinds memory,params] [--long 200] [--launch 60] [--distill-launch 16]
+        [--set KEY=VALUE ...] [--out FILE]
 
 On the bundled stories260k, at two memory budgets (the profile's default, ~0.68 of the dense parameters, and
 --budget-gb HALF_BUDGET_GB, ~0.55), every sampler runs `--seeds` seeds at the same trial count. Every result is
@@ -175,7 +176,7 @@ def fitness_agreement(setup, baselines: dict, caches: dict, n: int = 40) -> dict
 
 
 # ---- real launches ----------------------------------------------------------------------------------
-def launch(budget_gb, trials: int, setup, caches: dict, *, distill: bool = False) -> dict:
+def launch(budget_gb, trials: int, setup, caches: dict, *, distill: bool = False, sets: tuple = ()) -> dict:
     """One real `python -m search launch`; its best trial judged (with --distill: the saved, distilled top-1)."""
     root = Path(tempfile.mkdtemp(prefix="edgeprune-quality-"))
     cmd = [sys.executable, "-m", "search", "launch", "--trials", str(trials), "--root", str(root), "--experiment", "q"]
@@ -183,6 +184,8 @@ def launch(budget_gb, trials: int, setup, caches: dict, *, distill: bool = False
         cmd += ["--budget-gb", str(budget_gb)]
     if distill:
         cmd += ["--distill"]
+    for item in sets:
+        cmd += ["--set", item]
     before, start = load(), time.perf_counter()
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)})
     seconds = time.perf_counter() - start
@@ -204,6 +207,12 @@ def launch(budget_gb, trials: int, setup, caches: dict, *, distill: bool = False
 
 
 # ---- driver ----------------------------------------------------------------------------------------
+def settings(items) -> dict:
+    """--set KEY=VALUE pairs as load_experiment overrides (VALUE is YAML)."""
+    import yaml
+    return {key: yaml.safe_load(value) for key, value in (item.split("=", 1) for item in items)}
+
+
 def summarise(runs: list[dict]) -> dict:
     out = {}
     for k in ("kl_c4", "kl_sampled", "params_fraction", "best_fitness"):
@@ -238,7 +247,7 @@ def bench_budget(label: str, budget_gb, args, root: Path) -> dict:
     import experiments
     from search import _driver
     from search._record import ExperimentRecord
-    exp = experiments.load_experiment(model=None, overrides={"budget_gb": budget_gb})
+    exp = experiments.load_experiment(model=None, overrides={"budget_gb": budget_gb, **settings(args.set)})
     paths = ExperimentRecord.create(root, label)
     memory = _driver.build_setup(exp, paths)
     baselines = _driver.prepare_teacher(memory, paths)
@@ -271,10 +280,11 @@ def bench_budget(label: str, budget_gb, args, root: Path) -> dict:
                     print(label, kind, json.dumps(run), flush=True)
                 entry["samplers"][f"{sampler}@{trials}"] = {"mode": "in-process", "runs": runs, **summarise(runs)}
     if args.launch and "memory" in out:
-        out["memory"]["launch"] = launch(budget_gb, args.launch, memory, caches)
+        out["memory"]["launch"] = launch(budget_gb, args.launch, memory, caches, sets=tuple(args.set))
         print(label, json.dumps(out["memory"]["launch"]), flush=True)
     if args.distill_launch and label == "default" and "memory" in out:
-        out["memory"]["launch_distill"] = launch(budget_gb, args.distill_launch, memory, caches, distill=True)
+        out["memory"]["launch_distill"] = launch(budget_gb, args.distill_launch, memory, caches, distill=True,
+                                                 sets=tuple(args.set))
         print(label, json.dumps(out["memory"]["launch_distill"]), flush=True)
     return out
 
@@ -315,6 +325,8 @@ def main() -> None:
     ap.add_argument("--launch", type=int, default=0, help="one real `search launch` of N trials per budget")
     ap.add_argument("--distill-launch", type=int, default=0, help="one real `search launch --distill` of N trials")
     ap.add_argument("--kinds", default="memory,params", help="budgets in modeled memory and/or parameters")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="experiment override (YAML value), as launch's --set; repeatable")
     ap.add_argument("--out", default=str(RESULTS))
     args = ap.parse_args()
     os.environ.setdefault("OMP_NUM_THREADS", "1")
