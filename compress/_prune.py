@@ -107,7 +107,7 @@ def _prune_attention(adapter, layer, idx, base, shape, target, plan, rankings) -
         target.num_attention_heads // target.num_key_value_heads
     units = _ranked(group, rankings.layer_scores(plan.importance, "attn", idx, plan.attn_unit), keep)
     attn = layer.self_attn
-    _cut(attn, group, _attn_names(adapter, unit), units, rankings.layer_gram("attn", idx) if plan.reconstruct else None)
+    _cut(attn, group, _attn_names(adapter, unit), units, _gram(plan, rankings, "attn", idx))
     attn.num_key_value_groups = target.num_attention_heads // target.num_key_value_heads
     if unit == "kv_group":
         per_group = shape.num_attention_heads // shape.num_key_value_heads
@@ -131,8 +131,7 @@ def _prune_mlp(adapter, layer, idx, shape, target, plan, rankings) -> list[int] 
         return []
     group = mlp_group(mods, ffn=shape.intermediate_size)
     units = _ranked(group, rankings.layer_scores(plan.importance, "mlp", idx), target.intermediate_size)
-    _cut(layer.mlp, group, list(adapter.mlp_in) + [adapter.mlp_out], units,
-         rankings.layer_gram("mlp", idx) if plan.reconstruct else None)
+    _cut(layer.mlp, group, list(adapter.mlp_in) + [adapter.mlp_out], units, _gram(plan, rankings, "mlp", idx))
     return units.tolist()
 
 
@@ -142,6 +141,11 @@ def _stand_in(cls, out_proj: nn.Linear, *args):
     if out_proj.bias is not None:
         removed.bias.data = out_proj.bias.data.clone()
     return removed
+
+
+def _gram(plan: Plan, rankings: Rankings, kind: str, idx: int):
+    """The Gram matrix a reconstructing plan refits this sub-block's output projection with (else None)."""
+    return rankings.layer_gram(kind, idx) if plan.reconstruct else None
 
 
 def _cut(owner: nn.Module, group: UnitGroup, names: list[str], units: torch.Tensor, gram=None) -> None:

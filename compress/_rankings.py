@@ -9,8 +9,8 @@ plan with this same code, so a search trial and a one-off prune keep exactly the
 Scores are kept (not just orders): selection takes the top units per KV group when attn_unit is "head",
 and ties must break exactly as they would on the scores themselves. Scores are FP64 on the CPU; `prune`
 moves each layer's to its weights' device before selecting, where a per-trial ranking would have computed it.
-Each statistic is collected in its own passes (activations, then gradients): a 16-bit Taylor pass may
-re-run a batch after an overflow, which must not count that batch's activations twice.
+The forward-only statistics (activations, Gram matrices) share one set of passes; gradients get their own: a
+16-bit Taylor pass may re-run a batch after an overflow, which must not count that batch's activations twice.
 """
 from __future__ import annotations
 
@@ -123,8 +123,9 @@ def compute_rankings(model, tokenizer, *, criteria, attn_units=("kv_group",), ca
     if needs:
         if tokens is None:
             tokens = calibration_tokens(tokenizer, calibration, model=model)
-        for requirement in sorted(needs):         # one statistic per set of passes (see module docstring)
-            stats.update(collect_statistics(model, adapter, tokens, frozenset({requirement})))
+        for passes in (needs - {"gradients"}, needs & {"gradients"}):   # (see module docstring)
+            if passes:
+                stats.update(collect_statistics(model, adapter, tokens, frozenset(passes)))
     scores: dict = {}
     for name, criterion in built.items():
         for unit in attn_units:
@@ -208,9 +209,9 @@ def collect_statistics(model, adapter: FamilyAdapter, tokens: torch.Tensor, requ
     stats: dict = {}
     hooks = []
     # statistics of the output projections' inputs: one store per requirement, one hook per projection each
-    input_hooks = {name: (key, make) for name, key, make in (("activations", "act_sq", accumulate_input_square),
-                                                             ("gram", "gram", accumulate_gram)) if name in requires}
-    for key, make in input_hooks.values():
+    input_hooks = [(key, make) for name, key, make in (("activations", "act_sq", accumulate_input_square),
+                                                       ("gram", "gram", accumulate_gram)) if name in requires]
+    for key, make in input_hooks:
         store = stats[key] = {}
         for layer in adapter.layers(model):
             for module in output_projections(adapter, layer).values():

@@ -145,11 +145,16 @@ def start_ray(address: str | None):
 def _headline(exp: experiments.Experiment, setup: TrialSetup) -> str:
     return (f"model {exp.model}, device {exp.device}, budget {human_bytes(setup.budget_bytes)}, {exp.search.trials} "
             f"trials ({exp.search.sampler}, {exp.search.mode}), runtime {exp.runtime}, "
-            f"reconstruction {'on' if setup.spec.reconstruct else 'off'}" + _calibration_note(setup.spec.calibration))
+            f"reconstruction {'on' if setup.spec.reconstruct else 'off'}" + _calibration_note(setup.spec))
 
 
-def _calibration_note(calibration) -> str:
-    select = dict(calibration).get("select", 1.0)
+def calibration_select(spec) -> float:
+    """The fraction of C4 the space's plans calibrate on (their settings over compress's defaults)."""
+    return float(compress.resolved_calibration(dict(spec.calibration))["select"])
+
+
+def _calibration_note(spec) -> str:
+    select = calibration_select(spec)
     return "" if select >= 1 else f", calibration from the {select:.0%} of C4 the dense model predicts best"
 
 
@@ -295,7 +300,7 @@ def configuration(exp, setup) -> dict:
             "criteria": ",".join(getattr(getattr(exp, "space", None), "criteria", ()) or ()) or "-",
             "distill": bool(getattr(getattr(exp, "distill", None), "enabled", False)),
             "reconstruct": bool(getattr(getattr(setup, "spec", None), "reconstruct", False)),
-            "calibration_select": dict(getattr(getattr(setup, "spec", None), "calibration", ()) or ()).get("select", 1.0)}
+            "calibration_select": calibration_select(setup.spec) if hasattr(setup, "spec") else 1.0}
 
 
 def _note_shared_storage(address: str | None, storage: Storage | None) -> None:
