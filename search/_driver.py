@@ -149,8 +149,9 @@ def _headline(exp: experiments.Experiment, setup: TrialSetup) -> str:
 
 
 def calibration_select(spec) -> float:
-    """The fraction of C4 the space's plans calibrate on (their settings over compress's defaults)."""
-    return float(compress.resolved_calibration(dict(spec.calibration))["select"])
+    """The fraction of C4 the space's plans calibrate on (their settings over compress's defaults); a
+    track-2 setup (an architecture space, no plans) reads as the default."""
+    return float(compress.resolved_calibration(dict(getattr(spec, "calibration", ())))["select"])
 
 
 def _calibration_note(spec) -> str:
@@ -300,7 +301,7 @@ def configuration(exp, setup) -> dict:
             "criteria": ",".join(getattr(getattr(exp, "space", None), "criteria", ()) or ()) or "-",
             "distill": bool(getattr(getattr(exp, "distill", None), "enabled", False)),
             "reconstruct": bool(getattr(getattr(setup, "spec", None), "reconstruct", False)),
-            "calibration_select": calibration_select(setup.spec) if hasattr(setup, "spec") else 1.0}
+            "calibration_select": calibration_select(getattr(setup, "spec", None))}
 
 
 def _note_shared_storage(address: str | None, storage: Storage | None) -> None:
