@@ -191,7 +191,7 @@ def make_tuner(exp: experiments.Experiment, setup, record: ExperimentRecord, bas
                *, restore: bool = False, kind: TrialKind = PRUNE):
     from optuna.storages import RDBStorage
     from ray import tune
-    from ray.tune.schedulers import ASHAScheduler
+    from search._asha import BaselineASHA
     from search._progress import ProgressPrinter
     from search._searcher import ConstrainedOptunaSearch, PlanKey, make_sampler
     from search._tune_state import StateSnapshot, repair
@@ -226,8 +226,9 @@ def make_tuner(exp: experiments.Experiment, setup, record: ExperimentRecord, bas
         sampler=make_sampler(exp.search.sampler, seed=exp.search.seed, key=PlanKey(setup) if kind is PRUNE else None,
                              warm_start=(baselines or {}).get("owl")),
         storage=RDBStorage(record.optuna_url), study_name=record.name)
-    scheduler = ASHAScheduler(time_attr="training_iteration", metric="score", mode="max", max_t=setup.rungs,
-                              grace_period=1, reduction_factor=2) if setup.rungs > 1 else None
+    # the baselines run every rung: the gains printed at the end compare rung with rung
+    scheduler = BaselineASHA(time_attr="training_iteration", metric="score", mode="max", max_t=setup.rungs,
+                             grace_period=1, reduction_factor=2) if setup.rungs > 1 else None
     tune_config = tune.TuneConfig(search_alg=searcher, scheduler=scheduler, num_samples=exp.search.trials,
                                   max_concurrent_trials=exp.search.workers,
                                   # data-parallel trials run for minutes: a fresh actor costs seconds and keeps
