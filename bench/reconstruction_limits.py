@@ -190,7 +190,7 @@ def child(budget: str, variant: str) -> dict:
     out = {"uniform-l1 (no reconstruction)": plain}
     for name, params in baselines.items():
         if variant == "obs":
-            params = {**params, "importance": "obs"}
+            params = {**params, "criterion": "obs"}
         judged = sq.judge(params, setup, caches)
         judged.update({f"x_uniform_{j}": round(judged[f"kl_{j}"] / plain[f"kl_{j}"], 3) for j in ("c4", "sampled")})
         out[f"{name}+lsq"] = judged

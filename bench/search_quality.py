@@ -165,7 +165,7 @@ def fitness_agreement(setup, baselines: dict, caches: dict, n: int = 40) -> dict
     dists = {k: optuna.distributions.FloatDistribution(0, 1) for k in owl if k.startswith(("attn", "mlp"))}
     rows = []
     for _ in range(n):
-        params = {**mutate(owl, dists), "importance": owl["importance"]}
+        params = {**mutate(owl, dists), "criterion": owl["criterion"]}
         _, _, model, tokenizer = build_candidate(params, setup)
         m = cache.score(model, tokenizer, blocks=blocks)
         rows.append({"kl": -m["kl_to_teacher"], "kl+log_ppl": -m["kl_to_teacher"] - math.log(m["perplexity"] /

@@ -45,6 +45,9 @@ def collect(grid, setup, *, columns: tuple = ()) -> list[dict]:
             row["status"] = "complete"
         row["node_id"] = metrics.get("node_id")
         row["_history"] = _history(result)
+        if metrics.get("timestamp"):       # the trial's own wall time, for its MLflow run (Tune's clock)
+            row["_ended"] = float(metrics["timestamp"])
+            row["_started"] = row["_ended"] - float(metrics.get("time_total_s") or 0)
         rows.append(row)
     return rows
 
@@ -229,7 +232,8 @@ def _trial_for_mlflow(row: dict) -> dict:
     return {"trial_id": row["trial_id"], "name": f"{baseline or 'trial'}-{row['trial_id']}",
             "params": json.loads(row["params_json"]), "history": row.get("_history") or [],
             "tags": _tracking.trial_tags(baseline=baseline, outcome=row["status"], reason=reason),
-            "status": _tracking.OUTCOME_STATUS.get(row["status"], "FINISHED")}
+            "status": _tracking.OUTCOME_STATUS.get(row["status"], "FINISHED"),
+            "started": row.get("_started"), "ended": row.get("_ended")}
 
 
 def _plan_ops(trial: dict, setup) -> list:
@@ -247,10 +251,11 @@ def top_table(summary) -> str:
     """The top k in Markdown: name (baseline name or trial id), score, accuracy, KL, simulated memory."""
     lines = ["| rank | name | score | proxy accuracy | KL to teacher | peak memory (simulated) | parameters | "
              "checkpoint |", "|---|---|---|---|---|---|---|---|"]
-    for t in summary["top"]:
+    for t in summary["top"]:   # memory to the byte beside the rounded unit: candidates often differ by < 1 KiB
+        memory = t["peak_memory_bytes"]
         lines.append(f"| {t['rank']} | {t['name']} | {t['score']:.4f} | {_cell(t.get('proxy_accuracy'))} | "
-                     f"{_cell(t.get('kl_to_teacher'))} | {human_bytes(t['peak_memory_bytes'])} | {t['params']:,} | "
-                     f"`{t.get('folder') or t['dir']}` |")
+                     f"{_cell(t.get('kl_to_teacher'))} | {human_bytes(memory)} ({_count(memory)} B) | "
+                     f"{t['params']:,} | `{t.get('folder') or t['dir']}` |")
     return "\n".join(lines) + "\n"
 
 
