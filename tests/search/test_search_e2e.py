@@ -19,6 +19,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from cluster._nodes import kill_mentioning, pids_mentioning
+from tests.search.test_pareto import check_front
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -159,6 +160,9 @@ def test_multi_objective_mlc_search_prints_pareto_front(tmp_path):
     results = json.loads((tmp_path / "multi" / "results.json").read_text())
     front = results["summary"]["pareto_front"]
     assert front and all(r["status"] == "complete" for r in front)
+    # the front is the non-dominated set of the complete trials (score up, simulated memory down)
+    complete = [r for r in results["trials"] if r["status"] == "complete"]
+    check_front(front, complete, "peak_memory_bytes", "min")
     # MLC: every kept layer has one shape
     for entry in results["summary"]["top"]:
         shapes = json.loads(open(os.path.join(entry["dir"], "plan.json")).read())["realised"]["layers"]
