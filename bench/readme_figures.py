@@ -124,8 +124,8 @@ def scratch(d):
 
 def scratch_nats(d):
     b, h = d["runs"][0]["best"], d["runs"][0]["hand_picked"]
-    return (f"{b['heldout_nats_per_byte']:.2f}", f"{h['heldout_nats_per_byte']:.2f}", f"{b['c4_nats_per_byte']:.2f}",
-            f"{h['c4_nats_per_byte']:.2f}", f"{b['alpaca_zh_nats_per_byte']:.2f}", f"{h['alpaca_zh_nats_per_byte']:.2f}")
+    keys = ("heldout_nats_per_byte", "c4_nats_per_byte", "alpaca_zh_nats_per_byte")
+    return tuple(f"{row[k]:.2f}" for k in keys for row in (b, h))
 
 
 def limits_row(*variants):

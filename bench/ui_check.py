@@ -46,10 +46,12 @@ def serve(cmd: list[str], url: str, log: Path) -> subprocess.Popen:
     raise SystemExit(f"{cmd[0]} did not answer at {url}: {log.read_text()[-2000:]}")
 
 
-def page_facts(browser, url: str, shot: Path, *, wait_s: float = 12) -> dict:
+def page_facts(browser, url: str, shot: Path, *, ready: str, settle_s: float = 3) -> dict:
+    """ready: a selector (or text=...) that shows the page has rendered (the UIs fetch and render client-side)."""
     page = browser.new_page(viewport={"width": 1600, "height": 1000})
-    page.goto(url)
-    time.sleep(wait_s)                      # the UIs fetch and render client-side
+    page.goto(url, timeout=300_000)          # minutes, not seconds: a 2-core machine shared with other jobs
+    page.wait_for_selector(ready, timeout=300_000)
+    time.sleep(settle_s)
     page.screenshot(path=str(shot), full_page=True)
     headers = [h.strip() for h in page.locator("[role=columnheader]").all_inner_texts() if h.strip()]
     facts = {"url_requested": url, "url_landed": page.url, "headings": page.locator("h1, h2").all_inner_texts()[:6],
@@ -65,17 +67,21 @@ def main() -> None:
     ap.add_argument("--trials", type=int, default=10)
     ap.add_argument("--chromium", default=shutil.which("chromium") or shutil.which("chromium-browser"))
     ap.add_argument("--optuna-dashboard", default=None, help="optuna-dashboard executable (default: beside --python)")
+    ap.add_argument("--root", default=None, help="keep the search here (reused when it already holds one)")
     ap.add_argument("--out", default=str(RESULTS))
     args = ap.parse_args()
     from playwright.sync_api import sync_playwright
-    root = Path(tempfile.mkdtemp(prefix="edgeprune-ui-"))
+    root = Path(args.root or tempfile.mkdtemp(prefix="edgeprune-ui-"))
     bindir = Path(args.python).parent
-    launch = subprocess.run([args.python, "-m", "search", "launch", "--trials", str(args.trials), "--experiment", "ui",
-                             "--root", str(root)], capture_output=True, text=True, cwd=REPO)
-    if launch.returncode != 0:
-        raise SystemExit(launch.stderr[-3000:])
-    printed = re.search(r"MLflow afterwards: .* then open (\S+)", launch.stdout).group(1)
-    run = root / "ui"
+    run, log = root / "ui", root / "launch.log"
+    if not (run / "results.json").is_file():       # --root of an earlier check: its search is reused
+        launch = subprocess.run([args.python, "-m", "search", "launch", "--trials", str(args.trials), "--experiment",
+                                 "ui", "--root", str(root)], capture_output=True, text=True, cwd=REPO)
+        if launch.returncode != 0:
+            raise SystemExit(launch.stderr[-3000:])
+        log.write_text(launch.stdout)
+    stdout = log.read_text()
+    printed = re.search(r"MLflow afterwards: .* then open (\S+)", stdout).group(1)
     state = json.loads((run / "state.json").read_text())
     exp_id = state["mlflow_experiment_id"]
     mlflow = serve([str(bindir / "mlflow"), "ui", "--backend-store-uri", f"sqlite:///{run / 'mlflow.db'}",
@@ -86,23 +92,25 @@ def main() -> None:
                       f"http://127.0.0.1:{DASHBOARD_PORT}/dashboard", root / "dashboard.log")
     SHOTS.mkdir(parents=True, exist_ok=True)
     out = {"date": time.strftime("%Y-%m-%d %H:%M"), **provenance(), "trials": args.trials,
-           "printed_url": printed, "launch_tail": launch.stdout.splitlines()[-12:]}
+           "printed_url": printed, "launch_tail": stdout.splitlines()[-12:]}
     try:
         with sync_playwright() as p:
             browser = p.chromium.launch(executable_path=args.chromium, args=["--no-sandbox"])
             url = printed.replace(":5000/", f":{MLFLOW_PORT}/")
-            out["mlflow_printed_url"] = page_facts(browser, url, SHOTS / "mlflow_runs.png")
+            out["mlflow_printed_url"] = page_facts(browser, url, SHOTS / "mlflow_runs.png",
+                                                   ready="[role=columnheader] >> text=score")
             out["mlflow_plain_url"] = page_facts(browser, f"http://127.0.0.1:{MLFLOW_PORT}/#/experiments/{exp_id}",
-                                                 SHOTS / "mlflow_plain.png")
+                                                 SHOTS / "mlflow_plain.png", ready="text=Overview")
             out["optuna_dashboard"] = page_facts(browser, f"http://127.0.0.1:{DASHBOARD_PORT}/dashboard/studies/1",
-                                                 SHOTS / "optuna_dashboard.png")
+                                                 SHOTS / "optuna_dashboard.png", ready="text=Study User Attributes")
             browser.close()
     finally:
         for proc in (mlflow, dashboard):
             proc.terminate()
     out["runs"] = runs_facts(args.python, run, exp_id)
     Path(args.out).write_text(json.dumps(out, indent=1) + "\n")
-    shutil.rmtree(root, ignore_errors=True)
+    if not args.root:
+        shutil.rmtree(root, ignore_errors=True)
     print(json.dumps({k: out[k] for k in ("printed_url", "runs")}, indent=1))
     print("columns:", out["mlflow_printed_url"]["column_headers"])
 

@@ -93,8 +93,11 @@ def test_short_search_end_to_end(tmp_path):
     assert len(parents) == 1 and len(children) == 4 and "MLflow: http://127.0.0.1:" in out
     assert artifacts(tmp_path, "e2e", children[0]) >= {"plan.json", "kept_ratio.png"}
     assert artifacts(tmp_path, "e2e", parents[0]) >= {"score_vs_memory.png", "top_k.md", "trial_setup.json"}
-    status = {"complete": "FINISHED", "stopped early": "KILLED"}          # ASHA's stops read as such in MLflow
-    assert all("kl_to_teacher" in c.data.metrics and c.info.status == status[c.data.tags["outcome"]] for c in children)
+    # ASHA's stops are no failures: FINISHED, told apart by the outcome tag; the baselines ran every rung
+    assert all("kl_to_teacher" in c.data.metrics and c.info.status == "FINISHED" for c in children)
+    assert {c.data.tags["outcome"] for c in children if c.data.tags.get("baseline")} == {"complete"}
+    assert all(r["status"] == "complete" and r["rung"] == 1 for r in rows if r["name"] in ("uniform-l1", "owl"))
+    assert "both scored at the final rung" in out and "MLflow afterwards:" in out
     assert parents[0].info.status == "FINISHED" and not pids_mentioning(tmp_path / "e2e")   # the server stopped
     # `top` reads the results; launching the same experiment again refuses to overwrite it
     top_out = search("top", "--experiment", "e2e", "--k", "2", root=tmp_path)
