@@ -145,14 +145,17 @@ def test_kill_then_resume_keeps_completed_trials(tmp_path, ray_tmp):
     assert all(r.info.status == "FINISHED" for r in children + parents)
 
 
-def test_bad_input_is_one_line(tmp_path):
-    for args, message in [(("launch", "--model", "qwen-7"), "did you mean 'qwen-7b'"),
-                          (("launch", "--device", "phone-12g"), "did you mean 'phone-12gb'"),
+def test_bad_input_is_one_line(tmp_path, capsys, monkeypatch):
+    from tests.search.test_cli import in_process
+    proc = search("launch", "--model", "qwen-7", root=tmp_path, timeout=120)     # the real entry point, once
+    assert proc.returncode == 2 and "did you mean 'qwen-7b'" in proc.stderr, proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
+    for args, message in [(("launch", "--device", "phone-12g"), "did you mean 'phone-12gb'"),
                           (("resume", "--experiment", "nope"), "no experiment 'nope'"),
                           (("launch", "--budget-gb", "-1"), "budget_gb must be positive")]:
-        proc = search(*args, root=tmp_path, timeout=120)
-        assert proc.returncode == 2 and message in proc.stderr, (args, proc.stderr)
-        assert len(proc.stderr.strip().splitlines()) == 1
+        code, _, err = in_process([*args, "--root", tmp_path], capsys, monkeypatch)    # the same main, no imports
+        assert code == 2 and message in err, (args, err)
+        assert len(err.strip().splitlines()) == 1 and not any(tmp_path.iterdir())
 
 
 def test_multi_objective_mlc_search_prints_pareto_front(tmp_path):
