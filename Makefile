@@ -38,8 +38,11 @@ $(VENV)/.phone: $(VENV)/.installed
 run: setup
 	$(PY) -m search launch $(ARGS)
 
+# two pytest workers, one test file each at a time (a file's module fixtures are built once): the end-to-end
+# tests spend much of their time starting Ray and processes and waiting on them, which the other worker fills
+TEST_WORKERS ?= 2
 test: setup phone
-	$(PY) -m pytest -q $(ARGS)
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile $(ARGS)
 
 clean:
 	rm -rf $(VENV) runs
