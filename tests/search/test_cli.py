@@ -74,15 +74,10 @@ def test_bad_input_one_line_nonzero(args, message, tmp_path, capsys, monkeypatch
 
 def in_process(argv, capsys, monkeypatch) -> tuple[int, str, str]:
     """`python -m search ARGV` in this process (the entry point itself: test_search_e2e's subprocess cases)."""
-    from search._cli import main
+    from tests.search.test_bad_input import run_cli
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     capsys.readouterr()
-    try:
-        code = main([str(a) for a in argv])
-    except SystemExit as exit_:           # argparse errors exit from inside parse_args
-        code = exit_.code
-    out, err = capsys.readouterr()
-    return code, out, err
+    return run_cli(argv, capsys)
 
 
 def test_teacher_with_another_vocabulary_is_refused(pruned_dir, tmp_path, capsys, monkeypatch):
