@@ -95,7 +95,7 @@ def test_launch_on_three_nodes(cluster):
     killer = threading.Thread(target=_kill_one_trial_worker, args=(cluster["workers"], stop, killed), daemon=True)
     killer.start()
     try:
-        proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+        proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=1800)
     finally:
         stop.set()
         killer.join()

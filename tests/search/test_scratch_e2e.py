@@ -14,7 +14,7 @@ import experiments
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
-def search(*args, root=None, timeout=400):
+def search(*args, root=None, timeout=1800):     # a hang guard, not a speed target
     where = ["--root", str(root)] if root else []
     return subprocess.run([sys.executable, "-m", "search", *args, *where], cwd=REPO, capture_output=True,
                           text=True, timeout=timeout, env={**os.environ, "OMP_NUM_THREADS": "1"})

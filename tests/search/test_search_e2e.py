@@ -24,7 +24,7 @@ from tests.search.test_pareto import check_front
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
-def search(*args, root, timeout=400, ray_tmp=None):
+def search(*args, root, timeout=1800, ray_tmp=None):   # a hang guard: two workers on a loaded machine take minutes
     cmd = [sys.executable, "-m", "search", *args, "--root", str(root)]
     return subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=timeout, env=_env(ray_tmp))
 
@@ -114,7 +114,7 @@ def test_kill_then_resume_keeps_completed_trials(tmp_path, ray_tmp):
         driver = subprocess.Popen(cmd, cwd=REPO, stdout=out, stderr=subprocess.STDOUT, text=True,
                                   env=_env(ray_tmp), start_new_session=True)
     db = tmp_path / "kill" / "optuna.db"
-    deadline = time.time() + 300
+    deadline = time.time() + 900            # under load, two completed trials can take minutes
     while time.time() < deadline and driver.poll() is None:
         time.sleep(2)
         if db.exists() and study_states(tmp_path, "kill").count("COMPLETE") >= 2:
