@@ -38,11 +38,12 @@ $(VENV)/.phone: $(VENV)/.installed
 run: setup
 	$(PY) -m search launch $(ARGS)
 
-# two pytest workers, one test file each at a time (a file's module fixtures are built once): the end-to-end
-# tests spend much of their time starting Ray and processes and waiting on them, which the other worker fills
-TEST_WORKERS ?= 2
+# TEST_WORKERS=2: two pytest workers, one test file each at a time (a file's module fixtures are built once).
+# Not the default yet: on a 2-core machine loaded by other jobs, two workers pushed end-to-end launches past
+# their limits (see the README); serial until it is measured on a quiet machine
+TEST_WORKERS ?= 1
 test: setup phone
-	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile $(ARGS)
+	$(PY) -m pytest -q $(if $(filter-out 1,$(TEST_WORKERS)),-n $(TEST_WORKERS) --dist loadfile) $(ARGS)
 
 clean:
 	rm -rf $(VENV) runs
