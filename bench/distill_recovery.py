@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from bench._provenance import provenance  # noqa: E402
 import compress  # noqa: E402
 from compress._distill import DistillSchedule, distill  # noqa: E402
 from compress._distill_data import fidelity, heldout_blocks  # noqa: E402
@@ -79,6 +80,7 @@ def main(argv=None) -> int:
         "schedule": {k: v for k, v in schedule.__dict__.items()},
         "history": [{k: round(v, 5) if isinstance(v, float) else v for k, v in m.items()} for m in history],
     }
+    result.update(provenance())
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
     summary = {k: result[k] for k in ("kept_fraction", "steps", "seconds", "zero_stage", "before_kl", "after_kl",

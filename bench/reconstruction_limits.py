@@ -39,6 +39,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+from bench._provenance import provenance  # noqa: E402
 sys.path.insert(0, str(REPO / "bench"))
 RESULTS = REPO / "bench" / "results" / "reconstruction_limits.json"
 VARIANTS = ("product", "seed1", "seed2", "select30_s0", "select30_s1", "select30_s2", "damp0.1", "damp1", "obs",
@@ -190,7 +191,7 @@ def child(budget: str, variant: str) -> dict:
     out = {"uniform-l1 (no reconstruction)": plain}
     for name, params in baselines.items():
         if variant == "obs":
-            params = {**params, "importance": "obs"}
+            params = {**params, "criterion": "obs"}
         judged = sq.judge(params, setup, caches)
         judged.update({f"x_uniform_{j}": round(judged[f"kl_{j}"] / plain[f"kl_{j}"], 3) for j in ("c4", "sampled")})
         out[f"{name}+lsq"] = judged
@@ -210,7 +211,7 @@ def main() -> None:
     start, load_start = time.time(), sq.load()
     result = {"date": time.strftime("%Y-%m-%d %H:%M"), "machine": f"{platform.node()} {platform.machine()}, "
               f"{__import__('os').cpu_count()} cores", "load_start": load_start, "judge": sq.__doc__.split("\n\n")[1],
-              "variants": __doc__.split("\n\n")[2], "budgets": {}}
+              "variants": __doc__.split("\n\n")[2], "budgets": {}, **provenance()}
     for budget in args.budgets.split(","):
         rows = result["budgets"][budget] = {}
         for variant in args.variants.split(","):

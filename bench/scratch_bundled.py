@@ -28,6 +28,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))       # run as a script from a checkout: import the project's packages
+from bench._provenance import provenance  # noqa: E402
 RESULTS = REPO / "bench" / "results" / "scratch_bundled.json"
 TARGET_SECONDS = 15 * 60
 SOURCES = ("c4", "alpaca_zh")
@@ -128,7 +129,7 @@ def main() -> None:
     best_swept = min(sweep, key=lambda r: r["heldout_nats_per_byte"]) if sweep else None
     wall = statistics.median(r["wall_seconds"] for r in runs)
     result = {"benchmark": "Track 2 scratch search, bundled scale (experiments/scratch-tiny.yaml)",
-              "date": time.strftime("%Y-%m-%d %H:%M"), "machine": _machine(), "trials": args.trials,
+              "date": time.strftime("%Y-%m-%d %H:%M"), "machine": _machine(), **provenance(), "trials": args.trials,
               "repeats": args.repeats, "median_wall_seconds": wall, "target_seconds": TARGET_SECONDS,
               "meets_target": wall <= TARGET_SECONDS and all(all(r["best_beats_hand_picked"].values()) for r in runs),
               "runs": runs, "hand_picked_lr_sweep": sweep,

@@ -43,6 +43,7 @@ from types import SimpleNamespace
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+from bench._provenance import provenance  # noqa: E402
 RESULTS = REPO / "bench" / "results" / "search_quality.json"
 SEQ_LEN = 256
 JUDGE_BLOCKS = 16
@@ -165,7 +166,7 @@ def fitness_agreement(setup, baselines: dict, caches: dict, n: int = 40) -> dict
     dists = {k: optuna.distributions.FloatDistribution(0, 1) for k in owl if k.startswith(("attn", "mlp"))}
     rows = []
     for _ in range(n):
-        params = {**mutate(owl, dists), "importance": owl["importance"]}
+        params = {**mutate(owl, dists), "criterion": owl["criterion"]}
         _, _, model, tokenizer = build_candidate(params, setup)
         m = cache.score(model, tokenizer, blocks=blocks)
         rows.append({"kl": -m["kl_to_teacher"], "kl+log_ppl": -m["kl_to_teacher"] - math.log(m["perplexity"] /
@@ -336,7 +337,7 @@ def main() -> None:
     result = {"date": time.strftime("%Y-%m-%d %H:%M"), "machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
                                                                   "python": platform.python_version()},
               "load_start": started_load, "args": vars(args), "judge": __doc__.split("\n\n")[2].strip(),
-              "budgets": {}}
+              "budgets": {}, **provenance()}
     with tempfile.TemporaryDirectory(prefix="edgeprune-quality-") as tmp:
         for budget in args.budgets.split(","):
             label = "default" if budget == "default" else f"budget-{budget}"

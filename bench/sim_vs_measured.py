@@ -29,6 +29,9 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+from bench._provenance import provenance  # noqa: E402
+
 RESULTS = REPO / "bench" / "results" / "sim_vs_measured.json"
 MEMORY_TOLERANCE, DECODE_TOLERANCE = 0.10, 0.25
 
@@ -117,7 +120,7 @@ def main() -> None:
             shutil.rmtree(root, ignore_errors=True)
     calibration = first[-1]["calibration"]
     out = {"date": time.strftime("%Y-%m-%d"), "machine": f"{platform.machine()}, {os.cpu_count()} cores, "
-           f"{platform.platform()}", "load_average": load, "trials": results["summary"]["trials"],
+           f"{platform.platform()}", **provenance(), "load_average": load, "trials": results["summary"]["trials"],
            "search_seconds": round(search_seconds, 1), "settings": first[0]["settings"], "runs": args.runs,
            "bundled_profile": compare(first, fits), "fit": calibration["fitted"],
            "fitted_profile": compare(second, fits), "measurements": calibration["measurements"]}

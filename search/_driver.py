@@ -8,6 +8,7 @@ import json
 import os
 import sys
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable
 
 # Checkpoint Tune's experiment state at every loop step (default: at most every 10 s), so after a
@@ -23,7 +24,7 @@ import objectives  # noqa: E402
 import spaces  # noqa: E402
 import cluster  # noqa: E402
 from cluster import driver_node_ip  # noqa: E402
-from search import _report  # noqa: E402
+from search import _report, _tracking  # noqa: E402
 from search._candidates import SECOND_OBJECTIVE, CandidateKeeper  # noqa: E402
 from search._record import ExperimentRecord  # noqa: E402
 from search._report import human_bytes  # noqa: E402
@@ -191,7 +192,7 @@ def make_tuner(exp: experiments.Experiment, setup, record: ExperimentRecord, bas
                *, restore: bool = False, kind: TrialKind = PRUNE):
     from optuna.storages import RDBStorage
     from ray import tune
-    from ray.tune.schedulers import ASHAScheduler
+    from search._asha import BaselineASHA
     from search._progress import ProgressPrinter
     from search._searcher import ConstrainedOptunaSearch, PlanKey, make_sampler
     from search._tune_state import StateSnapshot, repair
@@ -225,9 +226,11 @@ def make_tuner(exp: experiments.Experiment, setup, record: ExperimentRecord, bas
         space=kind.space(setup), metric=metric, mode=mode, baselines=baselines, max_t=setup.rungs,
         sampler=make_sampler(exp.search.sampler, seed=exp.search.seed, key=PlanKey(setup) if kind is PRUNE else None,
                              warm_start=(baselines or {}).get("owl")),
-        storage=RDBStorage(record.optuna_url), study_name=record.name)
-    scheduler = ASHAScheduler(time_attr="training_iteration", metric="score", mode="max", max_t=setup.rungs,
-                              grace_period=1, reduction_factor=2) if setup.rungs > 1 else None
+        storage=RDBStorage(record.optuna_url), study_name=record.name,
+        study_attrs=_study_attrs(exp, setup, record))
+    # the baselines run every rung: the gains printed at the end compare rung with rung
+    scheduler = BaselineASHA(time_attr="training_iteration", metric="score", mode="max", max_t=setup.rungs,
+                             grace_period=1, reduction_factor=2) if setup.rungs > 1 else None
     tune_config = tune.TuneConfig(search_alg=searcher, scheduler=scheduler, num_samples=exp.search.trials,
                                   max_concurrent_trials=exp.search.workers,
                                   # data-parallel trials run for minutes: a fresh actor costs seconds and keeps
@@ -287,7 +290,9 @@ def _connect_tracking(setup, record: ExperimentRecord, *, tags: dict) -> None:
     shipped = json.dumps({f.name: getattr(setup, f.name) for f in dataclasses.fields(setup)}, indent=2, default=repr)
     record.log_to_parent(texts={"trial_setup.json": shipped}, files=[(record.config, None)],
                          params=configuration(record.experiment(), setup))
-    print(f"MLflow: {record.tracking_uri}  (experiment {record.name}, parent run {parent})", flush=True)
+    uri = record.tracking_uri
+    url = _tracking.runs_url(uri, exp_id) if uri.startswith(("http://", "https://")) else uri
+    print(f"MLflow: {url}  (experiment {record.name}, parent run {parent})", flush=True)
 
 
 def configuration(exp, setup) -> dict:
@@ -295,13 +300,21 @@ def configuration(exp, setup) -> dict:
     proxy = exp.proxy
     return {"track": getattr(exp, "track", "prune"), "model": getattr(exp, "model", None) or "(from scratch)",
             "device": exp.device, "runtime": exp.runtime, "budget": human_bytes(setup.budget_bytes),
-            "budget_bytes": int(setup.budget_bytes), "trials": exp.search.trials, "rungs": proxy.rungs,
+            "budget_bytes": int(setup.budget_bytes), "trials": exp.search.trials, "rungs": setup.rungs,
             "sampler": exp.search.sampler, "mode": exp.search.mode, "seed": exp.search.seed,
             "workers": exp.search.workers, "top_k": exp.search.top_k, "proxy_tasks": ",".join(proxy.tasks),
             "criteria": ",".join(getattr(getattr(exp, "space", None), "criteria", ()) or ()) or "-",
             "distill": bool(getattr(getattr(exp, "distill", None), "enabled", False)),
             "reconstruct": bool(getattr(getattr(setup, "spec", None), "reconstruct", False)),
             "calibration_select": calibration_select(getattr(setup, "spec", None))}
+
+
+def _study_attrs(exp, setup, record: ExperimentRecord) -> dict:
+    """The Optuna study's user attributes: what was searched, the four a reader needs first (optuna-dashboard
+    lists them in this order), then the rest of the parent run's params."""
+    config = configuration(exp, setup)
+    first = {"experiment": record.name, **{k: config.pop(k) for k in ("model", "device", "budget")}}
+    return first | config
 
 
 def _note_shared_storage(address: str | None, storage: Storage | None) -> None:
@@ -323,4 +336,16 @@ def _fit_and_report(exp, setup, record, *, baselines, restore) -> int:
     finally:
         record.stop_tracking()
     _report.print_summary(summary, stream=sys.stdout)
+    _print_browse(record)
     return 0
+
+
+def _print_browse(record: ExperimentRecord) -> None:
+    """How to open the finished search in MLflow (its own server stops with the search)."""
+    state = record.read_state()
+    if state.get("tracking_managed") and state.get("mlflow_experiment_id"):
+        url = _tracking.runs_url("http://127.0.0.1:5000", state["mlflow_experiment_id"])
+        print(f"MLflow afterwards: {Path(sys.executable).parent / 'mlflow'} ui --backend-store-uri "
+              f"sqlite:///{record.mlflow_db.resolve()} --artifacts-destination {record.mlflow_artifacts.resolve()}, "
+              f"then open {url}",
+              flush=True)

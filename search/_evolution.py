@@ -1,7 +1,7 @@
 """EvoPress-style evolutionary search (Sieberling et al. 2024) as an Optuna sampler, so Ray Tune's
 OptunaSearch runs it like TPE: (1 + lambda) evolution with level-switch mutations.
 
-- Genome: the trial's per-layer shares (attn_<i> / mlp_<i>; mlc: attn / mlp), on a grid of `step`.
+- Genome: the trial's per-layer shares (attn_share_<i> / mlp_share_<i>; mlc: attn_share / mlp_share), on a grid of `step`.
 - Parent: the best finished trial so far (COMPLETE, feasible first). Until an offspring beats them, that is
   the better of the enqueued baselines (uniform-L1, OWL): the evolution warm-starts from them (elitism).
 - Offspring: the parent's shares rescaled to mean 0.5 (the space's repair is scale-invariant), then k level
@@ -26,7 +26,7 @@ import optuna
 from optuna.distributions import FloatDistribution
 from optuna.trial import TrialState
 
-SHARE = re.compile(r"^(attn|mlp)(_\d+)?$")
+SHARE = re.compile(r"^(attn|mlp)_share(_\d+)?$")
 STEP = 0.15               # level size in share units (shares normalised to mean 0.5: 30 % of a mean layer's keep;
                           # chosen in exploratory bench runs over 0.025-0.2 (60 trials, 3 seeds; not recorded)
 MAX_SWITCHES = 3

@@ -6,6 +6,7 @@ memory axes use the binary unit that suits the numbers (B, KiB, MiB, GiB: a sub-
 from __future__ import annotations
 
 UNITS = (("GiB", 1024**3), ("MiB", 1024**2), ("KiB", 1024), ("B", 1))
+LABEL_ROWS = 6          # the top-k label column is spaced for at least this many labels
 
 
 def byte_unit(values) -> tuple[str, int]:
@@ -49,7 +50,7 @@ def score_vs_memory_figure(rows: list[dict], *, top: list[dict], budget_bytes: f
     plt = _pyplot()
     scored = [r for r in rows if r.get("score") is not None and r.get("peak_memory_bytes")]
     unit, scale = byte_unit([r["peak_memory_bytes"] for r in scored] + [budget_bytes])
-    fig, ax = plt.subplots(figsize=(7, 4.5), layout="constrained")
+    fig, ax = plt.subplots(figsize=(9, 4.5), layout="constrained")
     for status, style in (("complete", dict(marker="o", c="tab:blue")),
                           ("stopped early", dict(marker="x", c="tab:gray"))):
         pts = [r for r in scored if r["status"] == status]
@@ -59,13 +60,16 @@ def score_vs_memory_figure(rows: list[dict], *, top: list[dict], budget_bytes: f
     if front:
         pts = sorted((r["peak_memory_bytes"] / scale, r["score"]) for r in front)
         ax.step(*zip(*pts), where="post", color="k", ls="--", lw=1, label="Pareto front")
-    for t in top:
-        if t.get("peak_memory_bytes") and t.get("score") is not None:
-            x, y = t["peak_memory_bytes"] / scale, t["score"]
-            ax.scatter([x], [y], s=160, facecolors="none", edgecolors="tab:red", linewidths=1.5,
-                       label="top k" if t is top[0] else None)
-            ax.annotate(f"#{t['rank']} {t.get('name') or ''}", (x, y), textcoords="offset points", xytext=(6, 6),
-                        fontsize=7)
+    # the top k sit close together (the best candidates all fill the budget): their labels go in a column
+    # right of the plot, one line each, with a line to the point, so they never print over each other
+    shown = [t for t in top if t.get("peak_memory_bytes") and t.get("score") is not None]
+    for i, t in enumerate(shown):
+        x, y = t["peak_memory_bytes"] / scale, t["score"]
+        ax.scatter([x], [y], s=160, facecolors="none", edgecolors="tab:red", linewidths=1.5,
+                   label="top k" if i == 0 else None)
+        ax.annotate(f"#{t['rank']} {t.get('name') or ''}\n{t['score']:.4f}, {x:.4f} {unit}", (x, y),
+                    xytext=(1.03, 1 - (i + 0.5) / max(len(shown), LABEL_ROWS)), textcoords="axes fraction",
+                    fontsize=7, va="center", arrowprops=dict(arrowstyle="-", color="tab:red", lw=0.5, alpha=0.6))
     ax.axvline(budget_bytes / scale, color="r", lw=1, label="budget")
     ax.set_xlabel(f"simulated peak memory ({unit})"), ax.set_ylabel("proxy score (higher is better)")
     ax.set_title(title)

@@ -1,5 +1,5 @@
 """Console progress while a search runs: a line when a trial starts, finishes or fails, with trials
-done / running / failed and the best score so far.
+done / running / failed and the best final-rung score so far.
 
 Counts are read from Tune's trial list at every event, so a resumed search shows the trials it
 restored as well as the new ones.
@@ -19,11 +19,14 @@ class ProgressPrinter(Callback):
         self.started = time.time()
 
     def _best(self, trials):
+        """The best score at the final rung: a cheaper rung's score (fewer KL blocks, other items) is not
+        comparable with it, so trials still climbing the ladder or stopped below it are not counted."""
         best = None
         for t in trials:
             r = t.last_result or {}
             value = r.get(self.metric)
-            if value is not None and r.get("constraint", 0) <= 0 and (best is None or value > best[0]):
+            final = r.get("rung", 0) == r.get("rungs", 1) - 1
+            if value is not None and final and r.get("constraint", 0) <= 0 and (best is None or value > best[0]):
                 best = (value, r.get("baseline") or t.trial_id)
         return best
 
@@ -37,7 +40,7 @@ class ProgressPrinter(Callback):
         stopped = sum(1 for t, st in zip(trials, status) if st == "TERMINATED"
                       and (t.last_result or {}).get("training_iteration", 0) < (t.last_result or {}).get("rungs", 0))
         best = self._best(trials)
-        best_text = f"best {self.metric} {best[0]:.4f} ({best[1]})" if best else "best -"
+        best_text = f"best final-rung {self.metric} {best[0]:.4f} ({best[1]})" if best else "best -"
         print(f"[{time.time() - self.started:6.0f}s] {event:<30} done {done}/{self.total}  running "
               f"{status.count('RUNNING')}  failed {status.count('ERROR')}  stopped early {stopped}  {best_text}",
               file=self.stream or sys.stdout, flush=True)

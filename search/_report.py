@@ -45,6 +45,9 @@ def collect(grid, setup, *, columns: tuple = ()) -> list[dict]:
             row["status"] = "complete"
         row["node_id"] = metrics.get("node_id")
         row["_history"] = _history(result)
+        if metrics.get("timestamp"):       # the trial's own wall time, for its MLflow run (Tune's clock)
+            row["_ended"] = float(metrics["timestamp"])
+            row["_started"] = row["_ended"] - float(metrics.get("time_total_s") or 0)
         rows.append(row)
     return rows
 
@@ -76,7 +79,8 @@ def finish(rows: list[dict], exp, setup, record, *, kind) -> dict:
                "complete": sum(r["status"] == "complete" for r in rows),
                "stopped_early": sum(r["status"] == "stopped early" for r in rows),
                "failed": [{"trial_id": r["trial_id"], "reason": r.get("reason")} for r in rows if r["status"] == "failed"],
-               "budget_bytes": setup.budget_bytes, "baselines": {}, "best": ranked[0] if ranked else None}
+               "budget_bytes": setup.budget_bytes, "rungs": setup.rungs, "baselines": {},
+               "best": ranked[0] if ranked else None}
     for r in public:
         if r["name"] != r["trial_id"]:   # a named baseline (enqueued first)
             summary["baselines"][r["name"]] = r
@@ -84,8 +88,9 @@ def finish(rows: list[dict], exp, setup, record, *, kind) -> dict:
         summary["best"] = {k: v for k, v in summary["best"].items() if not k.startswith("_")}
     reference = kind.reference
     if summary["best"] and reference in summary["baselines"]:
-        base = summary["baselines"][reference].get("score")
-        summary[_gain_key(reference)] = summary["best"]["score"] - base if base is not None else None
+        comparison = compare(summary["best"], summary["baselines"][reference])
+        summary[_gain_key(reference)] = comparison["gain"] if comparison else None
+        summary["gains"] = {reference: comparison}
     second = SECOND_OBJECTIVE[setup.multi] if setup.multi else None
     if second:
         summary["pareto_front"] = [{k: v for k, v in r.items() if not k.startswith("_")}
@@ -131,6 +136,21 @@ def keep_top(top_rows: list[dict], setup, exp, record) -> list[dict]:
                         "params": plan.realised_shapes(setup.base_shapes).param_count(),
                         "folder": folder, "dir": top.child(folder).uri, "plan": plan.to_dict()})
     return entries
+
+
+def compare(best: dict, base: dict) -> dict | None:
+    """best's score minus base's at the highest rung both reported (same KL blocks, same proxy items), with the
+    parameter count of each: the two stand on the same memory budget, not necessarily on the same count.
+    None when the baseline never scored."""
+    rungs = [r.get("rung") for r in (best, base)]
+    if None in rungs or base.get("score") is None:
+        return None
+    rung = min(rungs)
+    scores = [r["score"] if r["rung"] == rung else r.get(f"score_rung{rung}") for r in (best, base)]
+    if None in scores:
+        return None
+    return {"gain": scores[0] - scores[1], "rung": int(rung), "best_score": scores[0], "baseline_score": scores[1],
+            "best_params": best.get("params"), "baseline_params": base.get("params")}
 
 
 def _gain_key(reference: str) -> str:
@@ -212,7 +232,8 @@ def _trial_for_mlflow(row: dict) -> dict:
     return {"trial_id": row["trial_id"], "name": f"{baseline or 'trial'}-{row['trial_id']}",
             "params": json.loads(row["params_json"]), "history": row.get("_history") or [],
             "tags": _tracking.trial_tags(baseline=baseline, outcome=row["status"], reason=reason),
-            "status": _tracking.OUTCOME_STATUS.get(row["status"], "FINISHED")}
+            "status": _tracking.OUTCOME_STATUS.get(row["status"], "FINISHED"),
+            "started": row.get("_started"), "ended": row.get("_ended")}
 
 
 def _plan_ops(trial: dict, setup) -> list:
@@ -230,10 +251,11 @@ def top_table(summary) -> str:
     """The top k in Markdown: name (baseline name or trial id), score, accuracy, KL, simulated memory."""
     lines = ["| rank | name | score | proxy accuracy | KL to teacher | peak memory (simulated) | parameters | "
              "checkpoint |", "|---|---|---|---|---|---|---|---|"]
-    for t in summary["top"]:
+    for t in summary["top"]:   # memory to the byte beside the rounded unit: candidates often differ by < 1 KiB
+        memory = t["peak_memory_bytes"]
         lines.append(f"| {t['rank']} | {t['name']} | {t['score']:.4f} | {_cell(t.get('proxy_accuracy'))} | "
-                     f"{_cell(t.get('kl_to_teacher'))} | {human_bytes(t['peak_memory_bytes'])} | {t['params']:,} | "
-                     f"`{t.get('folder') or t['dir']}` |")
+                     f"{_cell(t.get('kl_to_teacher'))} | {human_bytes(memory)} ({_count(memory)} B) | "
+                     f"{t['params']:,} | `{t.get('folder') or t['dir']}` |")
     return "\n".join(lines) + "\n"
 
 
@@ -246,17 +268,16 @@ def print_summary(summary, *, stream) -> None:
           f"by ASHA, {len(summary['failed'])} failed", file=stream)
     for f in summary["failed"]:
         print(f"  failed {f['trial_id']}: {f['reason']}", file=stream)
-    print(f"{'':14}{'score':>10}{'accuracy':>10}{'KL':>10}{'ppl':>10}{'memory (sim.)':>14}{'params':>12}",
+    print(f"{'':14}{'rung':>6}{'score':>10}{'accuracy':>10}{'KL':>10}{'ppl':>10}{'memory (sim.)':>14}{'params':>12}",
           file=stream)
     named = [("best", summary["best"])] + list(summary["baselines"].items())
     for label, r in named:
         if r:
-            print(f"{label:<14}{_f(r.get('score'))}{_f(r.get('proxy_accuracy'))}{_f(r.get('kl_to_teacher'))}"
-                  f"{_f(r.get('perplexity'))}{human_bytes(r.get('peak_memory_bytes')):>14}{int(r.get('params') or 0):12,}",
-                  file=stream)
-    for key, gain in _gains(summary):
-        name = {"uniform_l1": "uniform-L1"}.get(key.removeprefix("gain_over_"), key.removeprefix("gain_over_"))
-        print(f"gain over {name.replace('_', '-')} baseline at the same budget: {gain:+.4f}", file=stream)
+            print(f"{label:<14}{_rung(r.get('rung'), summary.get('rungs')):>6}{_f(r.get('score'))}"
+                  f"{_f(r.get('proxy_accuracy'))}{_f(r.get('kl_to_teacher'))}{_f(r.get('perplexity'))}"
+                  f"{human_bytes(r.get('peak_memory_bytes')):>14}{_count(r.get('params')):>12}", file=stream)
+    for reference, c in (summary.get("gains") or {}).items():
+        print(gain_line(reference, c, summary.get("rungs")), file=stream)
     agreement = summary.get("rung_agreement")
     if agreement and any(rho is not None for rho in agreement["spearman"].values()):
         cis = agreement.get("spearman_ci95") or {}
@@ -281,6 +302,30 @@ def human_bytes(n) -> str:
         if abs(n) >= scale:
             return f"{n / scale:.3f} {unit}"
     return f"{int(n)} B"
+
+
+def gain_line(reference: str, c: dict | None, rungs: int | None) -> str:
+    """The best trial against a baseline, said with what makes the two comparable (rung, memory budget) and
+    what may not be equal (parameters)."""
+    name = {"uniform-l1": "uniform-L1"}.get(reference, reference)
+    if c is None:
+        return f"gain over {name} baseline: none (the baseline has no score)"
+    where = "the final rung" if _rung(c["rung"], rungs) == "final" else f"rung {c['rung']}, the highest both reached"
+    params = (f"parameters {_count(c['best_params'])} vs {_count(c['baseline_params'])}"
+              if c.get("best_params") != c.get("baseline_params") else f"both {_count(c['best_params'])} parameters")
+    return (f"gain over {name} baseline at the same memory budget, both scored at {where}: {c['gain']:+.4f} "
+            f"(score {c['best_score']:.4f} vs {c['baseline_score']:.4f}; {params})")
+
+
+def _rung(rung, rungs) -> str:
+    """'final' for the last rung of the ladder, else the rung's index ('-' when unknown)."""
+    if rung is None:
+        return "-"
+    return "final" if rungs and int(rung) == rungs - 1 else str(int(rung))
+
+
+def _count(n) -> str:
+    return f"{int(n):,}" if isinstance(n, (int, float)) else "-"
 
 
 def _f(v) -> str:

@@ -196,7 +196,7 @@ def scratch_body(params: dict, setup: ScratchSetup, run, *, baseline: str, repor
     judges = ["memory", "throughput", objectives.HeldoutObjective(sources=setup.spec.datasets),
               objectives.ProxyAccuracyObjective(tasks=tuple(setup.tasks), unsafe_exec=setup.unsafe_exec)]
     weights = objectives.ProxyWeights.from_dict(setup.weights)
-    rung, last = 0, {}
+    rung, last, history = 0, {}, []
 
     def scored(train: dict) -> dict | None:
         nonlocal rung
@@ -205,6 +205,8 @@ def scratch_body(params: dict, setup: ScratchSetup, run, *, baseline: str, repor
         if rank != 0:
             return None
         scores = score_report(metrics, setup, seconds=time.perf_counter() - start)
+        history.append(scores["score"])          # every rung's score: gains compare trials rung with rung
+        scores.update({f"score_rung{k}": v for k, v in enumerate(history)})
         scores.update(rung=rung - 1, rungs=setup.rungs, baseline=baseline, arch=arch.describe(), world=world,
                       train_tokens=train["tokens"], train_loss=train["loss"], lr=train["lr"])
         run.log_metrics(scores, step=rung - 1)

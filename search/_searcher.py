@@ -80,9 +80,15 @@ REALISED_ATTRS = {"kept_attn_L": "realised_attn_keep", "kept_mlp_L": "realised_m
 
 
 class ConstrainedOptunaSearch(OptunaSearch):
-    def __init__(self, *args, baselines: dict | None = None, max_t: int = 1, **kwargs):
+    def __init__(self, *args, baselines: dict | None = None, max_t: int = 1, study_attrs: dict | None = None,
+                 **kwargs):
         super().__init__(*args, **kwargs)
         self._max_t = max_t
+        # what was searched (model, device, budget, experiment, ...): optuna-dashboard shows the study's user
+        # attributes, so the study says it without the run directory
+        for key, value in (study_attrs or {}).items():
+            if key not in self._ot_study.user_attrs:
+                self._ot_study.set_user_attr(key, value)
         # optuna-dashboard and study.trials_dataframe() name the objectives instead of "Objective 0"
         names = [self.metric] if isinstance(self.metric, str) else list(self.metric or [])
         if names and self._ot_study.metric_names is None:

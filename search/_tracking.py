@@ -25,13 +25,25 @@ os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
 FLUSH_GRACE_S = 90          # a finishing trial waits this long for the server before leaving the rest to the driver
 FLUSH_RETRY_S = 3
 TRIAL_TAG, PARENT_TAG = "tune_trial_id", "mlflow.parentRunId"
-# MLflow 3 opens an experiment on its GenAI (traces) view unless told it is model training: this experiment
-# tag (the UI's experiment-kind selector writes the same) makes it open on the runs table
+# MLflow 3 opens an experiment on its GenAI (traces) view; the experiment-kind tag (what the UI's selector
+# writes) says it is model training, but MLflow 3.17 still opens the overview, so the URLs printed go straight
+# to the runs table (runs_url)
 EXPERIMENT_KIND_TAG, TRAINING_KIND = "mlflow.experimentKind", "custom_model_development"
+# The runs table shows no metric by default (its default columns are Source, Models, Dataset). A view saved
+# as an experiment tag (the UI's "share view" writes the same tag) and named in the URL opens it with these
+# columns, sorted by score: what a user compares trials by.
+VIEW_KEY = "edgeprune"
+VIEW_TAG = "mlflow.sharedViewState." + VIEW_KEY
+VIEW_METRICS = ("score", "kl_to_teacher", "simulated/peak_memory_bytes", "param_count", "proxy_accuracy")
+VIEW_PARAMS = ("kept_fraction", "criterion")
+VIEW_TAGS = ("outcome", "baseline")
 # how MLflow names what a trial reports (the trial's own names stay in Tune, results.json and trials.csv)
 RENAMED = {"params": "param_count"}             # a metric called "params" reads like MLflow's Parameters tab
 DROPPED = {"composite_score"}                  # the same number as "score"
-OUTCOME_STATUS = {"complete": "FINISHED", "stopped early": "KILLED", "failed": "FAILED"}
+REALISED, REALISED_PREFIXES = {"kept_fraction"}, ("kept_attn_L", "kept_mlp_L")   # params, not metrics
+# a trial ASHA stopped did what it should (its rungs were scored): FINISHED, told apart by its outcome tag;
+# only failures read as failures
+OUTCOME_STATUS = {"complete": "FINISHED", "stopped early": "FINISHED", "failed": "FAILED"}
 
 
 def mlflow_metrics(report: dict) -> dict:
@@ -40,23 +52,39 @@ def mlflow_metrics(report: dict) -> dict:
     from objectives._provenance import label
     out = {}
     for key, value in report.items():
-        if key in DROPPED or not isinstance(value, (int, float)) or isinstance(value, bool):
+        if key in DROPPED or key in REALISED or key.startswith(REALISED_PREFIXES) or \
+            not isinstance(value, (int, float)) or isinstance(value, bool):     # realised keeps are params
             continue
         out[label(RENAMED.get(key, key))] = value
     return out
 
 
+def realised_params(report: dict) -> dict:
+    """What a trial's plan kept (kept_fraction of the parameters, kept_attn_Lii / kept_mlp_Lii per layer), as
+    params: the sampled shares alone do not say it (the repair scales them onto the budget)."""
+    return {k: round(float(v), 4) for k, v in report.items() if k in REALISED or k.startswith(REALISED_PREFIXES)}
+
+
+def runs_view() -> str:
+    """The runs-table view (columns, order) that runs_url opens, as MLflow's UI stores a shared view."""
+    column = lambda kind, key: f"{kind}.`{key}`"  # noqa: E731 - MLflow's canonical column key
+    columns = ([column("metrics", k) for k in VIEW_METRICS] + [column("params", k) for k in VIEW_PARAMS]
+               + [column("tags", k) for k in VIEW_TAGS] + [column("attributes", "Duration")])
+    return json.dumps({"orderByKey": column("metrics", "score"), "orderByAsc": False, "selectedColumns": columns})
+
+
+def runs_url(uri: str, experiment_id: str) -> str:
+    """The experiment's runs table in MLflow's UI with runs_view's columns (a server URI; a file or sqlite
+    store has no UI of its own: `mlflow ui` serves it)."""
+    return (f"{uri.rstrip('/')}/#/experiments/{experiment_id}/runs?workflowType=machine_learning"
+            f"&viewStateShareKey={VIEW_KEY}")
+
+
 def mlflow_params(params: dict) -> dict:
-    """Sampled parameters as MLflow params; per-layer pruning shares say they are shares, not keep ratios
-    (a share of 0.86 may keep 0.64: the plan scales every share onto the budget; kept_* metrics say what was)."""
-    return {_share_name(k): v for k, v in params.items()}
-
-
-def _share_name(key: str) -> str:
-    head, _, index = key.partition("_")
-    if head in ("attn", "mlp") and (not index or index.isdigit()):
-        return f"{head}_share{'_' + index if index else ''}"
-    return key
+    """Sampled parameters as MLflow params, under the names Optuna and results.json use (per-layer pruning
+    shares are named attn_share_i / mlp_share_i: a share of 0.86 may keep 0.64, since the plan scales every share
+    onto the budget; the realised keep fractions are params of their own, kept_*)."""
+    return dict(params)
 
 
 def trial_tags(*, baseline: str = "", outcome: str | None = None, reason: str | None = None) -> dict:
@@ -120,6 +148,7 @@ def ensure_parent(uri: str, experiment_name: str, *, tags: dict, run_id: str | N
     exp = c.get_experiment_by_name(experiment_name)
     exp_id = exp.experiment_id if exp else c.create_experiment(experiment_name, artifact_location=artifact_location,
                                                                tags={EXPERIMENT_KIND_TAG: TRAINING_KIND})
+    c.set_experiment_tag(exp_id, VIEW_TAG, runs_view())     # (again on resume: a newer version's columns)
     if run_id:
         c.update_run(run_id, status="RUNNING")
         return exp_id, run_id
@@ -174,11 +203,13 @@ class TrialRun:
         run._do(("tags", trial_tags(baseline=baseline)), ("params", mlflow_params(params)))
         return run
 
-    def log_plan(self, plan, result) -> None:
+    def log_plan(self, plan, result, realised: dict) -> None:
+        """plan.json, the kept-ratio plot and the realised keep fractions (`realised`: the trial's report keys)."""
         from search._plots import kept_ratio_figure
         record = {"plan": plan.to_dict(), "realised": result.summary()}
         figure = kept_ratio_figure(result.realised, result.base_shapes, result.params / result.base_params)
-        self._do(("text", json.dumps(record, indent=2), "plan.json"), ("figure", figure, "kept_ratio.png"))
+        self._do(("params", realised_params(realised)), ("text", json.dumps(record, indent=2), "plan.json"),
+                 ("figure", figure, "kept_ratio.png"))
 
     def log_record(self, record: dict, name: str) -> None:
         """A JSON artifact of the trial (e.g. a Track 2 architecture and schedule)."""
@@ -311,11 +342,13 @@ def reconcile(uri: str, experiment_id: str, parent_id: str, trials: list[dict], 
         if runs:
             run_id, params = runs[0].info.run_id, runs[0].data.params
         else:
-            run_id = c.create_run(experiment_id, run_name=trial["name"],
+            run_id = c.create_run(experiment_id, run_name=trial["name"], start_time=_ms(trial.get("started")),
                                   tags={PARENT_TAG: parent_id, TRIAL_TAG: trial["trial_id"]}).info.run_id
             params = {}
             counts["created"] += 1
-        missing = {k: v for k, v in mlflow_params(trial["params"]).items() if k not in params}
+        wanted_params = {**mlflow_params(trial["params"]), **realised_params(dict(trial["history"][-1][1]) if
+                                                                              trial["history"] else {})}
+        missing = {k: v for k, v in wanted_params.items() if k not in params}
         if missing:
             _apply(c, run_id, ("params", missing))
         logged = {m.step for m in c.get_metric_history(run_id, "score")} if runs else set()
@@ -328,5 +361,11 @@ def reconcile(uri: str, experiment_id: str, parent_id: str, trials: list[dict], 
                 _apply(c, run_id, op)
             counts["artifacts_filled"] += 1
         _apply(c, run_id, ("tags", trial.get("tags") or {}))
-        c.set_terminated(run_id, status=trial["status"])
+        info = c.get_run(run_id).info
+        if info.status != trial["status"] or not info.end_time:   # the trial's own end time stays its end time
+            c.set_terminated(run_id, status=trial["status"], end_time=info.end_time or _ms(trial.get("ended")))
     return counts
+
+
+def _ms(seconds: float | None) -> int | None:
+    return int(seconds * 1000) if seconds else None

@@ -222,7 +222,8 @@ def trial_body(params: dict, setup: TrialSetup, run, *, baseline: str, report, r
         check_distill_memory(plan, schedule, setup, gpus=world)
     trial = Evaluation(params, setup, plan)
     if rank == 0:
-        run.log_plan(plan, trial.result)
+        kept = trial.result.params / trial.result.base_params
+        run.log_plan(plan, trial.result, {**trial.kept, "kept_fraction": kept})
 
     def evaluate_and_report(extra: dict | None = None) -> bool:
         if len(trial.scores) < skip:       # reported before the trial was interrupted

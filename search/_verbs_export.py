@@ -77,6 +77,9 @@ def run_validate(args) -> int:
         raise ValueError(f"--top must be >= 1, got {args.top}")
     options = _backend_options(args)
     experiment = ExperimentRecord.open(args.root, args.experiment)
+    if args.device == "emulated":
+        from search._phone import ensure_llama_cpp
+        ensure_llama_cpp("validate", why="the emulated phone runs each candidate's GGUF with llama.cpp on this host")
     if args.ray and args.address:
         from cluster import start_ray
         start_ray(args.address, worker_env={})
@@ -118,6 +121,9 @@ def run_submit(args) -> int:
     from search._record import ExperimentRecord
     from search._submit import submit
     record = ExperimentRecord.open(args.root, args.experiment)
+    if not args.no_check:
+        from search._phone import ensure_llama_cpp
+        ensure_llama_cpp("submit", why="its checks load each candidate's GGUF with llama.cpp")
     facts = submit(record, top=args.top, out=args.out, check=not args.no_check)
     check = facts.get("check")
     if check is not None and not check["ok"]:

@@ -7,7 +7,7 @@
 """
 from __future__ import annotations
 
-from ._space import SpaceSpec
+from ._space import CRITERION, SpaceSpec, share_name
 
 OWL_LAMBDA = 0.2      # spread of per-layer shares around their mean (OWL uses +-0.08 of sparsity at 50-70 %)
 
@@ -28,14 +28,14 @@ def owl(spec: SpaceSpec, outlier_ratios: list[float]) -> dict:
 
 
 def _point(spec: SpaceSpec, shares: list[float], criterion: str) -> dict:
-    params: dict = {"importance": criterion}
+    params: dict = {CRITERION: criterion}
     if spec.runtime == "mlc":
-        params.update(attn=1.0, mlp=1.0)
+        params.update({share_name("attn"): 1.0, share_name("mlp"): 1.0})
         params.update({f"drop_{i}": False for i in range(spec.num_layers)} if spec.allow_drop else {})
     else:
         for i, s in enumerate(shares):
-            params[f"attn_{i}"] = s
-            params[f"mlp_{i}"] = s
+            params[share_name("attn", i)] = s
+            params[share_name("mlp", i)] = s
     if spec.multi:
         params["budget_use"] = 1.0
     if spec.distill_steps:

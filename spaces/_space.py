@@ -24,6 +24,10 @@ from typing import Callable
 from compress import LayerPlan, Plan
 
 BISECTION_STEPS = 40
+# parameter names, the same in Optuna, MLflow and results.json: shares are not keep fractions (the repair scales
+# them onto the budget), and the criterion is named apart from Optuna's "parameter importance"
+CRITERION = "criterion"
+LEGACY_NAMES = {"importance": CRITERION, "attn": "attn_share", "mlp": "mlp_share"}   # before they were renamed
 DISTILL_KEYS = ("distill_steps", "distill_lr", "distill_warmup", "distill_temperature", "distill_kd_weight",
                 "distill_hidden_weight")
 
@@ -47,16 +51,16 @@ class SpaceSpec:
 def define_space(trial, spec: SpaceSpec) -> None:
     """Optuna define-by-run space (used through ray.tune.search.optuna.OptunaSearch)."""
     if spec.runtime == "mlc":
-        trial.suggest_float("attn", 0.0, 1.0)
-        trial.suggest_float("mlp", 0.0, 1.0)
+        trial.suggest_float(share_name("attn"), 0.0, 1.0)
+        trial.suggest_float(share_name("mlp"), 0.0, 1.0)
         if spec.allow_drop:
             for i in range(spec.num_layers):
                 trial.suggest_categorical(f"drop_{i}", [False, True])
     else:
         for i in range(spec.num_layers):
-            trial.suggest_float(f"attn_{i}", 0.0, 1.0)
-            trial.suggest_float(f"mlp_{i}", 0.0, 1.0)
-    trial.suggest_categorical("importance", list(spec.criteria))
+            trial.suggest_float(share_name("attn", i), 0.0, 1.0)
+            trial.suggest_float(share_name("mlp", i), 0.0, 1.0)
+    trial.suggest_categorical(CRITERION, list(spec.criteria))
     if spec.multi:
         trial.suggest_float("budget_use", spec.min_budget_use, 1.0)
     if spec.distill_steps:
@@ -68,15 +72,35 @@ def define_space(trial, spec: SpaceSpec) -> None:
         trial.suggest_float("distill_hidden_weight", 0.0, 1.0)
 
 
+def share_name(kind: str, layer: int | None = None) -> str:
+    """attn_share_3 / mlp_share_3 (per layer), attn_share / mlp_share (one for every layer: mlc)."""
+    return f"{kind}_share" + ("" if layer is None else f"_{layer}")
+
+
+def current_names(params: dict) -> dict:
+    """Parameters of a search started before the renaming (attn_3, importance) under today's names, so that a
+    resumed search goes on with them."""
+    out = {}
+    for key, value in params.items():
+        head, _, index = key.partition("_")
+        if key in LEGACY_NAMES:
+            key = LEGACY_NAMES[key]
+        elif head in ("attn", "mlp") and index.isdigit():
+            key = share_name(head, int(index))
+        out[key] = value
+    return out
+
+
 def shares_of(params: dict, spec: SpaceSpec) -> tuple[list[float], list[float]]:
     """Per-layer (attention, MLP) shares; a dropped layer (mlc) has both at 0."""
-    n = spec.num_layers
+    n, params = spec.num_layers, current_names(params)
     if spec.runtime == "mlc":
         dropped = [bool(params.get(f"drop_{i}", False)) for i in range(n)]
         if all(dropped):
             dropped[0] = False  # keep at least one layer
-        return ([0.0 if d else params["attn"] for d in dropped], [0.0 if d else params["mlp"] for d in dropped])
-    return [params[f"attn_{i}"] for i in range(n)], [params[f"mlp_{i}"] for i in range(n)]
+        attn, mlp = params[share_name("attn")], params[share_name("mlp")]
+        return [0.0 if d else attn for d in dropped], [0.0 if d else mlp for d in dropped]
+    return [params[share_name("attn", i)] for i in range(n)], [params[share_name("mlp", i)] for i in range(n)]
 
 
 def params_to_plan(params: dict, spec: SpaceSpec, *, memory_of: Callable[[Plan], float], budget_bytes: float,
@@ -84,7 +108,8 @@ def params_to_plan(params: dict, spec: SpaceSpec, *, memory_of: Callable[[Plan],
     """The pure map trial parameters -> pruning plan, repaired onto the memory target."""
     attn, mlp = shares_of(params, spec)
     target = memory_target(budget_bytes, float(params.get("budget_use", 1.0)), fixed_bytes)
-    build = lambda c: _plan_at(c, attn, mlp, spec, params["importance"])  # noqa: E731
+    criterion = current_names(params)[CRITERION]
+    build = lambda c: _plan_at(c, attn, mlp, spec, criterion)  # noqa: E731
     top = 1.0 / max(min([s for s in attn + mlp if s > 0] or [1.0]), 1e-6)
     full = build(top)
     if full is not None and memory_of(full) <= target:

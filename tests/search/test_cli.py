@@ -62,30 +62,39 @@ def test_distill_cli_lowers_kl(pruned_dir, tmp_path):
     (("prune", "--dtype", "int8", "--plan", "PLAN", "--out", "OUT"), "FP16 or FP32"),
     (("distill", "--student", "/nonexistent", "--out", "OUT"), "nonexistent"),
 ])
-def test_bad_input_one_line_nonzero(args, message, tmp_path):
+def test_bad_input_one_line_nonzero(args, message, tmp_path, capsys, monkeypatch):
     plan = tmp_path / "plan.json"
     plan.write_text(json.dumps(PLAN))
     args = [str(plan) if a == "PLAN" else str(tmp_path / "out") if a == "OUT" else a for a in args]
-    proc = cli(*args)
-    assert proc.returncode == 2, proc.stderr
-    assert message in proc.stderr and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    code, _, err = in_process(args, capsys, monkeypatch)     # the CLI's main, without seconds of imports per case
+    assert code == 2, err
+    assert message in err and len(err.strip().splitlines()) == 1, err
     assert not (tmp_path / "out").exists()
 
 
-def test_teacher_with_another_vocabulary_is_refused(pruned_dir, tmp_path):
+def in_process(argv, capsys, monkeypatch) -> tuple[int, str, str]:
+    """`python -m search ARGV` in this process (the entry point itself: test_search_e2e's subprocess cases)."""
+    from tests.search.test_bad_input import run_cli
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    capsys.readouterr()
+    return run_cli(argv, capsys)
+
+
+def test_teacher_with_another_vocabulary_is_refused(pruned_dir, tmp_path, capsys, monkeypatch):
     from tests.conftest import tiny_model
     other = tmp_path / "other"
     tiny_model("llama").save_pretrained(other)   # vocab 128, the bundled model has 512
-    proc = cli("evaluate", "--model", str(pruned_dir), "--teacher", str(other), "--tasks", "csqa")
-    assert proc.returncode == 2 and "vocab" in proc.stderr.lower() and len(proc.stderr.strip().splitlines()) == 1
+    code, _, err = in_process(["evaluate", "--model", pruned_dir, "--teacher", other, "--tasks", "csqa"], capsys,
+                              monkeypatch)
+    assert code == 2 and "vocab" in err.lower() and len(err.strip().splitlines()) == 1
 
 
-def test_prune_refuses_to_overwrite(pruned_dir, tmp_path):
+def test_prune_refuses_to_overwrite(pruned_dir, tmp_path, capsys, monkeypatch):
     plan = tmp_path / "plan.json"
     plan.write_text(json.dumps(PLAN))
     before = sorted(p.name for p in pruned_dir.iterdir())
-    proc = cli("prune", "--plan", str(plan), "--out", str(pruned_dir))
-    assert proc.returncode == 2 and "--force" in proc.stderr
+    code, _, err = in_process(["prune", "--plan", plan, "--out", pruned_dir], capsys, monkeypatch)
+    assert code == 2 and "--force" in err
     assert sorted(p.name for p in pruned_dir.iterdir()) == before
 
 

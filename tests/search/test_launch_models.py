@@ -50,7 +50,7 @@ def pruning_budget_gb(family: str) -> float:
     return (est.total_bytes - 0.3 * (est.weight_bytes + est.kv_cache_bytes)) / 1024**3
 
 
-def search(*args, cache, root, timeout=600):
+def search(*args, cache, root, timeout=1800):     # a hang guard, not a speed target
     env = {**os.environ, "HF_HUB_CACHE": str(cache), "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
     env.pop("HF_HOME", None)
     cmd = [sys.executable, "-m", "search", *args]

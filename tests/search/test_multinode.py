@@ -95,7 +95,7 @@ def test_launch_on_three_nodes(cluster):
     killer = threading.Thread(target=_kill_one_trial_worker, args=(cluster["workers"], stop, killed), daemon=True)
     killer.start()
     try:
-        proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+        proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=1800)
     finally:
         stop.set()
         killer.join()
@@ -127,8 +127,9 @@ def test_launch_on_three_nodes(cluster):
     runs_ = client.search_runs([client.get_experiment_by_name("mn").experiment_id])
     children = [r for r in runs_ if "mlflow.parentRunId" in r.data.tags]
     assert sorted(r.data.tags["tune_trial_id"] for r in children) == sorted(r["trial_id"] for r in rows)
-    status = {"complete": "FINISHED", "stopped early": "KILLED"}          # ASHA's stops read as such in MLflow
-    assert all(r.info.status == status[r.data.tags["outcome"]] and "score" in r.data.metrics for r in children)
+    # ASHA's stops are no failures: FINISHED, told apart by the outcome tag
+    assert all(r.info.status == "FINISHED" and r.data.tags["outcome"] in ("complete", "stopped early")
+               and "score" in r.data.metrics for r in children)
     parent = next(r for r in runs_ if "mlflow.parentRunId" not in r.data.tags)
     artifacts = record / "mlartifacts" / parent.info.experiment_id / parent.info.run_id / "artifacts"
     shipped = (artifacts / "trial_setup.json").read_text()      # what every trial received

@@ -10,7 +10,7 @@ from search._searcher import make_sampler
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 SPEC = spaces.SpaceSpec(num_layers=5, criteria=("l1", "activation"))
-SHARES = [f"{kind}_{i}" for i in range(5) for kind in ("attn", "mlp")]
+SHARES = [spaces.share_name(kind, i) for i in range(5) for kind in ("attn", "mlp")]
 # a toy fitness with the shape of the real one: what matters is where the budget goes (scale-invariant)
 TARGET = [0.9, 0.2, 0.5, 0.8, 0.3, 0.6, 0.7, 0.1, 0.4, 1.0]
 
@@ -18,7 +18,7 @@ TARGET = [0.9, 0.2, 0.5, 0.8, 0.3, 0.6, 0.7, 0.1, 0.4, 1.0]
 def toy(params) -> float:
     total = sum(params[n] for n in SHARES) or 1.0
     return -sum((params[n] / total - t / sum(TARGET)) ** 2 for n, t in zip(SHARES, TARGET)) * 1e3 \
-        - (params["importance"] != "activation")
+        - (params["criterion"] != "activation")
 
 
 def optimise(sampler, trials=60, baselines=None) -> optuna.Study:
@@ -61,7 +61,7 @@ def test_evolution_beats_random_search_on_a_budget_allocation_problem():
 
 
 def test_evolution_never_repeats_a_candidate():
-    coarse = lambda p: tuple(round(p[n] * 8) for n in SHARES) + (p["importance"],)  # noqa: E731 - a coarse "plan"
+    coarse = lambda p: tuple(round(p[n] * 8) for n in SHARES) + (p["criterion"],)  # noqa: E731 - a coarse "plan"
     study = optimise(EvolutionSampler(seed=1, key=coarse), trials=40, baselines={"u": spaces.uniform_l1(SPEC)})
     keys = [coarse(t.params) for t in study.trials]
     assert len(set(keys)) == len(keys)
@@ -71,7 +71,7 @@ def test_feasible_trials_are_preferred_as_parents():
     study = optuna.create_study(direction="maximize")
     for value, constraint in ((3.0, 0.2), (1.0, -0.1)):
         trial = study.ask()
-        trial.suggest_float("attn_0", 0, 1)
+        trial.suggest_float("attn_share_0", 0, 1)
         trial.set_constraint("constraint", constraint)
         study.tell(trial, value)
     assert best_trial(study).value == 1.0

@@ -14,7 +14,7 @@ import experiments
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
-def search(*args, root=None, timeout=400):
+def search(*args, root=None, timeout=1800):     # a hang guard, not a speed target
     where = ["--root", str(root)] if root else []
     return subprocess.run([sys.executable, "-m", "search", *args, *where], cwd=REPO, capture_output=True,
                           text=True, timeout=timeout, env={**os.environ, "OMP_NUM_THREADS": "1"})
@@ -50,8 +50,9 @@ def test_scratch_search_end_to_end(tmp_path):
     client = MlflowClient(f"sqlite:///{exp / 'mlflow.db'}")          # the experiment's own store, read directly
     runs = client.search_runs([client.get_experiment_by_name("s2").experiment_id])
     children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
-    status = {"complete": "FINISHED", "stopped early": "KILLED"}          # ASHA's stops read as such in MLflow
-    assert len(children) == 3 and all(r.info.status == status[r.data.tags["outcome"]] for r in children)
+    # ASHA's stops are no failures: FINISHED, told apart by the outcome tag; the hand-picked baseline ran every rung
+    assert len(children) == 3 and all(r.info.status == "FINISHED" for r in children)
+    assert [r.data.tags["outcome"] for r in children if r.data.tags.get("baseline")] == ["complete"]
     assert all("heldout_nats_per_byte" in r.data.metrics for r in children)
     first = children[0].info
     assert (exp / "mlartifacts" / first.experiment_id / first.run_id / "artifacts" / "arch.json").is_file()

@@ -19,11 +19,12 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from cluster._nodes import kill_mentioning, pids_mentioning
+from tests.search.test_pareto import check_front
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
-def search(*args, root, timeout=400, ray_tmp=None):
+def search(*args, root, timeout=1800, ray_tmp=None):   # a hang guard: two workers on a loaded machine take minutes
     cmd = [sys.executable, "-m", "search", *args, "--root", str(root)]
     return subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=timeout, env=_env(ray_tmp))
 
@@ -92,8 +93,11 @@ def test_short_search_end_to_end(tmp_path):
     assert len(parents) == 1 and len(children) == 4 and "MLflow: http://127.0.0.1:" in out
     assert artifacts(tmp_path, "e2e", children[0]) >= {"plan.json", "kept_ratio.png"}
     assert artifacts(tmp_path, "e2e", parents[0]) >= {"score_vs_memory.png", "top_k.md", "trial_setup.json"}
-    status = {"complete": "FINISHED", "stopped early": "KILLED"}          # ASHA's stops read as such in MLflow
-    assert all("kl_to_teacher" in c.data.metrics and c.info.status == status[c.data.tags["outcome"]] for c in children)
+    # ASHA's stops are no failures: FINISHED, told apart by the outcome tag; the baselines ran every rung
+    assert all("kl_to_teacher" in c.data.metrics and c.info.status == "FINISHED" for c in children)
+    assert {c.data.tags["outcome"] for c in children if c.data.tags.get("baseline")} == {"complete"}
+    assert all(r["status"] == "complete" and r["rung"] == 1 for r in rows if r["name"] in ("uniform-l1", "owl"))
+    assert "both scored at the final rung" in out and "MLflow afterwards:" in out
     assert parents[0].info.status == "FINISHED" and not pids_mentioning(tmp_path / "e2e")   # the server stopped
     # `top` reads the results; launching the same experiment again refuses to overwrite it
     top_out = search("top", "--experiment", "e2e", "--k", "2", root=tmp_path)
@@ -110,7 +114,7 @@ def test_kill_then_resume_keeps_completed_trials(tmp_path, ray_tmp):
         driver = subprocess.Popen(cmd, cwd=REPO, stdout=out, stderr=subprocess.STDOUT, text=True,
                                   env=_env(ray_tmp), start_new_session=True)
     db = tmp_path / "kill" / "optuna.db"
-    deadline = time.time() + 300
+    deadline = time.time() + 900            # under load, two completed trials can take minutes
     while time.time() < deadline and driver.poll() is None:
         time.sleep(2)
         if db.exists() and study_states(tmp_path, "kill").count("COMPLETE") >= 2:
@@ -141,14 +145,17 @@ def test_kill_then_resume_keeps_completed_trials(tmp_path, ray_tmp):
     assert all(r.info.status == "FINISHED" for r in children + parents)
 
 
-def test_bad_input_is_one_line(tmp_path):
-    for args, message in [(("launch", "--model", "qwen-7"), "did you mean 'qwen-7b'"),
-                          (("launch", "--device", "phone-12g"), "did you mean 'phone-12gb'"),
+def test_bad_input_is_one_line(tmp_path, capsys, monkeypatch):
+    from tests.search.test_cli import in_process
+    proc = search("launch", "--model", "qwen-7", root=tmp_path, timeout=120)     # the real entry point, once
+    assert proc.returncode == 2 and "did you mean 'qwen-7b'" in proc.stderr, proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
+    for args, message in [(("launch", "--device", "phone-12g"), "did you mean 'phone-12gb'"),
                           (("resume", "--experiment", "nope"), "no experiment 'nope'"),
                           (("launch", "--budget-gb", "-1"), "budget_gb must be positive")]:
-        proc = search(*args, root=tmp_path, timeout=120)
-        assert proc.returncode == 2 and message in proc.stderr, (args, proc.stderr)
-        assert len(proc.stderr.strip().splitlines()) == 1
+        code, _, err = in_process([*args, "--root", tmp_path], capsys, monkeypatch)    # the same main, no imports
+        assert code == 2 and message in err, (args, err)
+        assert len(err.strip().splitlines()) == 1 and not any(tmp_path.iterdir())
 
 
 def test_multi_objective_mlc_search_prints_pareto_front(tmp_path):
@@ -159,6 +166,9 @@ def test_multi_objective_mlc_search_prints_pareto_front(tmp_path):
     results = json.loads((tmp_path / "multi" / "results.json").read_text())
     front = results["summary"]["pareto_front"]
     assert front and all(r["status"] == "complete" for r in front)
+    # the front is the non-dominated set of the complete trials (score up, simulated memory down)
+    complete = [r for r in results["trials"] if r["status"] == "complete"]
+    check_front(front, complete, "peak_memory_bytes", "min")
     # MLC: every kept layer has one shape
     for entry in results["summary"]["top"]:
         shapes = json.loads(open(os.path.join(entry["dir"], "plan.json")).read())["realised"]["layers"]

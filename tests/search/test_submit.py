@@ -17,7 +17,7 @@ from mlflow.tracking import MlflowClient
 REPO = Path(__file__).resolve().parents[2]
 
 
-def search(*args, root, timeout=600):
+def search(*args, root, timeout=1800):      # a hang guard, not a speed target
     proc = subprocess.run([sys.executable, "-m", "search", *args, "--root", str(root)], cwd=REPO, capture_output=True,
                           text=True, timeout=timeout, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert proc.returncode == 0, f"{args[0]} failed:\n{proc.stderr[-3000:]}"
@@ -43,7 +43,7 @@ def test_launch_validate_full_eval_submit_and_the_bundle_checks(tmp_path):
     assert row["Memory-Usage-Kind"] == row["Throughput-Kind"] == "measured-emulated" and row["GSM8K"] != ""
 
     bundle = tmp_path / "bundle"
-    out = search("submit", "--experiment", "sub", "--out", str(bundle), root=tmp_path, timeout=900)
+    out = search("submit", "--experiment", "sub", "--out", str(bundle), root=tmp_path, timeout=1800)
     assert "checks passed" in out
     check = json.loads((bundle / "check.json").read_text())
     (name, checks), = check["candidates"].items()
@@ -83,14 +83,20 @@ def _mlflow_reads_right(exp: Path):
     for run in children:
         tags = run.data.tags
         assert tags["outcome"] == "complete" and "stopped_early" not in tags and tags["baseline"] in ("owl", "uniform-l1")
-        assert {"kept_attn_L00", "param_count", "simulated/peak_memory_bytes"} <= set(run.data.metrics)
-        assert not {"params", "composite_score"} & set(run.data.metrics) and "attn_share_0" in run.data.params
+        assert {"param_count", "simulated/peak_memory_bytes"} <= set(run.data.metrics)
+        assert not {"params", "composite_score", "kept_attn_L00"} & set(run.data.metrics)
+        assert {"attn_share_0", "criterion", "kept_attn_L00", "kept_fraction"} <= set(run.data.params)
 
 
 def _study_reads_right(exp: Path):
     study = optuna.load_study(study_name="sub", storage=f"sqlite:///{exp / 'optuna.db'}")
     assert study.metric_names == ["score"]
     assert all(len(t.user_attrs["realised_attn_keep"]) == 5 for t in study.trials)
+    # the study says what was searched, and names its parameters as MLflow and results.json do
+    expected = {"experiment": "sub", "model": "stories260k", "device": "stories260k-tiny"}
+    assert expected.items() <= study.user_attrs.items()
+    assert "budget" in study.user_attrs and list(study.user_attrs)[:4] == ["experiment", "model", "device", "budget"]
+    assert {"attn_share_0", "criterion"} <= set(study.trials[0].params)
 
 
 def test_uniform_candidate_gets_an_mlc_build_sharing_the_weights(tmp_path):

@@ -34,7 +34,7 @@ def test_every_sample_lands_on_the_budget(runtime):
         assert used <= budget
         kept_whole = all(l.attn_keep == 1 and l.mlp_keep == 1 for l in plan.layers if not l.dropped)
         assert used >= 0.85 * budget or kept_whole, "the repair should use the budget, not waste it"
-        assert plan.importance == params["importance"]
+        assert plan.importance == params["criterion"]
 
 
 def test_mlc_shapes_are_uniform_and_llama_cpp_ones_vary():
@@ -97,3 +97,18 @@ def test_the_space_passes_reconstruction_to_every_plan():
             plan = spaces.params_to_plan(params, spec, memory_of=weight_bytes, budget_bytes=0.6 * DENSE)
             assert plan.reconstruct is reconstruct
         assert all(p.reconstruct is reconstruct for p in spaces.smallest_plans(spec))
+
+
+def test_one_set_of_parameter_names_and_old_searches_read_under_them():
+    """Optuna, MLflow and results.json share these names: shares say they are shares, the criterion is not
+    called "importance" (Optuna's dashboard has a chart of that name); a search saved before the renaming
+    resumes with the same plans."""
+    spec = spaces.SpaceSpec(num_layers=5, criteria=("l1", "taylor"))
+    params = next(sample(spec, 1))
+    assert set(params) == {f"{k}_share_{i}" for i in range(5) for k in ("attn", "mlp")} | {"criterion"}
+    old = {("importance" if k == "criterion" else k.replace("_share", "")): v for k, v in params.items()}
+    assert spaces.params_to_plan(old, spec, memory_of=weight_bytes, budget_bytes=0.6 * DENSE) == \
+        spaces.params_to_plan(params, spec, memory_of=weight_bytes, budget_bytes=0.6 * DENSE)
+    mlc = spaces.SpaceSpec(num_layers=5, runtime="mlc")
+    assert {"attn_share", "mlp_share", "criterion"} <= set(next(sample(mlc, 1)))
+    assert set(spaces.uniform_l1(spec)) == set(params)
