@@ -24,15 +24,21 @@ def number(value, name: str, *, integer: bool = False, low=None, high=None, low_
     when it says the range itself, e.g. "positive")."""
     kind = noun or ("an integer" if integer else "a number")
     ok = isinstance(value, int) if integer else isinstance(value, (int, float))
-    ok = ok and not isinstance(value, bool) and math.isfinite(value)
+    # (an int is finite however large; math.isfinite would overflow on 10**400)
+    ok = ok and not isinstance(value, bool) and (isinstance(value, int) or math.isfinite(value))
     if ok and low is not None:
         ok = value > low if low_open else value >= low
     if ok and high is not None:
         ok = value < high if high_open else value <= high
     if not ok:
         bounds = _range(low, high, low_open, high_open) if show_range else ""
-        raise ValueError(f"{name} must be {kind}{bounds}, got {value!r}")
+        raise ValueError(f"{name} must be {kind}{bounds}, got {_shown(value)}")
     return value
+
+
+def _shown(value, width: int = 60) -> str:
+    text = repr(value)
+    return text if len(text) <= width else text[:width - 3] + "..."
 
 
 def _range(low, high, low_open, high_open) -> str:
@@ -51,7 +57,7 @@ def _n(bound) -> str:
 
 def boolean(value, name: str) -> bool:
     if not isinstance(value, bool):
-        raise ValueError(f"{name} must be true or false, got {value!r}")
+        raise ValueError(f"{name} must be true or false, got {_shown(value)}")
     return value
 
 

@@ -110,7 +110,8 @@ class ExperimentRecord:
         if storage is not None:
             if storage.local_path is not None:
                 check_writable_folder(storage.local_path, "--storage")
-                if storage.child(name).local_path.resolve().is_relative_to(record.path):
+                inside = storage.child(name).local_path.resolve()
+                if inside != record.path and inside.is_relative_to(record.path):
                     raise ValueError(f"--storage {storage.uri} would put the experiment's storage inside its own run "
                                      f"directory {record.path}; leave --storage out for that")
             if storage.child(name).exists("tune"):
@@ -151,8 +152,8 @@ class ExperimentRecord:
         tracking server started meanwhile), so a refused launch leaves nothing behind."""
         self.path.mkdir(parents=True, exist_ok=True)
         state = {"status": "starting"}
-        if storage_root is not None:
-            state["storage"] = storage_root.child(self.name).uri
+        if storage_root is not None and storage_root.child(self.name).uri != str(self.path):
+            state["storage"] = storage_root.child(self.name).uri    # (--storage = --root is the default storage)
         self.write_state(state)
         try:
             yield self

@@ -198,6 +198,8 @@ CASES_23 = [
     # plans
     ("plan keep 1e400", ["prune", "--plan", "{plan_keep_1e400}", "--out", "{out}"],
      "attn_keep must be a number in [0, 1], got inf"),
+    ("plan keep 10**400 (an integer)", ["prune", "--plan", "{plan_keep_int_huge}", "--out", "{out}"],
+     "attn_keep must be a number in [0, 1], got 1000"),
     ("plan importance a list", ["prune", "--plan", "{plan_importance_list}", "--out", "{out}"],
      "importance must be a criterion name"),
     ("plan importance a mapping", ["prune", "--plan", "{plan_importance_dict}", "--out", "{out}"],
@@ -320,6 +322,8 @@ def _issue23_world(tmp: Path, paths: dict) -> None:
         paths[key].write_text(json.dumps(data))
     paths["plan_keep_1e400"] = tmp / "keep_1e400.json"
     paths["plan_keep_1e400"].write_text(json.dumps(GOOD_PLAN).replace("0.5", "1e400"))
+    paths["plan_keep_int_huge"] = tmp / "keep_int_huge.json"
+    paths["plan_keep_int_huge"].write_text(json.dumps(GOOD_PLAN).replace("0.5", "1" + "0" * 400))
     paths["plan_deep"] = tmp / "deep.json"
     paths["plan_deep"].write_text("[" * 100_000 + "]" * 100_000)
     (tmp / "plans").mkdir()
