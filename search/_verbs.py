@@ -163,6 +163,8 @@ def launch(args) -> int:
                  "proxy.unsafe_exec": True if args.unsafe_exec else None, **_settings(args.settings)}
     exp = experiments.load_experiment(model=args.model, config=args.config, overrides=overrides,
                                       model_params=_param_count)
+    if args.full_eval_top > exp.search.trials:
+        raise ValueError(f"--full-eval-top {args.full_eval_top}: the search has {exp.search.trials} trials")
     root = Path(args.root)
     name = args.experiment if args.experiment is not None else _free_name(root, _default_name(exp.model))
     storage = Storage.check(args.storage) if args.storage else None     # an unknown filesystem: one line
