@@ -345,6 +345,7 @@ def distill(args) -> int:
               f"ppl {metrics['heldout_ppl']:.2f}", flush=True)
         return False
     compress.check_parent(args.out)
+    compress.check_apart(args.out, [args.student, compress.resolve_model(args.teacher)])   # never over an input
     result = compress.run_distill(args.student, args.teacher, args.steps, args.out, force=args.force,
                                   on_report=progress, **overrides)
     _print_json(result)

@@ -138,6 +138,8 @@ CASES_23 = [
      "lies inside the input"),
     ("prune --out a folder holding the plan, --force", ["prune", "--plan", "{tmp}/plans/good.json", "--out",
                                                         "{tmp}/plans", "--force"], "contains the input"),
+    ("distill --out the student itself, --force", ["distill", "--student", "{model}", "--out", "{model}", "--force"],
+     "is the input"),
     ("export --out into the model", ["export", "--model", "{model}", "--format", "gguf", "--out", "{model}/m.gguf"],
      "lies inside the input"),
     ("export --out in a missing folder", ["export", "--model", "stories260k", "--format", "gguf", "--out",
