@@ -9,6 +9,7 @@ import sys
 import threading
 
 DEFAULT_DASHBOARD_PORT = 8265
+DASHBOARD_ATTEMPTS = 3
 PROBE_TIMEOUT_S = 5
 JOIN_TIMEOUT_S = 30          # bad input must fail within 30 s
 # HTTP/2 client preface + an empty SETTINGS frame: a gRPC server (Ray's GCS) answers with a SETTINGS frame.
@@ -82,10 +83,23 @@ def start_ray(address: str | None, *, worker_env: dict):
         print(f"joined Ray cluster at {address} ({len(alive_nodes())} nodes)", flush=True)
     else:
         os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # local, loopback-only dashboard
-        port = free_port(preferred=DEFAULT_DASHBOARD_PORT)
-        env["RAY_API_SERVER_ADDRESS"] = f"http://127.0.0.1:{port}"
-        ctx = ray.init(num_cpus=os.cpu_count(), include_dashboard=True, dashboard_host="127.0.0.1",
-                       dashboard_port=port, log_to_driver=False, runtime_env={"env_vars": env})
+        preferred = DEFAULT_DASHBOARD_PORT
+        for attempt in range(DASHBOARD_ATTEMPTS):
+            port = free_port(preferred=preferred)
+            env["RAY_API_SERVER_ADDRESS"] = f"http://127.0.0.1:{port}"
+            try:
+                ctx = ray.init(num_cpus=os.cpu_count(), include_dashboard=True, dashboard_host="127.0.0.1",
+                               dashboard_port=port, log_to_driver=False, runtime_env={"env_vars": env})
+                break
+            except Exception as err:     # noqa: BLE001 - Ray raises a bare Exception for this one
+                # another process took the free port between our check and the dashboard's bind (several
+                # searches starting on one machine): start again on another port
+                if "valid port for dashboard" not in str(err) or attempt == DASHBOARD_ATTEMPTS - 1:
+                    raise
+                ray.shutdown()
+                preferred = 0
+        from ._reaper import spawn
+        spawn()                  # the local cluster's processes die with this driver, even a SIGKILLed one
     url = getattr(ctx, "dashboard_url", None)
     print(f"Ray dashboard: http://{url}" if url else "Ray dashboard: not available", flush=True)
     return ray

@@ -31,10 +31,12 @@ import torch
 from ._distill_data import (DEFAULT_MIX, BlockMixer, LayerOutputs, check_mix, fidelity, heldout_blocks,
                             hidden_loss, kd_loss, lm_loss)
 from ._families import family_of
+from ._inputs import boolean, number
 
 FULL_KD_VOCAB = 4096          # vocabularies up to this size use the full-vocabulary KL by default
 AUTO_TOP_K = 256              # otherwise the teacher's top-k logits
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+MAX_STEPS = 10_000_000          # bounds a typo, not a schedule: the largest distillations here are thousands of steps
 BYTES = {"fp32": 4, "bf16": 2, "fp16": 2}
 ACT_BYTES_PER_TOKEN_HIDDEN = 34   # per layer, 16-bit activations (Korthikanti et al. 2022, w/o attention scores)
 LOGIT_COPIES = 4                  # fp32 student logits, their log-softmax and grad, teacher probabilities
@@ -67,24 +69,26 @@ class DistillSchedule:
 
     def __post_init__(self):
         object.__setattr__(self, "mix", check_mix(self.mix))  # refuses datasets the rules do not allow
-        for name in ("steps", "seq_len", "batch_size", "gradient_accumulation", "report_every", "heldout_blocks"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"{name} must be a positive integer, got {value!r}")
-        if not isinstance(self.warmup_steps, int) or self.warmup_steps < 0:
-            raise ValueError(f"warmup_steps must be an integer >= 0, got {self.warmup_steps!r}")
-        if self.zero_stage not in (0, 1, 2, 3):
+        for name, most in (("steps", MAX_STEPS), ("seq_len", 2**20), ("batch_size", 2**16),
+                           ("gradient_accumulation", 2**16), ("report_every", MAX_STEPS), ("heldout_blocks", 2**16)):
+            number(getattr(self, name), name, integer=True, low=1, high=most, noun="a positive integer")
+        number(self.warmup_steps, "warmup_steps", integer=True, low=0, high=MAX_STEPS)
+        if isinstance(self.zero_stage, bool) or self.zero_stage not in (0, 1, 2, 3):
             raise ValueError(f"zero_stage must be 0, 1, 2 or 3, got {self.zero_stage!r}")
-        if self.precision not in PRECISIONS:
+        if not isinstance(self.precision, str) or self.precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
-        if not 0.0 <= self.kd_weight <= 1.0:
-            raise ValueError(f"kd_weight must be in [0, 1], got {self.kd_weight!r}")
-        checks = {"lr": self.lr > 0, "temperature": self.temperature > 0, "hidden_weight": self.hidden_weight >= 0,
-                  "min_lr_ratio": 0 <= self.min_lr_ratio <= 1, "gradient_clipping": self.gradient_clipping >= 0,
-                  "weight_decay": self.weight_decay >= 0, "top_k": self.top_k is None or self.top_k >= 0}
-        for name, ok in checks.items():
-            if not ok:
-                raise ValueError(f"{name} is out of range: {getattr(self, name)!r}")
+        number(self.kd_weight, "kd_weight", low=0, high=1)
+        number(self.lr, "lr", low=0, low_open=True, high=1)
+        number(self.temperature, "temperature", low=0, low_open=True, high=100)
+        number(self.hidden_weight, "hidden_weight", low=0, high=1e6)
+        number(self.min_lr_ratio, "min_lr_ratio", low=0, high=1)
+        number(self.gradient_clipping, "gradient_clipping", low=0, high=1e6)
+        number(self.weight_decay, "weight_decay", low=0, high=1e6)
+        if self.top_k is not None:
+            number(self.top_k, "top_k", integer=True, low=0, high=2**23)
+        number(self.seed, "seed", integer=True, low=0, high=2**32 - 1)
+        boolean(self.hub, "hub")
+        boolean(self.activation_checkpointing, "activation_checkpointing")
 
     def lr_at(self, step: int) -> float:
         """Learning rate of optimizer step `step` (0-based)."""

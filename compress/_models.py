@@ -13,7 +13,9 @@ from pathlib import Path
 
 import torch
 
+from ._families import supported_families
 from ._names import Registry
+from ._shapes import check_config
 
 BUNDLED_MODELS = Path(__file__).parent / "_bundled"
 ALLOWED_DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16, "fp16": torch.float16}
@@ -78,10 +80,16 @@ def _check_not_quantized(config) -> None:
 
 
 def load_config(name: str | os.PathLike):
+    from huggingface_hub.errors import StrictDataclassFieldValidationError
     from transformers import AutoConfig
     source = resolve_model(name)
-    config = _from_hub_or_cache(AutoConfig.from_pretrained, source, name)
+    try:
+        config = _from_hub_or_cache(AutoConfig.from_pretrained, source, name)
+    except StrictDataclassFieldValidationError as err:      # transformers' own field types: a wrong-typed config
+        raise ValueError(f"model config of {source}: {' '.join(str(err).split())}") from None
     _check_not_quantized(config)
+    if getattr(config, "model_type", None) in supported_families():
+        check_config(config)              # sizes that fit together, before anything is built from them
     return config
 
 
@@ -91,7 +99,7 @@ def load_model(name: str | os.PathLike = DEFAULT_MODEL, *, dtype: str | torch.dt
     Per-layer-shaped checkpoints load with the project's own class, without remote code. A checkpoint
     that cannot be loaded as its config describes (corrupt or truncated weights, shapes the config
     gets wrong, missing or extra tensors) is one ValueError line, never a half-random model."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
     from ._modeling_pruned import PRUNED_CLASSES
     from ._families import family_of
 
@@ -99,15 +107,31 @@ def load_model(name: str | os.PathLike = DEFAULT_MODEL, *, dtype: str | torch.dt
     source = resolve_model(name)
     config = load_config(name)
     family_of(config)
+    tokenizer = load_tokenizer_of(name)          # cheap, so a broken one is refused before the weights load
     if getattr(config, "layer_shapes", None):
         cls = PRUNED_CLASSES[config.model_type]
         model = _checked_weights(cls.from_pretrained, source, name, config=config, dtype=torch_dtype)
     else:
         model = _checked_weights(AutoModelForCausalLM.from_pretrained, source, name, dtype=torch_dtype)
-    tokenizer = None
-    if not Path(source).is_dir() or any((Path(source) / f).is_file() for f in TOKENIZER_FILES):
-        tokenizer = _from_hub_or_cache(AutoTokenizer.from_pretrained, source, name)
     return model.eval(), tokenizer
+
+
+def load_tokenizer_of(name: str | os.PathLike):
+    """The model's tokenizer, or None for a directory without one. Tokenizer files that do not parse (a
+    tokenizer.json of another shape) are one line: checked by `launch` before Ray starts, by the verbs on load."""
+    import json
+    from transformers import AutoTokenizer
+    source = resolve_model(name)
+    if Path(source).is_dir() and not any((Path(source) / f).is_file() for f in TOKENIZER_FILES):
+        return None
+    try:
+        return _from_hub_or_cache(AutoTokenizer.from_pretrained, source, name)
+    except (KeyError, TypeError, AttributeError, IndexError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ValueError(f"tokenizer of {source} cannot be loaded ({type(err).__name__}: {_first_line(err)})") from None
+    except Exception as err:           # the `tokenizers` library reports a malformed tokenizer.json as a bare Exception
+        if type(err) is not Exception:
+            raise
+        raise ValueError(f"tokenizer of {source} cannot be loaded ({_first_line(err)})") from None
 
 
 def _checked_weights(loader, source: str, name, **kwargs):

@@ -17,14 +17,21 @@ into integer unit counts by `realise` (rounded to nearest, at least one unit whe
 """
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
+from ._inputs import boolean, number, read_json
 from ._shapes import LayerShape, ModelShapes
 
 ATTN_UNITS = ("kv_group", "head")
 CALIBRATION_KEYS = ("samples", "seq_len", "seed", "select", "hub")
+# Calibration is a few hundred blocks of a few hundred tokens in the literature (Wanda / FLAP / SlimGPT: 128 x 2048
+# = 262K tokens); these caps keep a typo (1e9 samples) from running for hours or streaming the hub without end.
+MAX_CALIBRATION_SAMPLES = 4096
+MAX_CALIBRATION_SEQ_LEN = 32768
+MAX_CALIBRATION_TOKENS = 2**21
+MAX_SEED = 2**32 - 1                 # what numpy / torch generators take
+DEFAULT_SAMPLES, DEFAULT_SEQ_LEN = 64, 128     # (compress/_rankings.py CALIBRATION_DEFAULTS)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -34,9 +41,7 @@ class LayerPlan:
 
     def __post_init__(self):
         for name in ("attn_keep", "mlp_keep"):
-            value = getattr(self, name)
-            if not isinstance(value, (int, float)) or not 0.0 <= float(value) <= 1.0:
-                raise ValueError(f"{name} must be a number in [0, 1], got {value!r}")
+            number(getattr(self, name), name, low=0, high=1)
 
     @property
     def dropped(self) -> bool:
@@ -54,14 +59,14 @@ class Plan:
 
     def __post_init__(self):
         from ._criteria import CRITERIA  # late: criteria import groups, which need torch
+        if not isinstance(self.importance, str):
+            raise ValueError(f"importance must be a criterion name (a string), got {self.importance!r}")
         CRITERIA.get(self.importance)   # unknown names fail here, before any model is loaded
-        if self.attn_unit not in ATTN_UNITS:
+        if not isinstance(self.attn_unit, str) or self.attn_unit not in ATTN_UNITS:
             raise ValueError(f"attn_unit must be one of {ATTN_UNITS}, got {self.attn_unit!r}")
-        if not isinstance(self.mlp_multiple, int) or self.mlp_multiple < 1:
-            raise ValueError(f"mlp_multiple must be a positive integer, got {self.mlp_multiple!r}")
+        number(self.mlp_multiple, "mlp_multiple", integer=True, low=1, noun="a positive integer", show_range=False)
         check_calibration(self.calibration)
-        if not isinstance(self.reconstruct, bool):
-            raise ValueError(f"reconstruct must be true or false, got {self.reconstruct!r}")
+        boolean(self.reconstruct, "reconstruct")
         if not self.layers:
             raise ValueError("a plan needs at least one layer entry")
         if all(layer.dropped for layer in self.layers):
@@ -94,14 +99,7 @@ class Plan:
 
     @classmethod
     def load(cls, path) -> "Plan":
-        path = Path(path)
-        if not path.is_file():
-            raise ValueError(f"plan file not found: {path}")
-        try:
-            data = json.loads(path.read_text())
-        except json.JSONDecodeError as err:
-            raise ValueError(f"plan file {path} is not valid JSON: {err}") from None
-        return cls.from_dict(data)
+        return cls.from_dict(read_json(path, "plan file"))
 
     def to_dict(self) -> dict:
         data = asdict(self)
@@ -112,6 +110,10 @@ class Plan:
     def check_fits(self, shapes: ModelShapes) -> None:
         if len(self.layers) != shapes.num_layers:
             raise ValueError(f"plan has {len(self.layers)} layer entries but the model has {shapes.num_layers} layers")
+        widths = [s.intermediate_size for s in shapes.layers if s.intermediate_size]
+        if self.mlp_multiple > 1 and widths and self.mlp_multiple > min(widths):
+            raise ValueError(f"mlp_multiple {self.mlp_multiple} is larger than the model's MLP width ({min(widths)}): "
+                             "every mlp_keep would be ignored")
 
     def realise(self, shapes: ModelShapes) -> list[LayerShape]:
         """Integer shapes per base layer (dropped layers included, as all-zero shapes)."""
@@ -150,15 +152,15 @@ def check_calibration(calibration, name: str = "calibration") -> None:
     unknown = sorted(set(calibration) - set(CALIBRATION_KEYS))
     if unknown:
         raise ValueError(f"unknown {name} keys {unknown}; known: {', '.join(CALIBRATION_KEYS)}")
-    for key, least in (("samples", 1), ("seq_len", 2), ("seed", 0)):
-        value = calibration.get(key, least)
-        if not isinstance(value, int) or isinstance(value, bool) or value < least:
-            raise ValueError(f"{name}.{key} must be an integer >= {least}, got {value!r}")
-    select = calibration.get("select", 1.0)
-    if not isinstance(select, (int, float)) or isinstance(select, bool) or not 0 < select <= 1:
-        raise ValueError(f"{name}.select must be a fraction in (0, 1], got {select!r}")
-    if not isinstance(calibration.get("hub", False), bool):
-        raise ValueError(f"{name}.hub must be true or false, got {calibration['hub']!r}")
+    for key, least, most in (("samples", 1, MAX_CALIBRATION_SAMPLES), ("seq_len", 2, MAX_CALIBRATION_SEQ_LEN),
+                             ("seed", 0, MAX_SEED)):
+        number(calibration.get(key, least), f"{name}.{key}", integer=True, low=least, high=most)
+    samples, seq_len = calibration.get("samples", DEFAULT_SAMPLES), calibration.get("seq_len", DEFAULT_SEQ_LEN)
+    if samples * seq_len > MAX_CALIBRATION_TOKENS:
+        raise ValueError(f"{name}: samples x seq_len = {samples * seq_len:,} tokens, more than the "
+                         f"{MAX_CALIBRATION_TOKENS:,} calibration may read")
+    number(calibration.get("select", 1.0), f"{name}.select", low=0, high=1, low_open=True, noun="a fraction")
+    boolean(calibration.get("hub", False), f"{name}.hub")
 
 
 def _count(keep: float, total: int) -> int:

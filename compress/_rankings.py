@@ -24,11 +24,12 @@ from ._criteria import get_criterion
 from ._data import predictable_documents, texts, token_blocks
 from ._families import FamilyAdapter, family_of
 from ._groups import UnitGroup, attention_group, mlp_group
+from ._plan import DEFAULT_SAMPLES, DEFAULT_SEQ_LEN
 from ._reconstruct import check_gram_memory
 from ._shapes import shapes_from_config
 
 # select: the fraction of C4 documents calibration draws from, those the dense model predicts best (1.0: all)
-CALIBRATION_DEFAULTS = {"samples": 64, "seq_len": 128, "seed": 0, "select": 1.0}
+CALIBRATION_DEFAULTS = {"samples": DEFAULT_SAMPLES, "seq_len": DEFAULT_SEQ_LEN, "seed": 0, "select": 1.0}
 CALIBRATION_BATCH = 4          # calibration blocks per forward pass
 INITIAL_LOSS_SCALE = 2.0**12   # taylor on a 16-bit model: halved on overflow until gradients are finite
 GIVEN_TOKENS = "given tokens"  # Rankings.calibration when the caller passed its own calibration tensor
@@ -174,15 +175,16 @@ def calibration_tokens(tokenizer, calibration: dict | None = None, *, model=None
     order = torch.randperm(len(docs), generator=rng, device="cpu").tolist()
     docs = [docs[i] for i in order]
     samples, seq_len, select = int(cfg["samples"]), int(cfg["seq_len"]), float(cfg["select"])
-    if select >= 1:
-        return token_blocks(tokenizer, docs, seq_len=seq_len, count=samples)
-    if model is None:
-        raise ValueError("calibration select < 1 ranks the documents by the dense model's NLL: pass model=")
-    docs = predictable_documents(model, tokenizer, docs, fraction=select, seq_len=seq_len)
+    if select < 1:
+        if model is None:
+            raise ValueError("calibration select < 1 ranks the documents by the dense model's NLL: pass model=")
+        docs = predictable_documents(model, tokenizer, docs, fraction=select, seq_len=seq_len)
     blocks = token_blocks(tokenizer, docs, seq_len=seq_len, count=samples)
-    if blocks.shape[0] < samples:
-        raise ValueError(f"calibration select {select} keeps {len(docs)} documents, {blocks.shape[0]} blocks of "
-                         f"{seq_len} tokens: fewer than the {samples} samples asked for (raise select or lower samples)")
+    if blocks.shape[0] < samples:      # never silently fewer than asked for
+        kept = f"calibration select {select} keeps {len(docs)} documents" if select < 1 else \
+            f"the C4 calibration text ({len(docs)} documents) holds"
+        raise ValueError(f"{kept}, {blocks.shape[0]} blocks of {seq_len} tokens: fewer than the {samples} samples "
+                         f"asked for ({'raise select or ' if select < 1 else ''}lower samples or seq_len)")
     return blocks
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 from ._families import family_of
+from ._inputs import number
 
 
 @dataclass(frozen=True)
@@ -65,8 +66,53 @@ class ModelShapes:
         return [asdict(s) for s in self.layers]
 
 
+# A model config's sizes, bounded far above any model this project compresses (Llama-3-8B: hidden 4096, 32
+# layers, 128K vocabulary) so a broken config is refused before a model is built from it.
+CONFIG_LIMITS = {"hidden_size": 2**17, "num_hidden_layers": 2**12, "num_attention_heads": 2**12,
+                 "intermediate_size": 2**20, "vocab_size": 2**23, "max_position_embeddings": 2**24, "head_dim": 2**12}
+
+
+def check_config(config) -> None:
+    """A model config's shape fields: integers in range that fit together (heads divide into KV groups, the
+    hidden size into heads, one layer_shapes entry per layer). One line naming the field, before any model is
+    built (a string layer count, 0 KV heads would fail deep inside transformers or divide by zero)."""
+    where = f"model config ({getattr(config, 'model_type', '?')})"
+
+    def field(name, *, low=1, optional=False):
+        value = getattr(config, name, None)
+        if value is None and optional:
+            return None
+        return number(value, f"{where}: {name}", integer=True, low=low, high=CONFIG_LIMITS.get(name))
+
+    hidden, heads = field("hidden_size"), field("num_attention_heads")
+    field("num_hidden_layers")
+    field("vocab_size")
+    field("intermediate_size")
+    field("max_position_embeddings", optional=True)
+    kv = field("num_key_value_heads", optional=True)
+    if kv is not None and heads % kv:
+        raise ValueError(f"{where}: num_attention_heads ({heads}) must be a multiple of num_key_value_heads ({kv})")
+    if field("head_dim", optional=True) is None and hidden % heads:
+        raise ValueError(f"{where}: hidden_size ({hidden}) must be a multiple of num_attention_heads ({heads}) "
+                         "when the config has no head_dim")
+    per_layer = getattr(config, "layer_shapes", None)
+    if per_layer is not None:
+        if not isinstance(per_layer, list) or len(per_layer) != config.num_hidden_layers:
+            raise ValueError(f"{where}: layer_shapes must list one entry per layer ({config.num_hidden_layers})")
+        for i, entry in enumerate(per_layer):
+            if not isinstance(entry, dict):
+                raise ValueError(f"{where}: layer_shapes[{i}] must be a mapping of the layer's sizes")
+            h, k, f = (number(entry.get(key), f"{where}: layer_shapes[{i}].{key}", integer=True, low=0,
+                              high=CONFIG_LIMITS[limit]) for key, limit in
+                       (("num_attention_heads", "num_attention_heads"), ("num_key_value_heads", "num_attention_heads"),
+                        ("intermediate_size", "intermediate_size")))
+            if (h == 0) != (k == 0) or (k and h % k):
+                raise ValueError(f"{where}: layer_shapes[{i}] has {h} heads in {k} KV groups")
+
+
 def shapes_from_config(config) -> ModelShapes:
     family_of(config)  # refuse unsupported architectures early, with the list of supported ones
+    check_config(config)
     hidden = config.hidden_size
     head_dim = getattr(config, "head_dim", None) or hidden // config.num_attention_heads
     per_layer = getattr(config, "layer_shapes", None)

@@ -21,6 +21,15 @@ SINGLE_OBJECTIVE_SAMPLERS = ("evolution", "cmaes")
 # chance on). bench/search_quality.py measured the choice (README "The search").
 DEFAULT_LADDER = ({"kl_blocks": 8}, {"kl_blocks": 32, "proxy": "loglik", "proxy_level": 0})
 MODES = ("single", "multi")
+ATTN_UNITS = ("kv_group", "head")
+DISTILL_PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+# Upper bounds that keep a search bounded (a typo of a few zeros must not start a week-long run) and values
+# Optuna / Ray accept: seeds fit numpy's 32-bit generators.
+MAX_TRIALS = 100_000
+MAX_WORKERS = 4096
+MAX_RESOURCES = 4096
+MAX_SEED = 2**32 - 1
+MAX_DISTILL_STEPS = 10_000_000
 RUNTIMES = ("llama.cpp", "mlc")
 MULTI_SECOND = ("memory", "tokens_per_s")
 # Generic experiments (models without a YAML), by parameter count: the shipped YAMLs' choices for
@@ -107,18 +116,24 @@ class Experiment:
     origin: str = ""                   # which YAML (or which generic sizing) the settings came from
 
     def validate(self) -> "Experiment":
+        from compress._inputs import boolean, number     # (late: compress imports torch; `--help` stays fast)
         validate_common(self)
-        if not 0 <= self.space.min_keep < 1:
-            raise ValueError(f"space.min_keep must be in [0, 1), got {self.space.min_keep}")
-        if not self.space.criteria:
-            raise ValueError("space.criteria needs at least one criterion")
+        _text(self.model, "model")
+        space = self.space
+        number(space.min_keep, "space.min_keep", low=0, high=1, high_open=True)
+        number(space.min_budget_use, "space.min_budget_use", low=0, high=1, low_open=True)
+        boolean(space.allow_drop, "space.allow_drop")
+        if not isinstance(space.criteria, list) or not space.criteria or \
+                not all(isinstance(c, str) for c in space.criteria):
+            raise ValueError(f"space.criteria needs a list of at least one criterion name, got {space.criteria!r}")
+        _choice("space.attn_unit", space.attn_unit, ATTN_UNITS)
         from compress._plan import check_calibration     # (late: compress imports torch)
-        check_calibration(self.space.calibration, "space.calibration")
-        if self.space.reconstruct not in (True, False, "auto"):
-            raise ValueError(f"space.reconstruct must be true, false or auto, got {self.space.reconstruct!r}")
+        check_calibration(space.calibration, "space.calibration")
+        if space.reconstruct not in (True, False, "auto") or isinstance(space.reconstruct, int) and \
+                not isinstance(space.reconstruct, bool):
+            raise ValueError(f"space.reconstruct must be true, false or auto, got {space.reconstruct!r}")
+        _check_distill(self.distill)
         workers = self.distill.workers
-        if workers is not None and (not isinstance(workers, int) or isinstance(workers, bool) or workers < 0):
-            raise ValueError(f"distill.workers must be an integer >= 0 or null, got {workers!r}")
         gpus = self.resources.gpus_per_trial
         if workers and workers >= 2 and gpus and gpus != workers:
             raise ValueError(f"distill.workers ({workers}) must equal resources.gpus_per_trial ({gpus}): "
@@ -137,29 +152,72 @@ class Experiment:
 
 
 def validate_common(exp) -> None:
-    """Checks every track's experiment shares (search settings, runtime, budget, rungs)."""
-    _choice("search.sampler", exp.search.sampler, SAMPLERS)
-    _choice("search.mode", exp.search.mode, MODES)
-    _choice("search.multi_objective", exp.search.multi_objective, MULTI_SECOND)
+    """Checks every track's experiment shares: each setting's type, finiteness and range (search, runtime,
+    budget, proxy, resources), so a bad value is refused before anything starts."""
+    from compress._inputs import boolean, number
+    search = exp.search
+    _choice("search.sampler", search.sampler, SAMPLERS)
+    _choice("search.mode", search.mode, MODES)
+    _choice("search.multi_objective", search.multi_objective, MULTI_SECOND)
     _choice("runtime", exp.runtime, RUNTIMES)
-    for key, value, least in (("trials", exp.search.trials, 1), ("workers", exp.search.workers, 1),
-                              ("top_k", exp.search.top_k, 0), ("max_failures", exp.search.max_failures, -1)):
-        if not isinstance(value, int) or value < least:
-            raise ValueError(f"search.{key} (--{key.replace('_', '-')}) must be an integer >= {least}, got {value!r}")
-    if exp.budget_gb is not None and exp.budget_gb <= 0:
-        raise ValueError(f"budget_gb must be positive, got {exp.budget_gb}")
+    _text(exp.device, "device")
+    _text(exp.name, "name")
+    _text(exp.origin, "origin")
+    for key, least, most in (("trials", 1, MAX_TRIALS), ("workers", 1, MAX_WORKERS), ("top_k", 0, MAX_TRIALS),
+                             ("max_failures", -1, MAX_TRIALS), ("seed", 0, MAX_SEED)):
+        flag = f" (--{key.replace('_', '-')})" if key != "seed" else ""
+        number(getattr(search, key), f"search.{key}{flag}", integer=True, low=least, high=most)
+    if exp.budget_gb is not None:
+        number(exp.budget_gb, "budget_gb", low=0, low_open=True, noun="positive (GiB)", show_range=False)
     if exp.search.mode == "multi" and exp.search.sampler in SINGLE_OBJECTIVE_SAMPLERS:
         raise ValueError(f"sampler {exp.search.sampler} is single-objective; multi mode needs one of "
                          f"{', '.join(s for s in SAMPLERS if s not in SINGLE_OBJECTIVE_SAMPLERS)}")
-    floor = exp.search.min_tokens_per_s
-    if floor is not None and (not isinstance(floor, (int, float)) or floor <= 0):
-        raise ValueError(f"search.min_tokens_per_s must be a positive number, got {floor!r}")
-    if exp.proxy.rungs is not None and (not isinstance(exp.proxy.rungs, int) or exp.proxy.rungs < 1):
-        raise ValueError(f"proxy.rungs (--rungs) must be an integer >= 1, got {exp.proxy.rungs!r}")
+    if search.min_tokens_per_s is not None:
+        number(search.min_tokens_per_s, "search.min_tokens_per_s", low=0, low_open=True,
+               noun="a positive number", show_range=False)
+    proxy = exp.proxy
+    if proxy.rungs is not None:
+        number(proxy.rungs, "proxy.rungs (--rungs)", integer=True, low=1)
+    if not isinstance(proxy.tasks, list) or not all(isinstance(t, str) for t in proxy.tasks):
+        raise ValueError(f"proxy.tasks must be a list of task names, got {proxy.tasks!r}")
+    if not isinstance(proxy.weights, dict):
+        raise ValueError(f"proxy.weights must be a mapping of term: weight, got {proxy.weights!r}")
+    boolean(proxy.unsafe_exec, "proxy.unsafe_exec (--unsafe-exec)")
+    # Ray takes fractional CPUs and GPUs; a trial needs some CPU to run at all
+    number(exp.resources.cpus_per_trial, "resources.cpus_per_trial", low=0, low_open=True, high=MAX_RESOURCES)
+    number(exp.resources.gpus_per_trial, "resources.gpus_per_trial", low=0, high=MAX_RESOURCES)
+
+
+def _check_distill(d) -> None:
+    from compress._inputs import boolean, number
+    boolean(d.enabled, "distill.enabled (--distill)")
+    if not isinstance(d.steps, list) or not d.steps:
+        raise ValueError(f"distill.steps must be a list of step counts, got {d.steps!r}")
+    for step in d.steps:
+        number(step, "distill.steps", integer=True, low=1, high=MAX_DISTILL_STEPS)
+    if not isinstance(d.lr, list) or len(d.lr) != 2:
+        raise ValueError(f"distill.lr must be a [low, high] range, got {d.lr!r}")
+    for lr in d.lr:
+        number(lr, "distill.lr", low=0, low_open=True, high=1)
+    if d.lr[0] > d.lr[1]:
+        raise ValueError(f"distill.lr must be [low, high] with low <= high, got {d.lr!r}")
+    for key, most in (("seq_len", 2**20), ("batch_size", 2**16), ("gradient_accumulation", 2**16)):
+        number(getattr(d, key), f"distill.{key}", integer=True, low=1, high=most)
+    boolean(d.activation_checkpointing, "distill.activation_checkpointing")
+    if isinstance(d.zero_stage, bool) or d.zero_stage not in (0, 1, 2, 3):
+        raise ValueError(f"distill.zero_stage must be 0, 1, 2 or 3, got {d.zero_stage!r}")
+    _choice("distill.precision", d.precision, DISTILL_PRECISIONS)
+    if d.workers is not None:
+        number(d.workers, "distill.workers", integer=True, low=0, high=MAX_RESOURCES, noun="an integer (or null)")
+
+
+def _text(value, name: str) -> None:
+    if not isinstance(value, str):
+        raise ValueError(f"{name} must be a string, got {value!r}")
 
 
 def _choice(name, value, allowed):
-    if value not in allowed:
+    if not isinstance(value, str) or value not in allowed:
         raise ValueError(f"{name} must be one of {', '.join(allowed)}; got {value!r}")
 
 
@@ -169,6 +227,9 @@ _SECTIONS = {"search": SearchSettings, "space": SpaceSettings, "distill": Distil
 
 def from_dict(data: dict):
     """An Experiment (track 1, `track: prune` or no track key) or a ScratchExperiment (`track: scratch`)."""
+    if data is not None and not isinstance(data, dict):
+        raise ValueError(f"an experiment is a mapping of settings (model: ..., search: {{...}}), got "
+                         f"{type(data).__name__} {str(data)[:60]!r}")
     data = dict(data or {})
     track = data.pop("track", "prune")
     if track == "scratch":
@@ -228,7 +289,7 @@ def load_experiment(*, model: str | None, config: str | None = None, overrides: 
     if path is None:
         data = generic_experiment(model, model_params(model) if model_params else None)
     else:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = _read_config(path, "experiment file")
         data["origin"] = str(path.relative_to(HERE.parent) if path.is_relative_to(HERE.parent) else path)
     if model:
         data["model"] = model
@@ -238,7 +299,9 @@ def load_experiment(*, model: str | None, config: str | None = None, overrides: 
         target = data
         *parents, leaf = dotted.split(".")
         for key in parents:
-            target = target.setdefault(key, {})
+            if target.get(key) is None:
+                target[key] = {}
+            target = target[key]
             if not isinstance(target, dict):
                 raise ValueError(f"cannot set {dotted}: {key!r} is not a section")
         target[leaf] = value
@@ -253,8 +316,20 @@ def save_experiment(experiment: Experiment, path: Path) -> None:
 def read_experiment(path: Path) -> Experiment:
     """A saved experiment (runs/NAME/config.yaml), as it ran: one saved before `space.reconstruct` existed
     cut without reconstruction, so it resumes without it (its finished trials' scores stay comparable)."""
-    data = yaml.safe_load(Path(path).read_text()) or {}
+    data = _read_config(path, "experiment record")
     space = data.get("space")
     if isinstance(space, dict) and data.get("track", "prune") == "prune" and "reconstruct" not in space:
         space["reconstruct"] = False
     return from_dict(data)
+
+
+def _read_config(path, what: str) -> dict:
+    """A YAML experiment: a mapping, or one line saying what is wrong with the file (syntax, tabs, a list)."""
+    from compress._inputs import read_yaml
+    data = read_yaml(path, what)
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ValueError(f"{what} {path} must be a mapping of settings (model: ..., search: {{...}}), got a "
+                         f"{type(data).__name__}")
+    return data

@@ -63,6 +63,10 @@ class ScratchExperiment:
                 raise ValueError(f"proxy.weights.{key} needs a teacher; Track 2 has none (set it to 0)")
         if not isinstance(self.arch, dict) or not isinstance(self.baseline, dict):
             raise ValueError("experiment sections 'arch' and 'baseline' must be mappings")
+        for name in ("tokens", "lr", "warmup", "batch_size", "c4_share", "datasets"):   # ranges / choices: lists
+            if not isinstance(getattr(self.train, name), list):
+                raise ValueError(f"train.{name} must be a list (a range [low, high] or choices), got "
+                                 f"{getattr(self.train, name)!r}")
         return self
 
     def to_dict(self) -> dict:

@@ -42,12 +42,10 @@ host: its costs are llama.cpp's (not measured).
 """
 from __future__ import annotations
 
-import json
-import math
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
-from compress import Registry
+from compress import Registry, number, read_json
 
 GIB = 1024**3
 DEFAULT_PROFILE = "phone-12gb"
@@ -58,6 +56,9 @@ PHONE_PREFILL_FLOPS = 1.2e11           # FLOP/s, effective CPU prefill on the sa
 PHONE_OVERHEAD = 1 * GIB               # runtime + allocator beyond weights, KV and activations
 
 RUNTIMES = ("llama.cpp", "mlc")
+# Upper bounds that keep a profile's arithmetic (and a validation run at its context) bounded: 1 PiB of memory,
+# a million-token context.
+MAX_INTEGER = {"memory_budget_bytes": 2**50, "context_length": 2**20, "prefill_chunk": 2**20}
 
 # Dense stories260k (LlamaConfig hidden 64, 5 layers, 8 heads, 4 KV heads, head_dim 8, ffn 172,
 # vocab 512, tied) in FP16 at context 512 with a 64-token prefill chunk (`_memory.estimate_memory`):
@@ -89,10 +90,8 @@ class RuntimeCost:
     token_overhead_s: float = 0.0
 
     def __post_init__(self):
-        if not isinstance(self.overhead_bytes, int) or isinstance(self.overhead_bytes, bool) or self.overhead_bytes < 0:
-            raise ValueError(f"runtime overhead_bytes must be an integer >= 0, got {self.overhead_bytes!r}")
-        if not isinstance(self.token_overhead_s, (int, float)) or not 0 <= self.token_overhead_s < math.inf:
-            raise ValueError(f"runtime token_overhead_s must be a number >= 0, got {self.token_overhead_s!r}")
+        number(self.overhead_bytes, "runtime overhead_bytes", integer=True, low=0)
+        number(self.token_overhead_s, "runtime token_overhead_s", low=0)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -112,28 +111,42 @@ class DeviceProfile:
     runtimes: dict = field(default_factory=dict)   # runtime name -> RuntimeCost
 
     def __post_init__(self):
-        for field in ("memory_budget_bytes", "context_length", "prefill_chunk", "bytes_per_weight",
-                      "kv_bytes_per_value"):
+        if not isinstance(self.name, str) or not isinstance(self.description, str):
+            raise ValueError(f"device profile: name and description must be strings, got {self.name!r}")
+        where = f"device profile {self.name!r}: "
+        for field in ("memory_budget_bytes", "context_length", "prefill_chunk"):
+            number(getattr(self, field), where + field, integer=True, low=1, high=MAX_INTEGER[field],
+                   noun="a positive integer")
+        number(self.prefill_chunk, where + "prefill_chunk", integer=True, low=1, high=self.context_length,
+               noun="a positive integer")
+        for field, allowed in (("bytes_per_weight", (2, 4)), ("kv_bytes_per_value", (1, 2, 4))):
             value = getattr(self, field)
-            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-                raise ValueError(f"device profile {self.name!r}: {field} must be a positive integer, got {value!r}")
+            if isinstance(value, bool) or value not in allowed:
+                raise ValueError(f"{where}{field} must be one of {', '.join(map(str, allowed))} (FP16 / FP32 weights: "
+                                 f"the rules forbid quantization), got {value!r}")
         for field in ("decode_bandwidth_bytes_per_s", "compute_flops_per_s"):
-            value = getattr(self, field)
-            if not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
-                raise ValueError(f"device profile {self.name!r}: {field} must be a positive number, got {value!r}")
-        if not isinstance(self.runtime_overhead_bytes, int) or self.runtime_overhead_bytes < 0:
-            raise ValueError(f"device profile {self.name!r}: runtime_overhead_bytes must be an integer >= 0, "
-                             f"got {self.runtime_overhead_bytes!r}")
-        if not isinstance(self.token_overhead_s, (int, float)) or not 0 <= self.token_overhead_s < math.inf:
-            raise ValueError(f"device profile {self.name!r}: token_overhead_s must be a number >= 0, "
-                             f"got {self.token_overhead_s!r}")
+            number(getattr(self, field), where + field, low=0, low_open=True, noun="a positive number",
+                   show_range=False)
+        number(self.runtime_overhead_bytes, where + "runtime_overhead_bytes", integer=True, low=0)
+        number(self.token_overhead_s, where + "token_overhead_s", low=0)
+        if not isinstance(self.runtime, str) or self.runtime not in RUNTIMES:
+            raise ValueError(f"{where}runtime must be one of {', '.join(RUNTIMES)}, got {self.runtime!r}")
+        if not isinstance(self.runtimes, dict):
+            raise ValueError(f"{where}runtimes maps each of {', '.join(RUNTIMES)} to its costs "
+                             f'({{"llama.cpp": {{"overhead_bytes": N, "token_overhead_s": S}}}}), got {self.runtimes!r}')
         # to_dict() / a profile file hold the costs as plain mappings
-        object.__setattr__(self, "runtimes", {k: RuntimeCost(**v) if isinstance(v, dict) else v
-                                              for k, v in (self.runtimes or {}).items()})
+        costs = {}
         for name, cost in self.runtimes.items():
-            if name not in RUNTIMES or not isinstance(cost, RuntimeCost):
-                raise ValueError(f"device profile {self.name!r}: runtimes maps one of {', '.join(RUNTIMES)} to its "
-                                 f"costs, got {name!r}: {cost!r}")
+            if name not in RUNTIMES or not isinstance(cost, (dict, RuntimeCost)):
+                raise ValueError(f"{where}runtimes maps one of {', '.join(RUNTIMES)} to its costs, got {name!r}: "
+                                 f"{cost!r}")
+            if isinstance(cost, dict):
+                unknown = sorted(set(cost) - {"overhead_bytes", "token_overhead_s"})
+                if unknown:
+                    raise ValueError(f"{where}runtimes[{name!r}]: unknown fields {unknown}")
+                cost = RuntimeCost(**cost)
+            costs[name] = cost
+        object.__setattr__(self, "runtimes", costs)
 
     def for_runtime(self, runtime: str) -> "DeviceProfile":
         """The same device running `runtime` (its fixed memory and per-token cost become the active ones)."""
@@ -151,8 +164,8 @@ class DeviceProfile:
 
     def with_budget(self, budget_bytes: int | float) -> "DeviceProfile":
         """The same device with another memory budget (e.g. an experiment's `budget_gb`)."""
-        if not isinstance(budget_bytes, (int, float)) or not math.isfinite(budget_bytes) or budget_bytes <= 0:
-            raise ValueError(f"memory budget must be a positive number of bytes, got {budget_bytes!r}")
+        number(budget_bytes, "memory budget", low=0, low_open=True, noun="a positive number of bytes",
+               show_range=False)
         return replace(self, memory_budget_bytes=int(budget_bytes))
 
     def to_dict(self) -> dict:
@@ -160,6 +173,8 @@ class DeviceProfile:
 
     @classmethod
     def from_dict(cls, data: dict) -> "DeviceProfile":
+        if not isinstance(data, dict):
+            raise ValueError(f"device profile: expected a mapping of its fields, got {data!r}"[:200])
         known = {f for f in cls.__dataclass_fields__}
         unknown = sorted(set(data) - known)
         if unknown:
@@ -208,12 +223,9 @@ def shippable_profile(device):
 def read_profile_file(path) -> DeviceProfile:
     """A user profile: {"profile": {DeviceProfile fields}, "calibration": [...]} (cluster/_calibrate.py)."""
     path = Path(path).expanduser()
-    try:
-        data = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise ValueError(f"device profile file {path} not found") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise ValueError(f"device profile file {path}: not a readable JSON profile ({type(err).__name__})") from None
+    if not path.exists():
+        raise ValueError(f"device profile file {path} not found")
+    data = read_json(path, "device profile file")
     if not isinstance(data, dict) or not isinstance(data.get("profile"), dict):
         raise ValueError(f"device profile file {path}: expected an object with a 'profile' section")
     try:

@@ -190,11 +190,10 @@ def kind_of(exp) -> TrialKind:
 
 def make_tuner(exp: experiments.Experiment, setup, record: ExperimentRecord, baselines: dict | None,
                *, restore: bool = False, kind: TrialKind = PRUNE):
-    from optuna.storages import RDBStorage
     from ray import tune
     from search._asha import BaselineASHA
     from search._progress import ProgressPrinter
-    from search._searcher import ConstrainedOptunaSearch, PlanKey, make_sampler
+    from search._searcher import ConstrainedOptunaSearch, LocatedSearch, PlanKey, StudyDatabase, make_sampler
     from search._tune_state import StateSnapshot, repair
 
     # a trial that distils on Ray Train workers only waits for them: they hold the CPUs and GPUs
@@ -217,8 +216,10 @@ def make_tuner(exp: experiments.Experiment, setup, record: ExperimentRecord, bas
     if restore:
         for name in repair(local_tune) if local_tune is not None else []:
             print(f"recovered {name} from its last good copy (the driver was killed while writing it)", flush=True)
-        return tune.Tuner.restore(record.tune.uri, trainable=trainable, resume_unfinished=True,
-                                  resume_errored=False, restart_errored=False, param_space=None), progress
+        tuner = tune.Tuner.restore(record.tune.uri, trainable=trainable, resume_unfinished=True,
+                                   resume_errored=False, restart_errored=False, param_space=None)
+        _relocate(tuner, record, callbacks)
+        return tuner, progress
     metric, mode = "score", "max"
     if setup.multi:
         metric, mode = [metric, second[0]], [mode, second[1]]
@@ -226,17 +227,29 @@ def make_tuner(exp: experiments.Experiment, setup, record: ExperimentRecord, bas
         space=kind.space(setup), metric=metric, mode=mode, baselines=baselines, max_t=setup.rungs,
         sampler=make_sampler(exp.search.sampler, seed=exp.search.seed, key=PlanKey(setup) if kind is PRUNE else None,
                              warm_start=(baselines or {}).get("owl")),
-        storage=RDBStorage(record.optuna_url), study_name=record.name,
+        storage=StudyDatabase(record.optuna_url), study_name=record.name,
         study_attrs=_study_attrs(exp, setup, record))
     # the baselines run every rung: the gains printed at the end compare rung with rung
     scheduler = BaselineASHA(time_attr="training_iteration", metric="score", mode="max", max_t=setup.rungs,
                              grace_period=1, reduction_factor=2) if setup.rungs > 1 else None
-    tune_config = tune.TuneConfig(search_alg=searcher, scheduler=scheduler, num_samples=exp.search.trials,
-                                  max_concurrent_trials=exp.search.workers,
+    tune_config = tune.TuneConfig(search_alg=LocatedSearch(searcher, max_concurrent=exp.search.workers),
+                                  scheduler=scheduler, num_samples=exp.search.trials,
                                   # data-parallel trials run for minutes: a fresh actor costs seconds and keeps
                                   # each trial's Train run independent of the previous one's teardown
                                   reuse_actors=setup.distill_workers < 2)
     return tune.Tuner(trainable, tune_config=tune_config, run_config=run_config), progress
+
+
+def _relocate(tuner, record: ExperimentRecord, callbacks: list) -> None:
+    """Tuner.restore brings back what was pickled at launch (tuner.pkl): the callbacks and the search algorithm,
+    and with them the folders of the place the experiment was launched from. A copied or moved experiment
+    resumes into itself: this run's callbacks, and new trials created in the experiment's storage as it is
+    now (the study database is reopened by role: search/_searcher.py)."""
+    internal = tuner._local_tuner
+    internal.get_run_config().callbacks = callbacks
+    search = internal._tune_config.search_alg
+    if hasattr(search, "locate"):            # launched by a version that had LocatedSearch
+        search.locate(record.storage.uri)
 
 
 class _SpaceFn:
@@ -266,21 +279,21 @@ def launch(exp: experiments.Experiment, record: ExperimentRecord, *, storage: St
         print(f"experiment {record.name}: {kind.headline(exp, setup)}, storage {record.storage.uri}", flush=True)
         baselines = kind.prepare(setup, record)
         _connect_tracking(setup, record, tags={"experiment_dir": str(record.path), "storage": record.storage.uri})
-        record.update_state(status="running", address=address)
-    return _fit_and_report(exp, setup, record, baselines=baselines, restore=False)
+    with record.running(address=address):           # a failure from here on: status "failed" and the reason
+        return _fit_and_report(exp, setup, record, baselines=baselines, restore=False)
 
 
 def resume(record: ExperimentRecord, *, address: str | None) -> int:
     exp = record.experiment()
     kind = kind_of(exp)
     start_ray(address)
-    record.reopen_tracking(host=_tracking_host(address))
-    setup = kind.setup(exp, record)
-    (kind.reload or kind.prepare)(setup, record)
-    _connect_tracking(setup, record, tags={})
-    record.update_state(status="running", address=address)
-    print(f"resuming experiment {record.name} from {record.tune.uri}", flush=True)
-    return _fit_and_report(exp, setup, record, baselines=None, restore=True)
+    with record.running(address=address):
+        record.reopen_tracking(host=_tracking_host(address))
+        setup = kind.setup(exp, record)
+        (kind.reload or kind.prepare)(setup, record)
+        _connect_tracking(setup, record, tags={"experiment_dir": str(record.path)})
+        print(f"resuming experiment {record.name} from {record.tune.uri}", flush=True)
+        return _fit_and_report(exp, setup, record, baselines=None, restore=True)
 
 
 def _connect_tracking(setup, record: ExperimentRecord, *, tags: dict) -> None:
@@ -326,15 +339,15 @@ def _note_shared_storage(address: str | None, storage: Storage | None) -> None:
 
 
 def _fit_and_report(exp, setup, record, *, baselines, restore) -> int:
+    from search._searcher import study_database
     kind = kind_of(exp)
-    try:
+    with study_database(record.optuna_url):        # what Tune unpickles reopens this experiment's optuna.db
         tuner, progress = make_tuner(exp, setup, record, baselines, restore=restore, kind=kind)
         grid = tuner.fit()
-        rows = _report.collect(grid, setup, columns=kind.columns)
-        summary = _report.finish(rows, exp, setup, record, kind=kind)
-        record.update_state(status="finished")
-    finally:
-        record.stop_tracking()
+    rows = _report.collect(grid, setup, columns=kind.columns)
+    summary = _report.finish(rows, exp, setup, record, kind=kind)
+    record.update_state(status="finished", reason=None)
+    record.stop_tracking()
     _report.print_summary(summary, stream=sys.stdout)
     _print_browse(record)
     return 0

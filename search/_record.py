@@ -15,7 +15,6 @@ add to it (validate and full-eval pass the record down to cluster/ and objective
 from __future__ import annotations
 
 import contextlib
-import json
 import re
 import shutil
 from pathlib import Path
@@ -95,19 +94,29 @@ class ExperimentRecord:
     # ---- opening and creating ----------------------------------------------------------------------
     @classmethod
     def _checked(cls, root, name: str) -> "ExperimentRecord":
-        if not NAME_RE.match(name or ""):
-            raise ValueError(f"experiment name {name!r}: use letters, digits, '.', '_' or '-'")
+        if not isinstance(name, str) or not NAME_RE.fullmatch(name):    # fullmatch: "nl\n" is no name
+            raise ValueError(f"experiment name {name!r}: use 1-100 letters, digits, '.', '_' or '-' (starting with "
+                             "a letter or digit)")
         return cls(root, name)
 
     @classmethod
     def check_new(cls, root, name: str, *, storage: Storage | None = None) -> "ExperimentRecord":
         """The record of a new experiment; refuses an existing one (nothing is created)."""
         record = cls._checked(root, name)
+        check_writable_folder(record.root, "--root")
         if record.in_use():
             raise ValueError(f"experiment {name!r} already exists in {record.root}; continue it with "
                              f"`python -m search resume --experiment {name}` or pick another --experiment")
-        if storage is not None and storage.child(name).exists("tune"):
-            raise ValueError(f"storage {storage.uri} already holds an experiment {name!r}; pick another --experiment")
+        if storage is not None:
+            if storage.local_path is not None:
+                check_writable_folder(storage.local_path, "--storage")
+                inside = storage.child(name).local_path.resolve()
+                if inside != record.path and inside.is_relative_to(record.path):
+                    raise ValueError(f"--storage {storage.uri} would put the experiment's storage inside its own run "
+                                     f"directory {record.path}; leave --storage out for that")
+            if storage.child(name).exists("tune"):
+                raise ValueError(f"storage {storage.uri} already holds an experiment {name!r}; pick another "
+                                 "--experiment")
         return record
 
     @classmethod
@@ -134,6 +143,7 @@ class ExperimentRecord:
         record = cls._checked(root, name)
         if not record.config.is_file():
             raise ValueError(f"no experiment {name!r} in {record.root}")
+        record.read_state()                  # a damaged state.json is one line for every verb, before any work
         return record
 
     @contextlib.contextmanager
@@ -142,8 +152,8 @@ class ExperimentRecord:
         tracking server started meanwhile), so a refused launch leaves nothing behind."""
         self.path.mkdir(parents=True, exist_ok=True)
         state = {"status": "starting"}
-        if storage_root is not None:
-            state["storage"] = storage_root.child(self.name).uri
+        if storage_root is not None and storage_root.child(self.name).uri != str(self.path):
+            state["storage"] = storage_root.child(self.name).uri    # (--storage = --root is the default storage)
         self.write_state(state)
         try:
             yield self
@@ -152,9 +162,35 @@ class ExperimentRecord:
             shutil.rmtree(self.path, ignore_errors=True)
             raise
 
+    @contextlib.contextmanager
+    def running(self, *, address: str | None):
+        """The one place a search's outcome is recorded in state.json: "running" while inside (where a killed
+        driver leaves it, for `resume`), "failed" with the reason when the block raises ("interrupted" on
+        Ctrl-C); the block records "finished" itself once the results are written. The tracking server
+        stops either way."""
+        self.update_state(status="running", address=address, home=str(self.path), reason=None)
+        try:
+            yield self
+        except BaseException as err:
+            interrupted = isinstance(err, KeyboardInterrupt)
+            detail = str(err).strip().splitlines()
+            reason = "interrupted" if interrupted else f"{type(err).__name__}: {detail[0] if detail else ''}".rstrip(": ")
+            with contextlib.suppress(OSError, ValueError):     # the record must not hide the original error
+                self.update_state(status="interrupted" if interrupted else "failed", reason=reason)
+            raise
+        finally:
+            self.stop_tracking()
+
     # ---- state -------------------------------------------------------------------------------------
     def read_state(self) -> dict:
-        return json.loads(self.state_file.read_text()) if self.state_file.is_file() else {}
+        """state.json (empty before the first write); a damaged one is one line, never a traceback."""
+        if not self.state_file.is_file():
+            return {}
+        from compress import read_json
+        state = read_json(self.state_file, f"experiment {self.name}: state file")
+        if not isinstance(state, dict):
+            raise ValueError(f"experiment {self.name}: state file {self.state_file} is damaged (not a JSON object)")
+        return state
 
     def write_state(self, data: dict) -> None:
         self.write_json(self.state_file, data)
@@ -177,7 +213,33 @@ class ExperimentRecord:
         if not self.results.is_file():
             raise ValueError(f"experiment {self.name} has no results yet ({self.results} not found); finish it with "
                              f"`python -m search resume --experiment {self.name}`")
-        return json.loads(self.results.read_text())
+        from compress import read_json
+        data = read_json(self.results, f"experiment {self.name}: results file")
+        if not isinstance(data, dict) or not isinstance(data.get("summary"), dict) or \
+                not isinstance(data.get("trials"), list) or \
+                not all(isinstance(t, dict) for t in data["trials"]) or \
+                not isinstance(data["summary"].get("top", []), list) or \
+                not all(isinstance(t, dict) for t in data["summary"].get("top", [])):
+            raise ValueError(f"experiment {self.name}: results file {self.results} is damaged (expected an object with "
+                             "a 'summary' object and a 'trials' list); resume or launch the experiment again")
+        return data
+
+    def check_top(self, k: int) -> list[dict]:
+        """The summary's top entries when `k` (a verb's --top) is 1..their number; one line otherwise (never a
+        silent clamp: `validate --top 999` validates what there is only when asked for what there is)."""
+        if not isinstance(k, int) or isinstance(k, bool) or k < 1:
+            raise ValueError(f"--top must be a positive integer, got {k!r}")
+        if not self.results.is_file():
+            raise ValueError(f"experiment {self.name} has no finished trials yet ({self.results.name} not written); "
+                             f"finish it with `python -m search resume --experiment {self.name}`")
+        entries = self.read_results()["summary"].get("top") or []
+        if not entries:
+            raise ValueError(f"experiment {self.name} has no finished candidate (no trial completed within the budget, "
+                             "or search.top_k was 0)")
+        if k > len(entries):
+            raise ValueError(f"--top {k}: experiment {self.name} has {len(entries)} finished candidate"
+                             f"{'s' if len(entries) != 1 else ''} with checkpoints; pass --top {len(entries)} or less")
+        return entries
 
     def top_entries(self, k: int, *, require_checkpoints: bool) -> list[dict]:
         """The k best candidates of results.json, each with `dir`: a local folder holding its checkpoint
@@ -200,10 +262,13 @@ class ExperimentRecord:
         """The memory and speed numbers of one trial (a results.json row or top entry), by kind: the search's
         `simulated` ones, and `measured-emulated` / `measured-phone` where `validate` ran it (with the device
         file they came from). objectives.preferred(numbers, quantity) picks the most real one."""
+        from compress import read_json
         from objectives._provenance import QUANTITIES, SIMULATED
         out = {SIMULATED: {q: row.get(q) for q in QUANTITIES if row.get(q) is not None}}
         for path in sorted(self.path.glob("validation-*.json")):
-            data = json.loads(path.read_text())
+            data = read_json(path, "validation file")
+            if not isinstance(data, dict):
+                raise ValueError(f"validation file {path} is damaged (not a JSON object); run validate again")
             for cand in data.get("candidates", []):
                 if cand.get("trial_id") == row.get("trial_id"):
                     m = cand["measured"]
@@ -309,3 +374,17 @@ class ExperimentRecord:
             if started:
                 self.stop_tracking()
         return self.parent_run_id
+
+
+def check_writable_folder(folder: Path, flag: str) -> None:
+    """A folder launch creates its experiments in: an existing directory it may write, or a path whose nearest
+    existing ancestor is one (created then). A file, or a read-only place, is one line before anything starts."""
+    import os
+    folder = Path(folder)
+    probe = folder
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    if not probe.is_dir():
+        raise ValueError(f"{flag} {folder}: {probe} is a file, not a folder")
+    if not os.access(probe, os.W_OK | os.X_OK) or os.statvfs(probe).f_flag & os.ST_RDONLY:
+        raise ValueError(f"{flag} {folder}: {probe} is not writable")

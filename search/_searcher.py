@@ -11,11 +11,14 @@
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import warnings
 
 import optuna
+from optuna.storages import RDBStorage
 from optuna.trial import TrialState
+from ray.tune.search import ConcurrencyLimiter, SearchGenerator
 from ray.tune.search.optuna import OptunaSearch
 
 log = logging.getLogger(__name__)
@@ -68,12 +71,72 @@ class PlanKey:
 
     def __init__(self, setup):
         import dataclasses
-        self.setup = dataclasses.replace(setup, rankings=None)
+        # only what realising a plan reads: no object references, no location of the experiment
+        self.setup = dataclasses.replace(setup, rankings=None, teacher_cache=None, top_uri=None, train_storage=None,
+                                         tracking_uri=None, mlflow_experiment_id=None, parent_run_id=None)
 
     def __call__(self, params: dict):
         from search._trial import plan_for
         plan = plan_for(params, self.setup)
         return plan.importance, tuple(plan.realise(self.setup.base_shapes))
+
+
+# ---- the study database, pickled by role instead of by path ----------------------------------------------
+# Tune pickles the searcher, and the Optuna study and storage inside it, into the experiment (tuner.pkl at
+# launch, searcher-state-*.pkl at every step). A plain RDBStorage pickles its absolute sqlite URL, and
+# unpickling one connects to that database (and creates tables in it): a copied experiment would resume into
+# the original's optuna.db. StudyDatabase pickles as "the optuna.db of the experiment being run", and
+# `study_database(url)` says which file that is while the driver launches or resumes: wherever the
+# experiment's folder is now.
+_BOUND_URL: list[str] = []
+
+
+class StudyDatabase(RDBStorage):
+    def __reduce__(self):
+        return (_reopen, ())
+
+
+def _reopen() -> StudyDatabase:
+    if not _BOUND_URL:
+        raise RuntimeError("a pickled study database is reopened only inside study_database(url)")
+    return StudyDatabase(_BOUND_URL[-1])
+
+
+@contextlib.contextmanager
+def study_database(url: str):
+    """While inside, a pickled StudyDatabase (in Tune's tuner.pkl or searcher state) reopens `url`."""
+    _BOUND_URL.append(url)
+    try:
+        yield
+    finally:
+        _BOUND_URL.pop()
+
+
+class LocatedSearch(SearchGenerator):
+    """Tune's own wrapper around a searcher (SearchGenerator over a ConcurrencyLimiter), which on resume brings
+    back the Experiment pickled at launch, and with it the storage the experiment was launched in: new trials
+    would be created there. `locate(uri)` names the experiment's storage as it is now; restored trials Tune
+    moves itself."""
+    storage_uri: str | None = None
+
+    def __init__(self, searcher, *, max_concurrent: int):
+        super().__init__(ConcurrencyLimiter(searcher, max_concurrent=max_concurrent))
+
+    def locate(self, uri: str) -> None:
+        self.storage_uri = uri
+
+    def set_state(self, state: dict):
+        super().set_state(state)
+        experiment = self._experiment
+        if self.storage_uri is None or experiment is None or experiment.spec.get("storage") is None:
+            return
+        import copy
+        from pathlib import Path
+        from ray.train._internal.storage import get_fs_and_path
+        storage = copy.copy(experiment.spec["storage"])
+        storage.storage_filesystem, fs_path = get_fs_and_path(self.storage_uri, None)
+        storage.storage_fs_path = Path(fs_path).as_posix()
+        experiment.storage = experiment.spec["storage"] = storage
 
 
 REALISED_ATTRS = {"kept_attn_L": "realised_attn_keep", "kept_mlp_L": "realised_mlp_keep"}

@@ -27,7 +27,10 @@ class Storage:
         """A storage root the user gave (--storage), resolved and reachable; nothing is written."""
         location = str(location)
         if "://" not in location:
-            return cls(str(Path(location).expanduser().resolve()))
+            path = Path(location).expanduser().resolve()
+            if path.exists() and not path.is_dir():
+                raise ValueError(f"--storage {location}: it is a file, not a folder")
+            return cls(str(path))
         fs, path = _resolve(location)
         try:
             fs.get_file_info(path)

@@ -37,20 +37,18 @@ CANDIDATE_FILE, SUBMISSION_FILE, CSV_FILE, README_FILE, CHECK_FILE = (
 
 def check_request(record: ExperimentRecord, top: int, out) -> list[dict]:
     """The top `top` candidates, every one with its checkpoint; a one-line ValueError otherwise."""
+    import compress
     from compress._atomic import check_dir_target
     if not isinstance(top, int) or top < 1:
         raise ValueError(f"--top must be a positive integer, got {top!r}")
     check_dir_target(out, force=False)                         # a non-empty --out (or a file) is refused
-    if not record.results.is_file():
-        raise ValueError(f"experiment {record.name} has no finished trials yet ({record.results.name} not written); "
-                         f"finish it with `python -m search resume --experiment {record.name}`")
-    entries = (record.read_results().get("summary") or {}).get("top") or []
-    if not entries:
-        raise ValueError(f"experiment {record.name} has no finished candidate (no trial completed within the budget)")
-    if top > len(entries):
-        raise ValueError(f"--top {top}: experiment {record.name} has {len(entries)} finished candidate"
-                         f"{'s' if len(entries) != 1 else ''} with checkpoints; pass --top {len(entries)} or less")
-    return record.top_entries(top, require_checkpoints=True)
+    compress.check_parent(out)
+    compress.check_apart(out, [record.path, record.storage.local_path])    # never inside the experiment it reads
+    record.check_top(top)
+    entries = record.top_entries(top, require_checkpoints=True)
+    for entry in entries:                 # truncated or lying weights: refused before anything is written
+        compress.check_checkpoint(entry["dir"])
+    return entries
 
 
 def submit(record: ExperimentRecord, *, top: int, out, check: bool = True, echo=print) -> dict:

@@ -122,6 +122,26 @@ def wait_reachable(uri: str, timeout: float = FLUSH_GRACE_S * 2) -> bool:
     return True
 
 
+TRACKING_SCHEMES = ("http", "https", "sqlite", "postgresql", "mysql", "mssql", "file", "databricks")
+
+
+def check_uri(uri: str) -> None:
+    """A --tracking-uri MLflow can use: http(s)://HOST:PORT of a server, or a store URI (sqlite:///PATH, ...).
+    One line otherwise, before anything starts (MLflow would raise deep inside the first trial)."""
+    from urllib.parse import urlsplit
+    parts = urlsplit(uri)
+    if parts.scheme not in TRACKING_SCHEMES:
+        raise ValueError(f"--tracking-uri {uri!r}: expected http(s)://HOST:PORT of an MLflow server or a store URI "
+                         f"({', '.join(s + '://' for s in TRACKING_SCHEMES[2:])})")
+    if parts.scheme in ("http", "https") and not parts.hostname:
+        raise ValueError(f"--tracking-uri {uri!r}: no host in it (expected http://HOST:PORT)")
+    if parts.scheme in ("http", "https"):
+        try:
+            parts.port                              # a port that is not a number
+        except ValueError:
+            raise ValueError(f"--tracking-uri {uri!r}: the port is not a number") from None
+
+
 def check_reachable(uri: str) -> None:
     """A user's --tracking-uri must answer before anything is written: one-line ValueError otherwise."""
     if not uri.startswith(("http://", "https://")):
@@ -145,13 +165,17 @@ def ensure_parent(uri: str, experiment_name: str, *, tags: dict, run_id: str | N
                   artifact_location: str | None = None):
     """(experiment id, parent run id). Reuses `run_id` (resume) when given, marking it RUNNING again."""
     c = client(uri)
+    if run_id:       # the run's own experiment, whatever the folder is called now (a renamed copy)
+        exp_id = c.get_run(run_id).info.experiment_id
+        c.set_experiment_tag(exp_id, VIEW_TAG, runs_view())     # again on resume: a newer version's columns
+        c.update_run(run_id, status="RUNNING")
+        for key, value in tags.items():       # e.g. where the experiment's folder is now (a moved experiment)
+            c.set_tag(run_id, key, value)
+        return exp_id, run_id
     exp = c.get_experiment_by_name(experiment_name)
     exp_id = exp.experiment_id if exp else c.create_experiment(experiment_name, artifact_location=artifact_location,
                                                                tags={EXPERIMENT_KIND_TAG: TRAINING_KIND})
-    c.set_experiment_tag(exp_id, VIEW_TAG, runs_view())     # (again on resume: a newer version's columns)
-    if run_id:
-        c.update_run(run_id, status="RUNNING")
-        return exp_id, run_id
+    c.set_experiment_tag(exp_id, VIEW_TAG, runs_view())
     return exp_id, c.create_run(exp_id, run_name=experiment_name, tags=tags).info.run_id
 
 

@@ -35,6 +35,8 @@ def prune(args) -> int:
     import compress
     plan = compress.Plan.load(args.plan)                 # bad plans fail before anything is loaded
     dtype = compress.check_dtype(args.dtype)
+    compress.check_parent(args.out)
+    compress.check_apart(args.out, [compress.resolve_model(args.model), args.plan])   # never replace an input
     compress.check_output_dir(args.out, force=args.force)
     plan.check_fits(compress.shapes_from_config(compress.load_config(args.model)))
     # Load in the saved dtype: slicing is exact in any dtype, and FP16 halves peak memory on 7B models.
@@ -141,6 +143,9 @@ def launch(args) -> int:
         raise ValueError("--full-eval-top must be >= 0")
     if args.full_eval_limit is not None and args.full_eval_limit < 1:
         raise ValueError("--full-eval-limit must be >= 1")
+    if args.tracking_uri is not None:
+        from search._tracking import check_uri
+        check_uri(args.tracking_uri)                   # its form; whether it answers is checked later
     if args.full_eval_top:          # the OpenCompass data must be there before the search, not hours after it
         from objectives._oc_report import check_data
         try:
@@ -158,10 +163,16 @@ def launch(args) -> int:
                  "proxy.unsafe_exec": True if args.unsafe_exec else None, **_settings(args.settings)}
     exp = experiments.load_experiment(model=args.model, config=args.config, overrides=overrides,
                                       model_params=_param_count)
+    if args.full_eval_top > exp.search.trials:
+        raise ValueError(f"--full-eval-top {args.full_eval_top}: the search has {exp.search.trials} trials")
     root = Path(args.root)
-    name = args.experiment or _free_name(root, _default_name(exp.model))
+    name = args.experiment if args.experiment is not None else _free_name(root, _default_name(exp.model))
     storage = Storage.check(args.storage) if args.storage else None     # an unknown filesystem: one line
     record = ExperimentRecord.check_new(root, name, storage=storage)    # an existing experiment is refused
+    import compress
+    compress.check_apart(record.path, [compress.resolve_model(exp.model)], flag="the run directory")
+    if storage is not None and storage.local_path is not None:
+        compress.check_apart(storage.child(name).local_path, [compress.resolve_model(exp.model)], flag="--storage")
     _preflight(exp, record)
     return launch_checked(exp, record, args, storage=storage,
                           note=exp.origin if exp.origin.startswith("generic") else None)
@@ -201,6 +212,7 @@ def _preflight(exp, record) -> None:
     from search._report import human_bytes
     objectives.get_profile(exp.device)
     compress.check_checkpoint(exp.model)      # unknown / uncached / quantized / corrupt / shapes its config denies
+    compress.load_tokenizer_of(exp.model)     # a tokenizer that does not parse, before Ray starts
     for name in exp.space.criteria:
         compress.CRITERIA.get(name)
     objectives.ProxyWeights.from_dict(exp.proxy.weights)
@@ -251,14 +263,10 @@ def add_resume_args(p):
 
 def resume(args) -> int:
     import objectives
+    from search._integrity import check_resumable
     from search._record import ExperimentRecord
     record = ExperimentRecord.open(args.root, args.experiment)    # no such experiment: one line
-    if record.status == "finished":
-        raise ValueError(f"experiment {args.experiment} has finished; see `python -m search top --experiment "
-                         f"{args.experiment}`, or launch a new one")
-    if not record.tune_state_exists():
-        raise ValueError(f"experiment {args.experiment} has no Tune state to resume (it stopped before its first "
-                         "trial); launch it again under a new --experiment")
+    check_resumable(record)        # finished, damaged, records that disagree, a copy sharing storage: one line
     exp = record.experiment()
     objectives.ProxyAccuracyObjective(tasks=tuple(exp.proxy.tasks), unsafe_exec=exp.proxy.unsafe_exec)
     state = record.read_state()
@@ -336,6 +344,8 @@ def distill(args) -> int:
         print(f"step {step}: loss {metrics['loss']:.4f} held-out KL {metrics['heldout_kl']:.4f} "
               f"ppl {metrics['heldout_ppl']:.2f}", flush=True)
         return False
+    compress.check_parent(args.out)
+    compress.check_apart(args.out, [args.student, compress.resolve_model(args.teacher)])   # never over an input
     result = compress.run_distill(args.student, args.teacher, args.steps, args.out, force=args.force,
                                   on_report=progress, **overrides)
     _print_json(result)
@@ -343,6 +353,7 @@ def distill(args) -> int:
 
 
 # ---- evaluate -----------------------------------------------------------------------------------
+MAX_OUT_LEN = 32768          # generated tokens per item: the competition's configs use 512-1024
 def add_evaluate_args(p):
     p.add_argument("--model", default="stories260k", help="the candidate: registry name, HF id or directory")
     p.add_argument("--teacher", default=None, help="dense model for KL / perplexity ratio (default: none)")
@@ -369,8 +380,8 @@ def _task_counts(pairs) -> dict | None:
     out = {}
     for pair in pairs:
         name, _, count = pair.partition("=")
-        if not name or not count.isdigit():
-            raise ValueError(f"--proxy-items takes TASK=N pairs, got {pair!r}")
+        if not name or not count.isdigit() or int(count) < 1:
+            raise ValueError(f"--proxy-items takes TASK=N pairs with N >= 1, got {pair!r}")
         out[name] = int(count)
     return out
 
@@ -385,11 +396,15 @@ def evaluate(args) -> int:
     proxy_kwargs.update(mode=args.proxy_mode, items=_task_counts(args.proxy_items), max_out_len=args.max_out_len)
     if args.max_out_len is not None and args.proxy_mode != "faithful":
         raise ValueError("--max-out-len applies to --proxy-mode faithful only")
+    if args.max_out_len is not None:
+        compress.number(args.max_out_len, "--max-out-len", integer=True, low=1, high=MAX_OUT_LEN)
     proxy = objectives.ProxyAccuracyObjective(unsafe_exec=args.unsafe_exec, **proxy_kwargs)
     if not 0 <= args.fidelity <= proxy.max_fidelity:
         raise ValueError(f"--fidelity must be 0..{proxy.max_fidelity}, got {args.fidelity}")
     if args.data_dir:
         _check_data_dir(args.data_dir, proxy.tasks, args.fidelity)
+    for name in proxy.tasks:              # --proxy-items against the items there are, before the model loads
+        proxy.items_for(name, args.data_dir, args.fidelity)
     vocab = compress.load_config(args.model).vocab_size
     if args.teacher and compress.load_config(args.teacher).vocab_size != vocab:
         raise ValueError(f"teacher vocabulary ({compress.load_config(args.teacher).vocab_size} tokens) differs from "

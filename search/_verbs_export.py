@@ -9,6 +9,7 @@ import json
 import sys
 
 DEFAULT_ROOT = "runs"
+DEFAULT_TOP = 3
 
 
 # ---- export ----------------------------------------------------------------------------------------
@@ -21,8 +22,11 @@ def add_export_args(p):
 
 
 def run_export(args) -> int:
+    import compress
     from compress._export import FORMATS, export_model
     FORMATS.get(args.fmt)                       # a typo fails before anything loads, with a suggestion
+    compress.check_parent(args.out)
+    compress.check_apart(args.out, [compress.resolve_model(args.model)])   # never write into (or over) the model
     out = export_model(args.model, args.fmt, args.out, force=args.force)
     json.dump({"format": args.fmt, "out": str(out)}, sys.stdout)
     sys.stdout.write("\n")
@@ -32,7 +36,8 @@ def run_export(args) -> int:
 # ---- validate --------------------------------------------------------------------------------------
 def add_validate_args(p):
     p.add_argument("--experiment", required=True, help="experiment name (a folder under --root)")
-    p.add_argument("--top", type=int, default=3, help="validate the K best checkpoints (default 3)")
+    p.add_argument("--top", type=int, default=None, help="validate the K best checkpoints (default: 3, or fewer when "
+                                                          "the search kept fewer)")
     p.add_argument("--device", default="emulated", help="emulated (llama.cpp on this host, capped) or adb (a phone)")
     p.add_argument("--root", default=DEFAULT_ROOT, help="folder holding experiments (default: runs)")
     p.add_argument("--profile", default=None, help="device profile name or profile file (default: the experiment's)")
@@ -64,7 +69,7 @@ def _backend_options(args) -> dict:
         for flag in ("serial", "remote_dir", "host_bin_dir", "device_bin_dir"):
             if getattr(args, flag) is not None:
                 raise ValueError(f"--{flag.replace('_', '-')} applies to --device adb only")
-        return {"threads": args.threads} if args.threads else {}
+        return {"threads": args.threads} if args.threads is not None else {}
     from cluster import BACKENDS
     BACKENDS.get(args.device)                    # unknown device: did-you-mean
     return {}
@@ -73,10 +78,20 @@ def _backend_options(args) -> dict:
 def run_validate(args) -> int:
     from cluster import validate_experiment
     from search._record import ExperimentRecord
-    if args.top < 1:
+    if args.top is not None and args.top < 1:
         raise ValueError(f"--top must be >= 1, got {args.top}")
+    for flag, value, most in (("--prompt-tokens", args.prompt_tokens, 2**16), ("--gen-tokens", args.gen_tokens, 2**16),
+                              ("--repetitions", args.repetitions, 1000), ("--threads", args.threads, 4096)):
+        if value is not None and not 1 <= value <= most:
+            raise ValueError(f"{flag} must be 1..{most}, got {value}")
     options = _backend_options(args)
     experiment = ExperimentRecord.open(args.root, args.experiment)
+    if args.top is None:                               # the default: the 3 best, or all there are
+        args.top = min(DEFAULT_TOP, len(experiment.check_top(1)))
+    experiment.check_top(args.top)                     # --top above the candidates there are: one line
+    if args.calibrate is not None:
+        import compress
+        compress.check_parent(args.calibrate, flag="--calibrate")
     if args.device == "emulated":
         from search._phone import ensure_llama_cpp
         ensure_llama_cpp("validate", why="the emulated phone runs each candidate's GGUF with llama.cpp on this host")

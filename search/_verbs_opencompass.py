@@ -38,8 +38,18 @@ def add_opencompass_args(p):
     p.add_argument("--json", action="store_true", help="print the full result as JSON")
 
 
+def _check_run_options(args) -> None:
+    """--limit and --max-out-len bound the work: positive, never silently clamped."""
+    for flag, value in (("--limit", args.limit), ("--max-out-len", args.max_out_len)):
+        if value is not None and value < 1:
+            raise ValueError(f"{flag} must be >= 1, got {value}")
+
+
 def run_opencompass_verb(args) -> int:
+    import compress
     from objectives._opencompass import COMPETITION_DATASETS, run_opencompass
+    _check_run_options(args)
+    compress.check_apart(args.work_dir, [compress.resolve_model(args.model), args.data_root], flag="--work-dir")
     result = run_opencompass(args.model, datasets=args.datasets or COMPETITION_DATASETS, limit=args.limit,
                              work_dir=args.work_dir, data_root=args.data_root, max_out_len=args.max_out_len,
                              hf_type=args.hf_type, device=args.device, bbh_subsets=args.bbh_subsets,
@@ -67,7 +77,9 @@ def add_full_eval_args(p):
 def run_full_eval(args) -> int:
     from objectives._oc_report import full_eval_top
     from search._record import ExperimentRecord
+    _check_run_options(args)
     experiment = ExperimentRecord.open(args.root, args.experiment)
+    experiment.check_top(args.top)                     # --top above the candidates there are: one line
     report = full_eval_top(experiment, args.top, limit=args.limit, data_root=args.data_root,
                            max_out_len=args.max_out_len, bbh_subsets=args.bbh_subsets, device=args.device,
                            download=args.download)

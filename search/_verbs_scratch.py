@@ -10,8 +10,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import yaml
-
 SCRATCH_ONLY = {"size_gb": "--size-gb", "tokens": "--tokens", "datasets": "--datasets", "dtype": "--dtype"}
 
 
@@ -25,7 +23,9 @@ def is_scratch(args) -> bool:
     """--track scratch, or a --config whose track is scratch. Track 2 flags on a Track 1 launch are refused."""
     scratch = args.track == "scratch"
     if not scratch and args.config and Path(args.config).is_file():
-        scratch = (yaml.safe_load(Path(args.config).read_text()) or {}).get("track") == "scratch"
+        from compress import read_yaml
+        data = read_yaml(args.config, "experiment file")      # a syntax error or tabs: one line
+        scratch = isinstance(data, dict) and data.get("track") == "scratch"
     if not scratch:
         for attr, flag in SCRATCH_ONLY.items():
             if getattr(args, attr) is not None:
@@ -50,6 +50,9 @@ def launch_scratch(args) -> int:
         compress.check_source(name)
     if args.tokens is not None and args.tokens < 1:
         raise ValueError(f"--tokens must be a positive number of training tokens, got {args.tokens}")
+    if args.size_gb is not None:
+        compress.number(args.size_gb, "--size-gb", low=0, low_open=True, noun="a positive number of GiB",
+                        show_range=False)
     config = Path(args.config) if args.config else default_config()
     if not args.config:
         print(f"track 2 experiment: {config.relative_to(config.parent.parent)}", flush=True)
@@ -63,7 +66,7 @@ def launch_scratch(args) -> int:
     if getattr(exp, "track", None) != "scratch":
         raise ValueError(f"{config} is not a track 2 experiment (it needs track: scratch)")
     root = Path(args.root)
-    name = args.experiment or _free_name(root, "scratch")
+    name = args.experiment if args.experiment is not None else _free_name(root, "scratch")
     if args.storage:     # its trials write tokenizers and checkpoints into the run directory (one node)
         raise ValueError("--storage is not supported by --track scratch yet: its trials keep tokenizers and "
                          "checkpoints in the run directory; run track 2 without --storage")

@@ -23,10 +23,15 @@ import math
 from dataclasses import dataclass, fields
 from typing import Callable
 
-from compress import Arch, check_source
+from compress import Arch, boolean, check_source, number
 
 BISECTION_STEPS = 40
 FFN_SLOPE = 1.0            # per-layer FFN widths span mean x (1 -/+ slope/2) from first to last layer
+# Bounds of every searched value (ranges and choices), far above what a phone model needs, so a typo (0 sequences
+# per batch, 5 x the steps of warm-up, 1e30 tokens) is refused before anything starts.
+LIMITS = {"layers": (1, 1024), "hidden": (1, 65536), "kv_heads": (1, 4096), "ffn_mult": (0, 64), "lr": (0, 1),
+          "warmup": (0, 1), "c4_share": (0, 1), "head_dim": (1, 4096), "gqa": (1, 4096), "vocab": (2, 2**23),
+          "context": (2, 2**20), "tokens": (1, 10**13), "batch_size": (1, 65536)}
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -65,6 +70,16 @@ class ArchSpec:
         for name in ("head_dim", "gqa", "vocab", "context", "tokens", "batch_size", "tie", "datasets"):
             if not getattr(self, name):
                 raise ValueError(f"space choice {name} needs at least one value")
+        for name, (low, high) in LIMITS.items():      # every value finite, typed and in bounds that keep work bounded
+            integer = name not in ("ffn_mult", "lr", "warmup", "c4_share")
+            for value in getattr(self, name):
+                number(value, f"space {name}", integer=integer, low=low, high=high,
+                       high_open=name == "warmup", low_open=name == "lr")
+        for name in ("hidden_multiple", "ffn_multiple"):
+            number(getattr(self, name), f"space {name}", integer=True, low=1, high=4096)
+        boolean(self.per_layer_ffn, "space per_layer_ffn")
+        for value in self.tie:
+            boolean(value, "space tie")
         if self.hidden[0] < self.hidden_multiple or self.hidden[0] % self.hidden_multiple:
             raise ValueError(f"hidden's low end must be a positive multiple of hidden_multiple ({self.hidden_multiple})")
         if self.hidden_multiple % max(self.gqa):

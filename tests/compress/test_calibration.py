@@ -70,7 +70,9 @@ def test_a_selecting_plan_ranks_on_the_selected_blocks(bundled):
     ({"select": 1.5}, r"calibration.select must be a fraction"),
     ({"select": "most"}, r"calibration.select must be a fraction"),
     ({"sample": 8}, r"unknown calibration keys \['sample'\]"),
-    ({"samples": 0}, r"calibration.samples must be an integer >= 1"),
+    ({"samples": 0}, r"calibration.samples must be an integer in \[1, 4096\]"),
+    ({"samples": 10**9, "seq_len": 8}, r"calibration.samples must be an integer in \[1, 4096\]"),
+    ({"samples": 4096, "seq_len": 4096}, r"more than the 2,097,152 calibration may read"),
     ({"hub": "yes"}, r"calibration.hub must be true or false"),
     ("all", r"calibration must be a mapping"),
 ])

@@ -31,7 +31,7 @@ def test_overrides_and_defaults():
     ({"runtime": "vllm"}, "runtime must be one of"),
     ({"search.trial": 3}, "unknown keys in 'search'"),
     ({"budget_gb": 0}, "budget_gb must be positive"),
-    ({"space.min_keep": 1.5}, "min_keep must be in"),
+    ({"space.min_keep": 1.5}, "min_keep must be a number in"),
     ({"space.reconstruct": "yes"}, "space.reconstruct must be true, false or auto"),
     ({"space.calibration.select": 0}, r"space.calibration.select must be a fraction in \(0, 1\]"),
     ({"space.calibration.sample": 8}, r"unknown space.calibration keys \['sample'\]"),

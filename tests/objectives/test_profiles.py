@@ -81,7 +81,7 @@ def test_profile_file_round_trip_and_bad_files(tmp_path):
     path = tmp_path / "mine.json"
     path.write_text(json.dumps({"profile": tiny.to_dict(), "calibration": []}))
     assert objectives.get_profile(str(path)) == tiny
-    for text, message in (("[1]", "'profile' section"), ("{", "not a readable JSON"),
+    for text, message in (("[1]", "'profile' section"), ("{", "is not valid JSON"),
                           ('{"profile": {"name": "x", "colour": 1}}', "unknown fields")):
         path.write_text(text)
         with pytest.raises(ValueError, match=message):

@@ -45,7 +45,7 @@ CASES = [
     ("experiment calibration select 2", ["launch", "--set", "space.calibration.select=2", "--root", "{root}"],
      "space.calibration.select must be a fraction in (0, 1]"),
     ("a budget no plan fits", ["launch", "--budget-gb", "0.0000001", "--root", "{root}"], "below the smallest plan"),
-    ("--trials 0", ["launch", "--trials", "0", "--root", "{root}"], "search.trials (--trials) must be an integer >= 1"),
+    ("--trials 0", ["launch", "--trials", "0", "--root", "{root}"], "search.trials (--trials) must be an integer in [1, "),
     ("--workers 0", ["launch", "--workers", "0", "--root", "{root}"], "search.workers (--workers)"),
     ("--full-eval-top without the data for a full run", ["launch", "--full-eval-top", "1", "--root", "{root}"],
      "needs more than the shipped subsets"),
@@ -129,6 +129,117 @@ CASES = [
     ("a profile file that does not exist", ["evaluate", "--device", "{tmp}/mine.json"], "not found"),
 ]
 
+# Issue 23: what a hostile new user tried (fresh clone at 387e43c) and the last table did not hold.
+CASES_23 = [
+    # outputs that would replace or change their own input
+    ("prune --out the model itself, --force", ["prune", "--model", "{model}", "--plan", "{plan}", "--out", "{model}",
+                                               "--force"], "is the input"),
+    ("prune --out inside the model", ["prune", "--model", "{model}", "--plan", "{plan}", "--out", "{model}/sub"],
+     "lies inside the input"),
+    ("prune --out a folder holding the plan, --force", ["prune", "--plan", "{tmp}/plans/good.json", "--out",
+                                                        "{tmp}/plans", "--force"], "contains the input"),
+    ("distill --out the student itself, --force", ["distill", "--student", "{model}", "--out", "{model}", "--force"],
+     "is the input"),
+    ("export --out into the model", ["export", "--model", "{model}", "--format", "gguf", "--out", "{model}/m.gguf"],
+     "lies inside the input"),
+    ("export --out in a missing folder", ["export", "--model", "stories260k", "--format", "gguf", "--out",
+                                          "{tmp}/nodir/sub/m.gguf"], "does not exist; create it first"),
+    ("submit --out inside the experiment", ["submit", "--experiment", "one", "--out", "{root}/one/bundle", "--root",
+                                            "{root}"], "lies inside the input"),
+    # damaged or disagreeing experiment records
+    ("resume: killed, optuna.db truncated", ["resume", "--experiment", "killed_db", "--root", "{root}"], "is damaged"),
+    ("resume: finished copy, optuna.db truncated, state running",
+     ["resume", "--experiment", "copied_db", "--root", "{root}"], "is damaged"),
+    ("resume: Tune knows trials optuna.db does not", ["resume", "--experiment", "foreign_db", "--root", "{root}"],
+     "the records disagree"),
+    ("resume: state.json []", ["resume", "--experiment", "state_list", "--root", "{root}"], "is damaged"),
+    ("validate: state.json []", ["validate", "--experiment", "state_list", "--root", "{root}"], "is damaged"),
+    ("top: results.json []", ["top", "--experiment", "results_list", "--root", "{root}"], "is damaged"),
+    ("top: results.json {}", ["top", "--experiment", "results_dict", "--root", "{root}"], "is damaged"),
+    ("submit: a truncated top checkpoint", ["submit", "--experiment", "truncated_top", "--out", "{out}", "--root",
+                                            "{root}"], "corrupt or truncated"),
+    # counts against what exists, bounds that keep work bounded
+    ("full-eval --limit -1", ["full-eval", "--experiment", "one", "--top", "1", "--limit", "-1", "--root", "{root}"],
+     "--limit must be >= 1"),
+    ("full-eval --limit 0", ["full-eval", "--experiment", "one", "--top", "1", "--limit", "0", "--root", "{root}"],
+     "--limit must be >= 1"),
+    ("full-eval --top 999", ["full-eval", "--experiment", "one", "--top", "999", "--limit", "1", "--root", "{root}"],
+     "--top 999: experiment one has 1 finished candidate"),
+    ("validate --top 999", ["validate", "--experiment", "one", "--top", "999", "--root", "{root}"],
+     "--top 999: experiment one has 1 finished candidate"),
+    ("validate --threads 0", ["validate", "--experiment", "one", "--threads", "0", "--root", "{root}"],
+     "--threads must be 1.."),
+    ("plan calibration samples 1e9", ["prune", "--plan", "{plan_calib_1e9}", "--out", "{out}"],
+     "calibration.samples must be an integer in [1, 4096]"),
+    # launches that failed after starting (left "running") or were accepted
+    ("--set search.trials=true", ["launch", "--set", "search.trials=true", "--root", "{root}"],
+     "search.trials (--trials) must be an integer"),
+    ("--set search.seed=abc", ["launch", "--set", "search.seed=abc", "--root", "{root}"],
+     "search.seed must be an integer"),
+    ("--set resources.cpus_per_trial=-1", ["launch", "--set", "resources.cpus_per_trial=-1", "--root", "{root}"],
+     "resources.cpus_per_trial must be a number in (0, "),
+    ("--set budget_gb=abc", ["launch", "--set", "budget_gb=abc", "--root", "{root}"], "budget_gb must be positive"),
+    ("--set space.min_keep=abc", ["launch", "--set", "space.min_keep=abc", "--root", "{root}"],
+     "space.min_keep must be a number"),
+    ("--set space.allow_drop=maybe", ["launch", "--set", "space.allow_drop=maybe", "--root", "{root}"],
+     "space.allow_drop must be true or false"),
+    ("--min-tokens-per-s nan", ["launch", "--min-tokens-per-s", "nan", "--root", "{root}"],
+     "search.min_tokens_per_s must be a positive number"),
+    ("--storage a file", ["launch", "--storage", "{plan}", "--root", "{root}"], "it is a file, not a folder"),
+    ("--root a file", ["launch", "--root", "{plan}"], "is a file, not a folder"),
+    ("--root a read-only place", ["launch", "--root", "/proc/self/edgeprune-runs"], "is not writable"),
+    ("--tracking-uri notaurl", ["launch", "--tracking-uri", "notaurl", "--root", "{root}"],
+     "expected http(s)://HOST:PORT"),
+    ("--experiment with a trailing newline", ["launch", "--experiment", "nl\n", "--root", "{root}"],
+     "experiment name 'nl\\n'"),
+    ("--experiment ''", ["launch", "--experiment", "", "--root", "{root}"], "experiment name ''"),
+    ("--config a list", ["launch", "--config", "{yaml_list}", "--root", "{root}"], "must be a mapping of settings"),
+    ("--config a scalar", ["launch", "--config", "{yaml_scalar}", "--root", "{root}"], "must be a mapping of settings"),
+    ("--config with a syntax error", ["launch", "--config", "{yaml_syntax}", "--root", "{root}"], "is not valid YAML"),
+    ("--config with tabs", ["launch", "--config", "{yaml_tabs}", "--root", "{root}"], "is not valid YAML"),
+    # plans
+    ("plan keep 1e400", ["prune", "--plan", "{plan_keep_1e400}", "--out", "{out}"],
+     "attn_keep must be a number in [0, 1], got inf"),
+    ("plan keep 10**400 (an integer)", ["prune", "--plan", "{plan_keep_int_huge}", "--out", "{out}"],
+     "attn_keep must be a number in [0, 1], got 1000"),
+    ("plan importance a list", ["prune", "--plan", "{plan_importance_list}", "--out", "{out}"],
+     "importance must be a criterion name"),
+    ("plan importance a mapping", ["prune", "--plan", "{plan_importance_dict}", "--out", "{out}"],
+     "importance must be a criterion name"),
+    ("plan nested 100k deep", ["prune", "--plan", "{plan_deep}", "--out", "{out}"], "is nested too deeply"),
+    ("plan keep true / false", ["prune", "--plan", "{plan_keep_bool}", "--out", "{out}"],
+     "attn_keep must be a number in [0, 1], got True"),
+    ("plan mlp_multiple 1e30", ["prune", "--plan", "{plan_multiple_huge}", "--out", "{out}"],
+     "larger than the model's MLP width"),
+    # model folders
+    ("config num_hidden_layers 'five' (prune)", ["prune", "--model", "{layers_five}", "--plan", "{plan}", "--out",
+                                                 "{out}"], "expected int, got str"),
+    ("config num_hidden_layers 'five' (launch)", ["launch", "--model", "{layers_five}", "--root", "{root}"],
+     "expected int, got str"),
+    ("config num_key_value_heads 0 (prune)", ["prune", "--model", "{kv_zero}", "--plan", "{plan}", "--out", "{out}"],
+     "num_key_value_heads must be an integer >= 1"),
+    ("config num_key_value_heads 0 (launch)", ["launch", "--model", "{kv_zero}", "--root", "{root}"],
+     "num_key_value_heads must be an integer >= 1"),
+    ("tokenizer.json of another shape (prune)", ["prune", "--model", "{bad_tokenizer}", "--plan", "{plan}", "--out",
+                                                 "{out}"], "cannot be loaded"),
+    ("tokenizer.json of another shape (launch, before Ray)", ["launch", "--model", "{bad_tokenizer}", "--root",
+                                                              "{root}"], "cannot be loaded"),
+    # device profiles
+    ("profile runtimes [1] (evaluate)", ["evaluate", "--device", "{profile_runtimes_list}"], "runtimes maps each of"),
+    ("profile runtimes [1] (launch)", ["launch", "--device", "{profile_runtimes_list}", "--root", "{root}"],
+     "runtimes maps each of"),
+    ("profile runtime vllm", ["evaluate", "--device", "{profile_vllm}"], "runtime must be one of llama.cpp, mlc"),
+    ("profile runtime_overhead_bytes true", ["evaluate", "--device", "{profile_overhead_true}"],
+     "runtime_overhead_bytes must be an integer >= 0, got True"),
+    # track 2's schedule ranges, as track 1's settings
+    ("track 2: --set train.batch_size=[0]", ["launch", "--track", "scratch", "--set", "train.batch_size=[0]", "--root",
+                                             "{root}"], "space batch_size must be an integer in [1, "),
+    ("track 2: --set train.warmup=[0, 5]", ["launch", "--track", "scratch", "--set", "train.warmup=[0, 5]", "--root",
+                                            "{root}"], "space warmup must be a number in [0, 1)"),
+    ("track 2: --set train.tokens=5", ["launch", "--track", "scratch", "--set", "train.tokens=5", "--root", "{root}"],
+     "train.tokens must be a list"),
+]
+
 
 def _copy_model(dst: Path, edit=None) -> Path:
     shutil.copytree(BUNDLED, dst)
@@ -193,9 +304,85 @@ def world(tmp_path_factory):
             (paths["root"] / name / "state.json").write_text(json.dumps(state))
     one = {"rank": 1, "trial_id": "t1", "name": "owl", "folder": "owl", "score": 0.5}     # one finished candidate
     (paths["root"] / "one" / "results.json").write_text(json.dumps({"summary": {"top": [one]}, "trials": [one]}))
+    _issue23_world(tmp, paths)
     yield paths
     closed.close()
     silent.close()
+
+
+def _issue23_world(tmp: Path, paths: dict) -> None:
+    import sqlite3
+    from objectives import get_profile
+    layers = GOOD_PLAN["layers"]
+    plans = {"plan_calib_1e9": {**GOOD_PLAN, "importance": "activation", "calibration": {"samples": 10**9, "seq_len": 8}},
+             "plan_importance_list": {**GOOD_PLAN, "importance": ["l1"]},
+             "plan_importance_dict": {**GOOD_PLAN, "importance": {"a": 1}},
+             "plan_keep_bool": {"layers": [{"attn_keep": True, "mlp_keep": False}] * 5},
+             "plan_multiple_huge": {**GOOD_PLAN, "mlp_multiple": 10**30}}
+    for key, data in plans.items():
+        paths[key] = tmp / f"{key}.json"
+        paths[key].write_text(json.dumps(data))
+    paths["plan_keep_1e400"] = tmp / "keep_1e400.json"
+    paths["plan_keep_1e400"].write_text(json.dumps(GOOD_PLAN).replace("0.5", "1e400"))
+    paths["plan_keep_int_huge"] = tmp / "keep_int_huge.json"
+    paths["plan_keep_int_huge"].write_text(json.dumps(GOOD_PLAN).replace("0.5", "1" + "0" * 400))
+    paths["plan_deep"] = tmp / "deep.json"
+    paths["plan_deep"].write_text("[" * 100_000 + "]" * 100_000)
+    (tmp / "plans").mkdir()
+    (tmp / "plans" / "good.json").write_text(json.dumps({"layers": layers}))
+    paths["model"] = _copy_model(tmp / "model")
+    paths["layers_five"] = _copy_model(tmp / "layers_five", lambda c: c.update(num_hidden_layers="five"))
+    paths["kv_zero"] = _copy_model(tmp / "kv_zero", lambda c: c.update(num_key_value_heads=0))
+    paths["bad_tokenizer"] = _copy_model(tmp / "bad_tokenizer")
+    (paths["bad_tokenizer"] / "tokenizer.json").write_text(json.dumps({"version": "1.0", "model": 5}))
+    profile = get_profile("stories260k-tiny").to_dict()
+    for key, change in (("profile_runtimes_list", {"runtimes": [1]}), ("profile_vllm", {"runtime": "vllm"}),
+                        ("profile_overhead_true", {"runtime_overhead_bytes": True})):
+        paths[key] = tmp / f"{key}.json"
+        paths[key].write_text(json.dumps({"profile": {**profile, **change}}))
+    for key, text in (("yaml_list", "- a\n- b\n"), ("yaml_scalar", "42\n"), ("yaml_syntax", "model: [stories260k\n"),
+                      ("yaml_tabs", "model: stories260k\nsearch:\n\ttrials: 3\n")):
+        paths[key] = tmp / f"{key}.yaml"
+        paths[key].write_text(text)
+    root = paths["root"]
+
+    def experiment(name, *, state=None, results=None, trials=("t1", "t2"), db="good"):
+        """A run directory with Tune's state naming `trials` and an optuna.db holding t1, t2 (or a damaged one)."""
+        folder = root / name
+        (folder / "tune").mkdir(parents=True)
+        (folder / "config.yaml").write_text("model: stories260k\ndevice: stories260k-tiny\n")
+        (folder / "state.json").write_text(json.dumps(state if state is not None else {"status": "running"}))
+        tune_state = {"trial_data": [[json.dumps({"trial_id": t}), "{}"] for t in trials]}
+        (folder / "tune" / "experiment_state-2026-01-01_00-00-00.json").write_text(json.dumps(tune_state))
+        con = sqlite3.connect(folder / "optuna.db")
+        con.executescript("CREATE TABLE studies (study_id INTEGER PRIMARY KEY, study_name TEXT);"
+                          "CREATE TABLE trials (trial_id INTEGER PRIMARY KEY, number INTEGER, study_id INTEGER);"
+                          "CREATE TABLE trial_user_attributes (trial_user_attribute_id INTEGER PRIMARY KEY, "
+                          "trial_id INTEGER, key TEXT, value_json TEXT);"
+                          "INSERT INTO studies VALUES (1, 'x'); INSERT INTO trials VALUES (1, 0, 1), (2, 1, 1);"
+                          "INSERT INTO trial_user_attributes VALUES (1, 1, 'tune_trial_id', '\"t1\"'), "
+                          "(2, 2, 'tune_trial_id', '\"t2\"');")
+        con.commit()
+        con.close()
+        if db == "truncated":
+            raw = (folder / "optuna.db").read_bytes()
+            (folder / "optuna.db").write_bytes(raw[: len(raw) // 2])
+        if results is not None:
+            (folder / "results.json").write_text(json.dumps(results))
+    experiment("killed_db", db="truncated")
+    experiment("copied_db", db="truncated", results={"summary": {"top": []}, "trials": [{"trial_id": "t1"}]})
+    experiment("foreign_db", trials=("t1", "t2", "t3"))
+    experiment("state_list", state=[])
+    experiment("results_list", results=[])
+    experiment("results_dict", results={})
+    # a finished experiment whose only top checkpoint lost half of its weights
+    candidate = {"rank": 1, "trial_id": "t1", "name": "owl", "folder": "owl", "score": 0.5}
+    experiment("truncated_top", state={"status": "finished"}, results={"summary": {"top": [candidate]},
+                                                                      "trials": [candidate]})
+    top = _copy_model(root / "truncated_top" / "top" / "owl")
+    (top / "candidate.json").write_text(json.dumps(candidate))
+    weights = top / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
 
 
 def _snapshot(root: Path) -> dict:
@@ -211,7 +398,7 @@ def run_cli(argv, capsys) -> tuple[int, str, str]:
     return code, out, err
 
 
-@pytest.mark.parametrize("argv, fragment", [c[1:] for c in CASES], ids=[c[0] for c in CASES])
+@pytest.mark.parametrize("argv, fragment", [c[1:] for c in CASES + CASES_23], ids=[c[0] for c in CASES + CASES_23])
 def test_bad_input_is_one_line_exit_2_and_writes_nothing(argv, fragment, world, capsys, monkeypatch):
     monkeypatch.chdir(world["tmp"])                  # a default `runs/` would land here, and be caught
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")

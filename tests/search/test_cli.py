@@ -107,3 +107,21 @@ def test_second_launch_without_a_name_gets_a_fresh_experiment(tmp_path):
     assert _free_name(tmp_path, "stories260k") == "stories260k-2"
     (tmp_path / "stories260k-2" / "config.yaml").write_text("model: stories260k\n")
     assert _free_name(tmp_path, "stories260k") == "stories260k-3"
+
+
+def test_an_output_never_replaces_or_enters_its_own_model(pruned_dir, tmp_path):
+    """`prune --model D --out D --force` once replaced the model folder it read (issue 23): refused in one line,
+    and not one byte of D changes."""
+    import hashlib
+    import shutil
+    model = tmp_path / "model"
+    shutil.copytree(pruned_dir, model)
+    (model / "LICENSE").write_text("MIT")
+    digest = lambda: {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(model.rglob("*"))}
+    before = digest()
+    plan = tmp_path / "plan.json"
+    plan.write_text(json.dumps({"layers": [{"attn_keep": 0.5, "mlp_keep": 0.5}] * 4}))
+    proc = cli("prune", "--model", str(model), "--plan", str(plan), "--out", str(model), "--force")
+    assert proc.returncode == 2 and proc.stderr.strip().splitlines() == [
+        f"error: --out {model} is the input {model} itself; write somewhere else"], proc.stderr
+    assert digest() == before

@@ -4,6 +4,7 @@ These start a local Ray cluster in a subprocess, exactly as a user's `python -m 
 private Ray temp dir (RAY_TMPDIR), so cleaning up after a killed driver stops only that cluster's processes
 (`ray stop` would stop every Ray cluster of the user).
 """
+import hashlib
 import json
 import os
 import shutil
@@ -45,10 +46,10 @@ def ray_tmp():
     shutil.rmtree(folder, ignore_errors=True)
 
 
-def mlflow_runs(root, name):
+def mlflow_runs(root, name, experiment=None):
     """(parent, children) of an experiment, read straight from its MLflow store (no server needed)."""
     client = MlflowClient(f"sqlite:///{root / name / 'mlflow.db'}")
-    runs = client.search_runs([client.get_experiment_by_name(name).experiment_id])
+    runs = client.search_runs([client.get_experiment_by_name(experiment or name).experiment_id])
     parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
     return parents, [r for r in runs if "mlflow.parentRunId" in r.data.tags]
 
@@ -58,11 +59,11 @@ def artifacts(root, name, run) -> set:
     return {p.name for p in folder.iterdir()} if folder.is_dir() else set()
 
 
-def study_states(root, name):
+def study_states(root, name, study=None):
     """States of the study's trials ([] while the driver has created optuna.db but not yet the study)."""
     storage = optuna.storages.RDBStorage(f"sqlite:///{root / name / 'optuna.db'}")
     try:
-        return [t.state.name for t in optuna.load_study(study_name=name, storage=storage).trials]
+        return [t.state.name for t in optuna.load_study(study_name=study or name, storage=storage).trials]
     except KeyError:
         return []
     finally:
@@ -106,7 +107,34 @@ def test_short_search_end_to_end(tmp_path):
     assert again.returncode == 2 and "already exists" in again.stderr
 
 
-def test_kill_then_resume_keeps_completed_trials(tmp_path, ray_tmp):
+def launch_processes(ray_tmp, *folders) -> list[tuple[int, str]]:
+    """(pid, command) of every live process a launch started: it runs with RAY_TMPDIR=ray_tmp, which Ray's
+    processes inherit (the agents rename themselves `ray::...`, so their command lines no longer say so),
+    or its command line names one of `folders` (the MLflow server names the run directory)."""
+    import psutil
+    marks = [str(f).rstrip(os.sep) + os.sep for f in (ray_tmp, *folders)]
+    found = []
+    for p in psutil.process_iter(["pid", "cmdline", "environ", "status"]):
+        try:
+            if p.info["pid"] == os.getpid() or p.info["status"] == psutil.STATUS_ZOMBIE:
+                continue
+            command = " ".join(p.info["cmdline"] or ())
+            if (p.info["environ"] or {}).get("RAY_TMPDIR") == str(ray_tmp) or any(m in command for m in marks):
+                found.append((p.info["pid"], command[:80]))
+        except psutil.Error:
+            continue
+    return found
+
+
+def digest(folder) -> dict:
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_kill_then_resume_a_copy_keeps_completed_trials_and_leaves_the_original(tmp_path, ray_tmp):
+    """SIGKILL the driver alone (as the OOM killer or `kill -9` would): no process of the launch is alive 10 s
+    later. Then copy the interrupted experiment elsewhere under another name and resume the copy: it finishes
+    with every trial once, and not one byte of the original folder changes (issue 23)."""
     cmd = [sys.executable, "-m", "search", "launch", "--trials", "6", "--rungs", "1", "--workers", "2",
            "--experiment", "kill", "--root", str(tmp_path)]
     log = tmp_path / "driver.log"            # a file, not a pipe nobody reads: the output is there on failure
@@ -120,27 +148,34 @@ def test_kill_then_resume_keeps_completed_trials(tmp_path, ray_tmp):
         if db.exists() and study_states(tmp_path, "kill").count("COMPLETE") >= 2:
             break
     exited = driver.poll()                   # the driver must still be running when it is killed
-    os.killpg(driver.pid, signal.SIGKILL)
+    running = launch_processes(ray_tmp, tmp_path / "kill")
+    os.kill(driver.pid, signal.SIGKILL)      # the driver only: its Ray cluster and MLflow server must follow it
+    killed = time.time()
     driver.wait()
-    kill_mentioning(ray_tmp)                 # what is left of the driver's local Ray cluster, and nothing else
     before = study_states(tmp_path, "kill")
     completed_before = before.count("COMPLETE")
     assert exited is None and completed_before >= 2 and len(before) < 6 + 2, (exited, before, log.read_text()[-3000:])
+    assert len(running) > 5, running         # Ray's processes and the MLflow server were found while it ran
+    time.sleep(max(0.0, killed + 10 - time.time()))
+    assert launch_processes(ray_tmp, tmp_path / "kill") == []      # 10 s after the kill: nothing of it is left
 
-    deadline = time.time() + 30             # the MLflow server's supervisor stops it once the driver is gone
-    while pids_mentioning(tmp_path / "kill") and time.time() < deadline:
-        time.sleep(1)
-    assert not pids_mentioning(tmp_path / "kill")
-    proc = search("resume", "--experiment", "kill", root=tmp_path, ray_tmp=ray_tmp)
+    original = tmp_path / "kill"
+    hashes = digest(original)
+    shutil.copytree(original, tmp_path / "elsewhere" / "copied")
+    proc = search("resume", "--experiment", "copied", root=tmp_path / "elsewhere", ray_tmp=ray_tmp)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    after = study_states(tmp_path, "kill")
+    assert digest(original) == hashes                              # the original folder: not one byte changed
+    root, name = tmp_path / "elsewhere", "copied"
+    after = study_states(root, name, study="kill")                 # the copy's study keeps its launch name
     assert after[:completed_before] == ["COMPLETE"] * completed_before
     assert after.count("COMPLETE") == 6 and "RUNNING" not in after
-    results = json.loads((tmp_path / "kill" / "results.json").read_text())
+    results = json.loads((root / name / "results.json").read_text())
     assert len(results["trials"]) == 6 and all(r["status"] == "complete" for r in results["trials"])
+    assert all(Path(t["dir"]).is_relative_to(root / name) for t in results["summary"]["top"])
+    assert json.loads((root / name / "state.json").read_text())["status"] == "finished"
     # every trial exactly one run, finished, the trials in flight at the kill included (a re-run trial finds
-    # and continues its run; the driver reconciles MLflow with the trial table)
-    parents, children = mlflow_runs(tmp_path, "kill")
+    # and continues its run; the driver reconciles MLflow with the trial table), in the copy's own store
+    parents, children = mlflow_runs(root, name, experiment="kill")
     assert sorted(r.data.tags["tune_trial_id"] for r in children) == sorted(r["trial_id"] for r in results["trials"])
     assert all(r.info.status == "FINISHED" for r in children + parents)
 
