@@ -196,6 +196,17 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def _without_shm_op() -> None:
+    """DeepSpeed's CPU backend JIT-compiles a shared-memory all-reduce (deepspeed_shm_comm) into
+    ~/.cache/torch_extensions at its first init_distributed. A build killed half-way (a timed-out trial, a
+    SIGKILLed driver) leaves torch's lock file behind, and every later run waits on it forever; its kernels
+    also hang peers on CPUs without AVX-512. DeepSpeed skips the op when it is marked incompatible, and gloo
+    does the all-reduce instead: nothing is compiled at run time. Setting the table directly also skips
+    DeepSpeed's probe of every op (compiler subprocesses, ~10 s per process); only build_shm_op reads it."""
+    import deepspeed.ops
+    vars(deepspeed.ops).setdefault("__compatible_ops__", {})["deepspeed_shm_comm"] = False
+
+
 @contextlib.contextmanager
 def _process_group(device_type: str):
     """Yield (rank, world_size); set up (and afterwards tear down) only what a launcher did not."""
@@ -206,6 +217,7 @@ def _process_group(device_type: str):
         os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1",
                           MASTER_PORT=str(_free_port()))  # fresh port: concurrent trials must not collide
     import deepspeed
+    _without_shm_op()
     owned = not torch.distributed.is_initialized()
     try:
         if owned:

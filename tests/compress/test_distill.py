@@ -263,3 +263,27 @@ def test_activation_checkpointing_trains_identically_and_needs_less_memory(teach
                                        seq_len=1024, batch_size=4, hidden=3584, layers=28, vocab=152064,
                                        checkpointing=c) for c in (False, True)}
     assert est[False]["activations"] - est[True]["activations"] > 10e9
+
+
+def test_a_stale_extension_build_lock_does_not_hang_the_process_group(tmp_path):
+    """DeepSpeed's CPU backend used to JIT-build its shared-memory all-reduce at init_distributed; a build killed
+    half-way leaves torch's lock file, and every later distillation waited on it forever (CI hung on this). A
+    stale lock in a fresh extensions folder must not matter: nothing is compiled at run time."""
+    import subprocess
+    import sys
+    from pathlib import Path
+    stale = tmp_path / "ext" / "deepspeed_shm_comm"
+    stale.mkdir(parents=True)
+    (stale / "lock").touch()
+    code = ("from compress._distill import _process_group\n"
+            "with _process_group('cpu') as (rank, world):\n"
+            "    import torch.distributed as dist\n"
+            "    print('group', rank, world, dist.get_backend())\n")
+    env = {**os.environ, "TORCH_EXTENSIONS_DIR": str(tmp_path / "ext"), "OMP_NUM_THREADS": "1"}
+    for key in RENDEZVOUS_VARS:
+        env.pop(key, None)
+    proc = subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).resolve().parents[2], env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "group 0 1 gloo" in proc.stdout
+    assert sorted(p.name for p in stale.iterdir()) == ["lock"]      # nothing was built next to it
