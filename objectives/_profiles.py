@@ -39,6 +39,13 @@ the dense model's own modeled bytes, so it binds on what the runtime really need
 not fit and the search must cut about 38 % of the prunable bytes. The phone's rates; a 64-token prefill
 chunk keeps the unprunable logits buffer from dominating a model this small. MLC cannot run on this
 host: its costs are llama.cpp's (not measured).
+
+smollm2-135m-emulated: SmolLM2-135M-Instruct (`--model smollm2-135m`) on the same emulated device, built the same
+way: llama.cpp's fixed memory and per-token cost fitted by `validate --calibrate` on a search's top candidates
+(bench/sim_vs_measured.py --model smollm2-135m), a budget of that fixed memory + 70 % of the dense model's own
+bytes (here the weights, 269 MB, not the runtime, dominate), phone rates, a 2048-token context and a 64-token
+prefill chunk (the 49,152-token vocabulary makes each chunk token's FP32 logits 197 KB: at llama.cpp's default
+512-token chunk they alone would be a third of the budget, and no pruning can shrink them).
 """
 from __future__ import annotations
 
@@ -82,6 +89,22 @@ STORIES_LLAMACPP_TOKEN_S = 3.5e-5
 STORIES_BUDGET = STORIES_LLAMACPP_OVERHEAD + 727_462    # + floor(0.7 * 1,039,232)
 
 
+# Dense SmolLM2-135M (hidden 576, 30 layers, 9 heads / 3 KV heads of 64, SwiGLU 1536, vocab 49,152, tied) in FP16
+# at context 2048 with a 64-token prefill chunk (`_memory.estimate_memory`):
+#   weights      134,515,008 params x 2                                 = 269,030,016
+#   KV cache     30 layers x 2 x 3 heads x 64 x 2048 tokens x 2          =  47,185,920
+#   activations  64 x 2 x (2 x 576 + 2 x 1536)                          =     540,672
+#   logits       64 x 49,152 x 4 (FP32)                                 =  12,582,912
+#   model bytes                                                         = 329,339,520
+SMOLLM2_DENSE_PEAK = 329_339_520
+# llama.cpp on the emulated host for this model (bench/results/sim_vs_measured_smollm2.json: `validate --calibrate`
+# pooled over 3 runs on the search's top 3, as for the bundled model): fixed memory (upper envelope of the
+# residuals) and time per decoded token beyond reading weights and KV cache, projected to the phone.
+SMOLLM2_LLAMACPP_OVERHEAD = 10_293_248
+SMOLLM2_LLAMACPP_TOKEN_S = 2.5e-3
+SMOLLM2_BUDGET = SMOLLM2_LLAMACPP_OVERHEAD + 230_537_664     # + floor(0.7 * 329,339,520)
+
+
 @dataclass(frozen=True, kw_only=True)
 class RuntimeCost:
     """What one inference runtime adds on a device (see the module docstring)."""
@@ -110,6 +133,9 @@ class DeviceProfile:
     runtime: str = "llama.cpp"             # the active runtime (runtime_overhead_bytes, token_overhead_s are its)
     token_overhead_s: float = 0.0          # the active runtime's seconds per decoded token beyond memory traffic
     runtimes: dict = field(default_factory=dict)   # runtime name -> RuntimeCost
+    # llama.cpp's flash attention (the validation backends start it so): off, attention scores are materialised
+    # and the V cache is padded to the widest layer (objectives/_memory.py)
+    flash_attention: bool = True
 
     def __post_init__(self):
         for field in ("memory_budget_bytes", "context_length", "prefill_chunk", "bytes_per_weight",
@@ -127,6 +153,9 @@ class DeviceProfile:
         if not isinstance(self.token_overhead_s, (int, float)) or not 0 <= self.token_overhead_s < math.inf:
             raise ValueError(f"device profile {self.name!r}: token_overhead_s must be a number >= 0, "
                              f"got {self.token_overhead_s!r}")
+        if not isinstance(self.flash_attention, bool):
+            raise ValueError(f"device profile {self.name!r}: flash_attention must be true or false, "
+                             f"got {self.flash_attention!r}")
         # to_dict() / a profile file hold the costs as plain mappings
         object.__setattr__(self, "runtimes", {k: RuntimeCost(**v) if isinstance(v, dict) else v
                                               for k, v in (self.runtimes or {}).items()})
@@ -184,6 +213,14 @@ PROFILES.add("stories260k-tiny", _profile(
            for r in RUNTIMES},
     description="bundled stories260k on the emulated device: budget = llama.cpp's fixed memory + 70 % of the "
                 "dense model's bytes, phone rates"))
+
+PROFILES.add("smollm2-135m-emulated", _profile(
+    name="smollm2-135m-emulated", memory_budget_bytes=SMOLLM2_BUDGET, context_length=2048,
+    decode_bandwidth_bytes_per_s=PHONE_DECODE_BANDWIDTH, compute_flops_per_s=PHONE_PREFILL_FLOPS, prefill_chunk=64,
+    costs={r: RuntimeCost(overhead_bytes=SMOLLM2_LLAMACPP_OVERHEAD, token_overhead_s=SMOLLM2_LLAMACPP_TOKEN_S)
+           for r in RUNTIMES},
+    description="SmolLM2-135M on the emulated device: budget = llama.cpp's fixed memory + 70 % of the dense "
+                "model's bytes, phone rates, context 2048"))
 
 
 PROFILE_FILE_SUFFIX = ".json"
