@@ -206,21 +206,25 @@ PROFILES.add("phone-12gb", _profile(
     decode_bandwidth_bytes_per_s=PHONE_DECODE_BANDWIDTH, compute_flops_per_s=PHONE_PREFILL_FLOPS, prefill_chunk=512,
     costs={r: RuntimeCost(overhead_bytes=PHONE_OVERHEAD) for r in RUNTIMES},
     description="12 GB Snapdragon 8 Gen 3 phone (OnePlus 12 class), FP16, 4096-token context"))
-PROFILES.add("stories260k-tiny", _profile(
-    name="stories260k-tiny", memory_budget_bytes=STORIES_BUDGET, context_length=512,
-    decode_bandwidth_bytes_per_s=PHONE_DECODE_BANDWIDTH, compute_flops_per_s=PHONE_PREFILL_FLOPS, prefill_chunk=64,
-    costs={r: RuntimeCost(overhead_bytes=STORIES_LLAMACPP_OVERHEAD, token_overhead_s=STORIES_LLAMACPP_TOKEN_S)
-           for r in RUNTIMES},
-    description="bundled stories260k on the emulated device: budget = llama.cpp's fixed memory + 70 % of the "
-                "dense model's bytes, phone rates"))
 
-PROFILES.add("smollm2-135m-emulated", _profile(
-    name="smollm2-135m-emulated", memory_budget_bytes=SMOLLM2_BUDGET, context_length=2048,
-    decode_bandwidth_bytes_per_s=PHONE_DECODE_BANDWIDTH, compute_flops_per_s=PHONE_PREFILL_FLOPS, prefill_chunk=64,
-    costs={r: RuntimeCost(overhead_bytes=SMOLLM2_LLAMACPP_OVERHEAD, token_overhead_s=SMOLLM2_LLAMACPP_TOKEN_S)
-           for r in RUNTIMES},
-    description="SmolLM2-135M on the emulated device: budget = llama.cpp's fixed memory + 70 % of the dense "
-                "model's bytes, phone rates, context 2048"))
+
+def _emulated(*, name: str, budget: int, context: int, overhead: int, token_s: float, description: str) -> DeviceProfile:
+    """A model on the emulated device: phone rates, a 64-token prefill chunk, llama.cpp's fitted costs (for MLC
+    too: it cannot run on this host, so its costs are llama.cpp's, not measured)."""
+    return _profile(name=name, memory_budget_bytes=budget, context_length=context, prefill_chunk=64,
+                    decode_bandwidth_bytes_per_s=PHONE_DECODE_BANDWIDTH, compute_flops_per_s=PHONE_PREFILL_FLOPS,
+                    costs={r: RuntimeCost(overhead_bytes=overhead, token_overhead_s=token_s) for r in RUNTIMES},
+                    description=description)
+
+
+PROFILES.add("stories260k-tiny", _emulated(
+    name="stories260k-tiny", budget=STORIES_BUDGET, context=512, overhead=STORIES_LLAMACPP_OVERHEAD,
+    token_s=STORIES_LLAMACPP_TOKEN_S, description="bundled stories260k on the emulated device: budget = llama.cpp's "
+    "fixed memory + 70 % of the dense model's bytes, phone rates"))
+PROFILES.add("smollm2-135m-emulated", _emulated(
+    name="smollm2-135m-emulated", budget=SMOLLM2_BUDGET, context=2048, overhead=SMOLLM2_LLAMACPP_OVERHEAD,
+    token_s=SMOLLM2_LLAMACPP_TOKEN_S, description="SmolLM2-135M on the emulated device: budget = llama.cpp's fixed "
+    "memory + 70 % of the dense model's bytes, phone rates, context 2048"))
 
 
 PROFILE_FILE_SUFFIX = ".json"
