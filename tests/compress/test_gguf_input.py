@@ -140,8 +140,10 @@ def test_byte_level_gguf_round_trips(family, regex, cache, tmp_path):
     """Qwen2 (q/k/v biases, untied head, rotate_half order kept) and a Llama with SmolLM's digit-splitting
     tokenizer: the same weights and the same tokens back, on text full of numbers and spaces."""
     tok = byte_level_tokenizer(regex)
+    tok.chat_template = "{% for m in messages %}<|endoftext|>{{ m['content'] }}{% endfor %}"
     compress.save_pruned(tiny_model(family, vocab_size=512), tok, tmp_path / "ckpt", dtype=torch.float16)
     back, back_tok = compress.load_model(str(export_gguf(tmp_path / "ckpt", tmp_path / "m.gguf")), dtype="float16")
+    assert back_tok.chat_template == tok.chat_template             # exported with the vocabulary, read back
     want = compress.load_model(tmp_path / "ckpt", dtype="float16")[0].state_dict()
     assert back.config.model_type == family
     for key, value in back.state_dict().items():
