@@ -40,3 +40,12 @@ def _memory() -> int | None:
         return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     except (ValueError, OSError):
         return None
+
+
+def run_meta() -> dict:
+    """The header of a results file: when, where and under what load it ran, and its provenance."""
+    import platform
+    import time
+    return {"date": time.strftime("%Y-%m-%d %H:%M:%S %z"),
+            "machine": f"{platform.machine()}, {os.cpu_count()} cores, {platform.platform()}",
+            "load_average_at_start": list(os.getloadavg()), **provenance()}

@@ -34,6 +34,7 @@ class AdbConfig:
     adb: str = "adb"
     threads: int | None = None            # llama-bench -t; None: its default
     budget_bytes: int | None = None       # peak memory above this -> fits=False
+    flash_attention: bool = True          # llama-bench -fa (the profile's flash_attention)
     timeout_s: float = 1800.0
 
     def __post_init__(self):
@@ -71,7 +72,8 @@ class AdbBackend(DeviceBackend):
 
     def bench_args(self, remote_model: str, *, prompt_tokens: int, gen_tokens: int, repetitions: int) -> list[str]:
         args = [f"{self.bin_dir}/{BENCH_BINARY}", "-m", remote_model, "-p", str(prompt_tokens),
-                "-n", str(gen_tokens), "-r", str(repetitions), "-fa", "1", "-o", "json"]   # flash attention, as modeled
+                "-n", str(gen_tokens), "-r", str(repetitions),
+                "-fa", "1" if self.config.flash_attention else "0", "-o", "json"]   # as the profile models it
         if self.config.threads:
             args += ["-t", str(self.config.threads)]
         return args

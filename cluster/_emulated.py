@@ -18,18 +18,17 @@ between environments), plus llama.cpp's own
 buffer sizes (weights, KV cache, compute, output) parsed from its log, the figures the memory model
 predicts. Projection: decode is bandwidth-bound, so phone tok/s = host tok/s x phone bandwidth / host
 bandwidth (numpy copy benchmark); prefill is compute-bound: x phone FLOP/s / host FLOP/s (numpy
-matmul). Host numbers stay in `raw`. Real numbers need the adb backend and a phone.
+matmul); both host rates are measured in the child, by the clock and threads that time the runs. Host numbers
+stay in `raw`. Real numbers need the adb backend and a phone.
 """
 from __future__ import annotations
 
-import functools
 import json
 import os
 import re
 import subprocess
 import sys
 import tempfile
-import time
 import uuid
 from pathlib import Path
 
@@ -43,8 +42,6 @@ FIXED_ALLOWANCE_BYTES = 64 * 2**20    # ggml's thread pool, llama.cpp's small ho
 CGROUP_SLACK_BYTES = 16 * 2**20       # cgroup only: interpreter allocations made after the move
 DEFAULT_THREADS = max(1, min(4, (os.cpu_count() or 2) // 2))   # half the cores: llama.cpp threads spin-wait
 DEFAULT_TIMEOUT_S = 600.0
-BANDWIDTH_BYTES = 64 * 2**20          # copy benchmark array size: far beyond any cache
-MATMUL_SIZE = 512                     # float32 matmul benchmark (n x n)
 CHILD_SCRIPT = Path(__file__).with_name("_emulated_child.py")   # standalone: imports only llama_cpp, numpy
 MEMORY_ERRORS = ("alloc", "memory", "mmap", "bad_alloc", "failed to load model", "failed to create")
 # llama.cpp log lines: "load_tensors: CPU_Mapped model buffer size = 0.24 MiB", "... KV buffer size = ..."
@@ -58,12 +55,14 @@ class EmulatedBackend(DeviceBackend):
     def __init__(self, *, budget_bytes: int | None = None, phone_bandwidth: float | None = None,
                  phone_flops: float | None = None, context_length: int | None = None, batch: int | None = None,
                  threads: int = DEFAULT_THREADS, timeout_s: float = DEFAULT_TIMEOUT_S, cap: str = "auto",
-                 allowance_bytes: int | None = None):
+                 allowance_bytes: int | None = None, flash_attention: bool = True):
         """budget_bytes: memory the model may use (None: no cap). phone_bandwidth (bytes/s) and
         phone_flops (FLOP/s): the phone's effective rates (None: host speed, unprojected).
         context_length / batch: KV cache size and prefill chunk llama.cpp allocates, as the memory
-        model assumes (None: what the run needs). cap: auto | cgroup | rlimit. allowance_bytes:
-        RLIMIT_AS headroom for stacks and arenas (None: a default per thread)."""
+        model assumes (None: what the run needs); llama.cpp reserves its compute buffers for a whole chunk
+        when the context is created, whatever the prompt's length. cap: auto | cgroup | rlimit. allowance_bytes:
+        RLIMIT_AS headroom for stacks and arenas (None: a default per thread). flash_attention: llama.cpp's
+        flash attention (off: attention scores materialised, V cache padded to the widest layer)."""
         if cap not in ("auto", "cgroup", "rlimit"):
             raise ValueError(f"cap must be auto, cgroup or rlimit, got {cap!r}")
         if budget_bytes is not None and budget_bytes <= 0:
@@ -72,7 +71,7 @@ class EmulatedBackend(DeviceBackend):
             raise ValueError(f"threads must be a positive integer, got {threads!r}")
         self.budget_bytes, self.phone_bandwidth, self.phone_flops = budget_bytes, phone_bandwidth, phone_flops
         self.threads, self.timeout_s, self.cap = threads, timeout_s, cap
-        self.context_length, self.batch = context_length, batch
+        self.context_length, self.batch, self.flash_attention = context_length, batch, bool(flash_attention)
         self.allowance_bytes = (FIXED_ALLOWANCE_BYTES + THREAD_ALLOWANCE_BYTES * (threads + 1)
                                 if allowance_bytes is None else allowance_bytes)
 
@@ -82,7 +81,8 @@ class EmulatedBackend(DeviceBackend):
         settings = {"budget_bytes": int(profile.memory_budget_bytes),
                     "phone_bandwidth": float(profile.decode_bandwidth_bytes_per_s),
                     "phone_flops": float(profile.compute_flops_per_s),
-                    "context_length": int(profile.context_length), "batch": int(profile.prefill_chunk)}
+                    "context_length": int(profile.context_length), "batch": int(profile.prefill_chunk),
+                    "flash_attention": bool(profile.flash_attention)}
         return cls(**{**settings, **options})
 
     def run(self, gguf_path, *, prompt_tokens: int = DEFAULT_PROMPT_TOKENS, gen_tokens: int = DEFAULT_GEN_TOKENS,
@@ -93,7 +93,7 @@ class EmulatedBackend(DeviceBackend):
         spec = {"model": str(gguf_path.resolve()), "prompt": prompt_tokens, "gen": gen_tokens, "reps": repetitions,
                 "threads": self.threads, "budget": self.budget_bytes, "method": method,
                 "n_ctx": max(self.context_length or 0, prompt_tokens + gen_tokens + 8),
-                "n_batch": min(self.batch or prompt_tokens, prompt_tokens), "flash_attn": True,
+                "n_batch": self.batch or prompt_tokens, "flash_attn": self.flash_attention,
                 "cgroup": str(cgroup) if cgroup else None, "allowance": self.allowance_bytes,
                 "cgroup_limit": (self.budget_bytes or 0) + CGROUP_SLACK_BYTES}
         try:
@@ -128,8 +128,8 @@ class EmulatedBackend(DeviceBackend):
         # what the model run allocates, not the code and data files the environment touches (_emulated_child)
         model_bytes = data["anon_growth_bytes"] + data["model_file_resident_bytes"]
         fits = self.budget_bytes is None or model_bytes <= self.budget_bytes
-        decode_ratio = self.phone_bandwidth / host_bandwidth() if self.phone_bandwidth else 1.0
-        prefill_ratio = self.phone_flops / host_flops() if self.phone_flops else 1.0
+        decode_ratio = self.phone_bandwidth / data["host_bandwidth_bytes_per_s"] if self.phone_bandwidth else 1.0
+        prefill_ratio = self.phone_flops / data["host_flops_per_s"] if self.phone_flops else 1.0
         notes = [cap_note, f"peak memory = anonymous memory growth while loading and running "
                            f"({data['anon_growth_bytes']} B) + the model file's resident pages "
                            f"({data['model_file_resident_bytes']} B); the whole process peaked at "
@@ -145,8 +145,6 @@ class EmulatedBackend(DeviceBackend):
             notes.insert(0, f"does not fit: the model took {model_bytes} B > budget {self.budget_bytes} B")
         raw = {**data, "model_rss_bytes": model_bytes, "llama_buffers": buffers,
                "llama_buffers_total_bytes": sum(buffers.values()),
-               "host_bandwidth_bytes_per_s": host_bandwidth() if self.phone_bandwidth else None,
-               "host_flops_per_s": host_flops() if self.phone_flops else None,
                "decode_ratio": decode_ratio, "prefill_ratio": prefill_ratio, "cap": spec}
         return ValidationResult(backend=self.name, decode_tokens_per_s=data["decode_tokens_per_s"] * decode_ratio,
                                 prefill_tokens_per_s=data["prefill_tokens_per_s"] * prefill_ratio,
@@ -162,31 +160,11 @@ def llama_buffers(log: str) -> dict[str, int]:
     return sizes
 
 
-@functools.cache
-def host_bandwidth(repeats: int = 5) -> float:
-    """Bytes/s this host streams through memory (read + write of a large array copy), best of `repeats`."""
-    import numpy as np
-    src = np.ones(BANDWIDTH_BYTES // 8, dtype=np.float64)
-    dst = np.empty_like(src)
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        np.copyto(dst, src)
-        best = min(best, time.perf_counter() - start)
-    return 2 * src.nbytes / best
-
-
-@functools.cache
-def host_flops(repeats: int = 5) -> float:
-    """FLOP/s of a float32 matrix multiply on this host, best of `repeats`."""
-    import numpy as np
-    a = np.ones((MATMUL_SIZE, MATMUL_SIZE), dtype=np.float32)
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        a @ a
-        best = min(best, time.perf_counter() - start)
-    return 2 * MATMUL_SIZE**3 / best
+def host_bandwidth() -> float:
+    """Bytes/s this process streams through memory (a large array copy, read + write), best of 5. The emulated
+    runs measure it in their own process, next to the timed runs (_emulated_child.host_rates)."""
+    from ._emulated_child import host_rates
+    return host_rates()[0]
 
 
 # ---- the child process -----------------------------------------------------------------------------

@@ -14,6 +14,13 @@ same for every model but not for every environment: measured on the same GGUF wi
 versions, VmHWM growth less those file pages gave 5.26-5.29 MB in this checkout's venv and 4.80-4.82 MB in
 a fresh clone's, the anonymous growth plus the model file 3.38-3.39 MB in both. Those other file pages are
 reported apart (`other_file_pages_bytes`), with VmHWM.
+
+Host rates: the memory bandwidth (a large array copy) and FLOP/s (a float32 matmul) the phone projection divides
+by are measured here, in this process, right before the timed runs, with the clock and thread count
+that time the runs (BLAS on one thread, as llama.cpp here). Measured in the parent instead, by the wall clock
+with BLAS on every core, they followed the host's load: 6.7 GB/s there against 17 GB/s here at the same moment
+on a busy 2-core host, which doubled every projected decode speed (SmolLM2-135M, where decode reads 270 MB a
+token and the host's bandwidth, not a fixed per-token cost, sets its speed).
 """
 import json
 import os
@@ -26,6 +33,8 @@ from pathlib import Path
 def _child(spec: dict) -> dict:
     import llama_cpp   # imported before the cap is set: the runtime's own footprint is not the model's
     import numpy as np
+    # before the baseline and the cap: the benchmark's arrays are neither the model's memory nor under its budget
+    bandwidth, flops = host_rates(clock=time.thread_time if spec["threads"] == 1 else time.perf_counter)
     baseline, baseline_files, anon = _rss_peak(), _file_pages(), [_status_kb("RssAnon")]
     if spec["method"] == "rlimit":
         limit = _vm_size() + spec["budget"] + spec["allowance"]
@@ -68,7 +77,30 @@ def _child(spec: dict) -> dict:
             "prefill_samples": prefill, "decode_samples": decode, "decode_wall_clock_samples": wall,
             "clock": "thread CPU time" if spec["threads"] == 1 else "wall clock", "baseline_rss_bytes": baseline,
             "peak_rss_bytes": _rss_peak(), "anon_growth_bytes": max(anon) - anon[0],
-            "model_file_resident_bytes": model_file, "other_file_pages_bytes": other_files, "threads": spec["threads"]}
+            "model_file_resident_bytes": model_file, "other_file_pages_bytes": other_files, "threads": spec["threads"],
+            "host_bandwidth_bytes_per_s": bandwidth, "host_flops_per_s": flops}
+
+
+BANDWIDTH_BYTES = 64 * 2**20          # copy benchmark array size: far beyond any cache
+MATMUL_SIZE = 512                     # float32 matmul benchmark (n x n)
+
+
+def host_rates(*, clock=time.perf_counter, repeats: int = 5) -> tuple[float, float]:
+    """(bytes/s streamed through memory by a large array copy, read + write; FLOP/s of a float32 matmul), best
+    of `repeats` by `clock`."""
+    import numpy as np
+    src = np.ones(BANDWIDTH_BYTES // 8, dtype=np.float64)
+    dst = np.empty_like(src)
+    a = np.ones((MATMUL_SIZE, MATMUL_SIZE), dtype=np.float32)
+    copy = matmul = float("inf")
+    for _ in range(repeats):
+        start = clock()
+        np.copyto(dst, src)
+        copy = min(copy, clock() - start)
+        start = clock()
+        a @ a
+        matmul = min(matmul, clock() - start)
+    return 2 * src.nbytes / max(copy, 1e-9), 2 * MATMUL_SIZE**3 / max(matmul, 1e-9)
 
 
 def _rss_peak() -> int:

@@ -69,9 +69,9 @@ def profile_options(device: str, profile) -> dict:
     if device == "emulated":
         return {"budget_bytes": profile.memory_budget_bytes, "phone_bandwidth": profile.decode_bandwidth_bytes_per_s,
                 "phone_flops": profile.compute_flops_per_s, "context_length": profile.context_length,
-                "batch": profile.prefill_chunk}
+                "batch": profile.prefill_chunk, "flash_attention": profile.flash_attention}
     if device == "adb":
-        return {"budget_bytes": profile.memory_budget_bytes}
+        return {"budget_bytes": profile.memory_budget_bytes, "flash_attention": profile.flash_attention}
     return {}
 
 

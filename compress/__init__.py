@@ -7,7 +7,7 @@ from ._plan import LayerPlan, Plan
 from ._criteria import CRITERIA, Criterion, get_criterion
 from ._data import check_source, predictable_documents, texts, token_blocks
 from ._models import (DEFAULT_MODEL, MODELS, ModelSpec, accelerator, load_on_device, check_checkpoint, check_dtype, load_config, load_model,
-                      load_tokenizer_of, resolve_model)
+                      load_tokenizer_of, local_model_dir, resolve_model)
 from ._rankings import Rankings, calibration_tokens, compute_rankings, resolved_calibration
 from ._reconstruct import check_gram_memory, gram_bytes
 from ._prune import PruneResult, prune
@@ -27,7 +27,7 @@ __all__ = [
     "FamilyAdapter", "family_of", "register_family", "supported_families",
     "LayerShape", "ModelShapes", "shapes_from_config", "LayerPlan", "Plan",
     "CRITERIA", "Criterion", "get_criterion", "check_source", "texts", "token_blocks", "predictable_documents",
-    "DEFAULT_MODEL", "MODELS", "ModelSpec", "accelerator", "load_on_device", "check_checkpoint", "check_dtype", "load_config", "load_model", "load_tokenizer_of", "resolve_model",
+    "DEFAULT_MODEL", "MODELS", "ModelSpec", "accelerator", "load_on_device", "check_checkpoint", "check_dtype", "load_config", "load_model", "load_tokenizer_of", "local_model_dir", "resolve_model",
     "Rankings", "compute_rankings", "check_gram_memory", "gram_bytes", "PruneResult", "calibration_tokens", "resolved_calibration", "prune", "check_output_dir", "check_remote_code", "read_plan_record",
     "save_pruned",
     "layer_outlier_ratios", "DistillSchedule", "available_memory", "check_fits", "distill", "estimate_for_shapes",

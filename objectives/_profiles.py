@@ -39,6 +39,13 @@ the dense model's own modeled bytes, so it binds on what the runtime really need
 not fit and the search must cut about 38 % of the prunable bytes. The phone's rates; a 64-token prefill
 chunk keeps the unprunable logits buffer from dominating a model this small. MLC cannot run on this
 host: its costs are llama.cpp's (not measured).
+
+smollm2-135m-emulated: SmolLM2-135M-Instruct (`--model smollm2-135m`) on the same emulated device, built the same
+way: llama.cpp's fixed memory and per-token cost fitted by `validate --calibrate` on a search's top candidates
+(bench/sim_vs_measured.py --model smollm2-135m), a budget of that fixed memory + 70 % of the dense model's own
+bytes (here the weights, 269 MB, not the runtime, dominate), phone rates, a 2048-token context and a 64-token
+prefill chunk (the 49,152-token vocabulary makes each chunk token's FP32 logits 197 KB: at llama.cpp's default
+512-token chunk they alone would be a third of the budget, and no pruning can shrink them).
 """
 from __future__ import annotations
 
@@ -83,6 +90,22 @@ STORIES_LLAMACPP_TOKEN_S = 3.5e-5
 STORIES_BUDGET = STORIES_LLAMACPP_OVERHEAD + 727_462    # + floor(0.7 * 1,039,232)
 
 
+# Dense SmolLM2-135M (hidden 576, 30 layers, 9 heads / 3 KV heads of 64, SwiGLU 1536, vocab 49,152, tied) in FP16
+# at context 2048 with a 64-token prefill chunk (`_memory.estimate_memory`):
+#   weights      134,515,008 params x 2                                 = 269,030,016
+#   KV cache     30 layers x 2 x 3 heads x 64 x 2048 tokens x 2          =  47,185,920
+#   activations  64 x 2 x (2 x 576 + 2 x 1536)                          =     540,672
+#   logits       64 x 49,152 x 4 (FP32)                                 =  12,582,912
+#   model bytes                                                         = 329,339,520
+SMOLLM2_DENSE_PEAK = 329_339_520
+# llama.cpp on the emulated host for this model (bench/results/sim_vs_measured_smollm2.json: `validate --calibrate`
+# pooled over 3 runs on the search's top 3, as for the bundled model): fixed memory (upper envelope of the
+# residuals) and time per decoded token beyond reading weights and KV cache, projected to the phone.
+SMOLLM2_LLAMACPP_OVERHEAD = 10_293_248
+SMOLLM2_LLAMACPP_TOKEN_S = 2.5e-3
+SMOLLM2_BUDGET = SMOLLM2_LLAMACPP_OVERHEAD + 230_537_664     # + floor(0.7 * 329,339,520)
+
+
 @dataclass(frozen=True, kw_only=True)
 class RuntimeCost:
     """What one inference runtime adds on a device (see the module docstring)."""
@@ -109,6 +132,9 @@ class DeviceProfile:
     runtime: str = "llama.cpp"             # the active runtime (runtime_overhead_bytes, token_overhead_s are its)
     token_overhead_s: float = 0.0          # the active runtime's seconds per decoded token beyond memory traffic
     runtimes: dict = field(default_factory=dict)   # runtime name -> RuntimeCost
+    # llama.cpp's flash attention (the validation backends start it so): off, attention scores are materialised
+    # and the V cache is padded to the widest layer (objectives/_memory.py)
+    flash_attention: bool = True
 
     def __post_init__(self):
         if not isinstance(self.name, str) or not isinstance(self.description, str):
@@ -117,8 +143,7 @@ class DeviceProfile:
         for field in ("memory_budget_bytes", "context_length", "prefill_chunk"):
             number(getattr(self, field), where + field, integer=True, low=1, high=MAX_INTEGER[field],
                    noun="a positive integer")
-        number(self.prefill_chunk, where + "prefill_chunk", integer=True, low=1, high=self.context_length,
-               noun="a positive integer")
+        # a prefill chunk longer than the context is allowed: the memory model clamps it to the context
         for field, allowed in (("bytes_per_weight", (2, 4)), ("kv_bytes_per_value", (1, 2, 4))):
             value = getattr(self, field)
             if isinstance(value, bool) or value not in allowed:
@@ -134,6 +159,8 @@ class DeviceProfile:
         if not isinstance(self.runtimes, dict):
             raise ValueError(f"{where}runtimes maps each of {', '.join(RUNTIMES)} to its costs "
                              f'({{"llama.cpp": {{"overhead_bytes": N, "token_overhead_s": S}}}}), got {self.runtimes!r}')
+        if not isinstance(self.flash_attention, bool):
+            raise ValueError(f"{where}flash_attention must be true or false, got {self.flash_attention!r}")
         # to_dict() / a profile file hold the costs as plain mappings
         costs = {}
         for name, cost in self.runtimes.items():
@@ -192,13 +219,25 @@ PROFILES.add("phone-12gb", _profile(
     decode_bandwidth_bytes_per_s=PHONE_DECODE_BANDWIDTH, compute_flops_per_s=PHONE_PREFILL_FLOPS, prefill_chunk=512,
     costs={r: RuntimeCost(overhead_bytes=PHONE_OVERHEAD) for r in RUNTIMES},
     description="12 GB Snapdragon 8 Gen 3 phone (OnePlus 12 class), FP16, 4096-token context"))
-PROFILES.add("stories260k-tiny", _profile(
-    name="stories260k-tiny", memory_budget_bytes=STORIES_BUDGET, context_length=512,
-    decode_bandwidth_bytes_per_s=PHONE_DECODE_BANDWIDTH, compute_flops_per_s=PHONE_PREFILL_FLOPS, prefill_chunk=64,
-    costs={r: RuntimeCost(overhead_bytes=STORIES_LLAMACPP_OVERHEAD, token_overhead_s=STORIES_LLAMACPP_TOKEN_S)
-           for r in RUNTIMES},
-    description="bundled stories260k on the emulated device: budget = llama.cpp's fixed memory + 70 % of the "
-                "dense model's bytes, phone rates"))
+
+
+def _emulated(*, name: str, budget: int, context: int, overhead: int, token_s: float, description: str) -> DeviceProfile:
+    """A model on the emulated device: phone rates, a 64-token prefill chunk, llama.cpp's fitted costs (for MLC
+    too: it cannot run on this host, so its costs are llama.cpp's, not measured)."""
+    return _profile(name=name, memory_budget_bytes=budget, context_length=context, prefill_chunk=64,
+                    decode_bandwidth_bytes_per_s=PHONE_DECODE_BANDWIDTH, compute_flops_per_s=PHONE_PREFILL_FLOPS,
+                    costs={r: RuntimeCost(overhead_bytes=overhead, token_overhead_s=token_s) for r in RUNTIMES},
+                    description=description)
+
+
+PROFILES.add("stories260k-tiny", _emulated(
+    name="stories260k-tiny", budget=STORIES_BUDGET, context=512, overhead=STORIES_LLAMACPP_OVERHEAD,
+    token_s=STORIES_LLAMACPP_TOKEN_S, description="bundled stories260k on the emulated device: budget = llama.cpp's "
+    "fixed memory + 70 % of the dense model's bytes, phone rates"))
+PROFILES.add("smollm2-135m-emulated", _emulated(
+    name="smollm2-135m-emulated", budget=SMOLLM2_BUDGET, context=2048, overhead=SMOLLM2_LLAMACPP_OVERHEAD,
+    token_s=SMOLLM2_LLAMACPP_TOKEN_S, description="SmolLM2-135M on the emulated device: budget = llama.cpp's fixed "
+    "memory + 70 % of the dense model's bytes, phone rates, context 2048"))
 
 
 PROFILE_FILE_SUFFIX = ".json"

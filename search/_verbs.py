@@ -24,7 +24,7 @@ def _print_json(obj) -> None:
 
 # ---- prune ---------------------------------------------------------------------------------------
 def add_prune_args(p):
-    p.add_argument("--model", default="stories260k", help="registry name, HF id or local directory")
+    p.add_argument("--model", default="stories260k", help="registry name, HF id, local directory or .gguf file")
     p.add_argument("--plan", required=True, help="pruning plan JSON (see README: Pruning plans)")
     p.add_argument("--out", required=True, help="output directory (a complete HF model directory)")
     p.add_argument("--force", action="store_true", help="replace a non-empty output directory")
@@ -39,8 +39,13 @@ def prune(args) -> int:
     compress.check_apart(args.out, [compress.resolve_model(args.model), args.plan])   # never replace an input
     compress.check_output_dir(args.out, force=args.force)
     plan.check_fits(compress.shapes_from_config(compress.load_config(args.model)))
-    # Load in the saved dtype: slicing is exact in any dtype, and FP16 halves peak memory on 7B models.
-    model, tokenizer = compress.load_model(args.model, dtype=dtype)
+    # Load in the saved dtype: slicing is exact in any dtype, and FP16 halves peak memory on 7B models. A plan
+    # that reads calibration data (activation / taylor criteria, reconstruction) runs forward passes first, and
+    # 16-bit matmuls on a CPU are many times slower than FP32 (minutes instead of seconds for a 135M model).
+    import torch
+    needs_data = bool(compress.get_criterion(plan.importance).requires) or plan.reconstruct
+    compute = torch.float32 if needs_data and compress.accelerator().type == "cpu" else dtype
+    model, tokenizer = compress.load_model(args.model, dtype=compute)
     result = compress.prune(model, tokenizer, plan, release_old=True)  # we own the model
     summary = result.summary()
     compress.save_pruned(model, tokenizer, args.out, plan=plan, summary=summary, force=args.force, dtype=dtype)
@@ -62,7 +67,7 @@ def add_launch_args(p):
     p.add_argument("--track", default="prune", choices=["prune", "scratch"],
                    help="prune: compress a pre-trained model (track 1, default); scratch: search and train an "
                         "architecture from scratch on C4 + Alpaca-zh (track 2)")
-    p.add_argument("--model", default=None, help="registry name, HF id or local dir (default: stories260k)")
+    p.add_argument("--model", default=None, help="registry name, HF id, local dir or .gguf file (default: stories260k)")
     p.add_argument("--config", default=None, help="experiment YAML (default: experiments/<model>.yaml)")
     p.add_argument("--experiment", default=None, help="experiment name (default: the model name)")
     p.add_argument("--trials", type=int, default=None)
@@ -243,10 +248,11 @@ def _search_status(record, status: int) -> int:
 
 def _default_name(model: str) -> str:
     """The experiment name a model gets without --experiment: a registry name, org_name for a hub id,
-    the folder's name for a local directory (a valid experiment name in every case)."""
+    the folder's name for a local directory, the file's stem for a .gguf file (a valid experiment name in every case)."""
     import re
     from pathlib import Path
-    base = Path(model).expanduser().name if Path(model).expanduser().is_dir() else model.replace("/", "_")
+    path = Path(model).expanduser()
+    base = path.name if path.is_dir() else path.stem if path.suffix.lower() == ".gguf" else model.replace("/", "_")
     return re.sub(r"[^A-Za-z0-9._-]", "-", base).lstrip("._-")[:100] or "experiment"
 
 
@@ -322,7 +328,7 @@ def _rate(value) -> str:
 # ---- distill ------------------------------------------------------------------------------------
 def add_distill_args(p):
     p.add_argument("--student", required=True, help="pruned checkpoint directory (from `prune` or a search)")
-    p.add_argument("--teacher", default="stories260k", help="dense model: registry name, HF id or directory")
+    p.add_argument("--teacher", default="stories260k", help="dense model: registry name, HF id, directory or .gguf file")
     p.add_argument("--steps", type=int, default=200)
     p.add_argument("--out", required=True)
     p.add_argument("--force", action="store_true", help="replace a non-empty output directory")
@@ -355,10 +361,10 @@ def distill(args) -> int:
 # ---- evaluate -----------------------------------------------------------------------------------
 MAX_OUT_LEN = 32768          # generated tokens per item: the competition's configs use 512-1024
 def add_evaluate_args(p):
-    p.add_argument("--model", default="stories260k", help="the candidate: registry name, HF id or directory")
+    p.add_argument("--model", default="stories260k", help="the candidate: registry name, HF id, directory or .gguf file")
     p.add_argument("--teacher", default=None, help="dense model for KL / perplexity ratio (default: none)")
-    p.add_argument("--device", default=None, help="device profile (default: phone-12gb, or stories260k-tiny "
-                                                  "for the bundled model)")
+    p.add_argument("--device", default=None, help="device profile (default: the one of the model's own "
+                                                  "experiments/<model>.yaml, e.g. stories260k-tiny, else phone-12gb)")
     p.add_argument("--tasks", nargs="+", default=None, help="proxy tasks (default: all six)")
     p.add_argument("--fidelity", type=int, default=0, help="proxy fidelity level (0 = cheapest)")
     p.add_argument("--data-dir", default=None, help="OpenCompass-style data directory for the proxy tasks")
@@ -386,10 +392,19 @@ def _task_counts(pairs) -> dict | None:
     return out
 
 
+def _default_device(model: str) -> str:
+    """The device of the model's own experiment YAML (stories260k -> stories260k-tiny, ...), else phone-12gb."""
+    import experiments
+    import yaml
+    path = experiments.config_path_for(model) if not model.endswith((".yaml", ".yml")) else None
+    device = (yaml.safe_load(path.read_text()) or {}).get("device") if path else None
+    return device if isinstance(device, str) else "phone-12gb"
+
+
 def evaluate(args) -> int:
     import compress
     import objectives
-    profile = objectives.get_profile(args.device or ("stories260k-tiny" if args.model == "stories260k" else "phone-12gb"))
+    profile = objectives.get_profile(args.device or _default_device(args.model))
     proxy_kwargs = {"data_dir": args.data_dir} if args.data_dir else {}
     if args.tasks:
         proxy_kwargs["tasks"] = tuple(args.tasks)

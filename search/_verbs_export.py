@@ -14,7 +14,7 @@ DEFAULT_TOP = 3
 
 # ---- export ----------------------------------------------------------------------------------------
 def add_export_args(p):
-    p.add_argument("--model", required=True, help="checkpoint directory (or a registry name, e.g. stories260k)")
+    p.add_argument("--model", required=True, help="checkpoint directory, registry name (e.g. stories260k), HF id or .gguf file")
     p.add_argument("--format", required=True, dest="fmt", metavar="FORMAT",
                    help="gguf (llama.cpp, F16), hf (FP16 HF directory) or mlc (HF directory + MLC commands)")
     p.add_argument("--out", required=True, help="output file (gguf) or directory (hf, mlc)")

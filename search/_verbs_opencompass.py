@@ -25,7 +25,8 @@ def _add_run_options(p):
 
 
 def add_opencompass_args(p):
-    p.add_argument("--model", required=True, help="model directory (a pruned checkpoint or any HF model dir)")
+    p.add_argument("--model", required=True, help="registry name, HF id (in the local cache), directory or .gguf "
+                                                  "file, as for every verb")
     p.add_argument("--datasets", nargs="+", default=None, metavar="CONFIG",
                    help="OpenCompass dataset configs (default: the competition's six: "
                         "commonsenseqa_7shot_cot_gen_734a22 FewCLUE_chid_gen humaneval_gen bbh_gen gsm8k_gen "
@@ -46,11 +47,14 @@ def _check_run_options(args) -> None:
 
 
 def run_opencompass_verb(args) -> int:
+    from pathlib import Path
     import compress
     from objectives._opencompass import COMPETITION_DATASETS, run_opencompass
     _check_run_options(args)
-    compress.check_apart(args.work_dir, [compress.resolve_model(args.model), args.data_root], flag="--work-dir")
-    result = run_opencompass(args.model, datasets=args.datasets or COMPETITION_DATASETS, limit=args.limit,
+    folder = compress.local_model_dir(args.model)   # the one resolver every verb uses (a name is not a path)
+    compress.check_apart(args.work_dir, [folder, args.data_root], flag="--work-dir")
+    abbr = None if Path(args.model).expanduser().is_dir() else Path(args.model).name
+    result = run_opencompass(folder, abbr=abbr, datasets=args.datasets or COMPETITION_DATASETS, limit=args.limit,
                              work_dir=args.work_dir, data_root=args.data_root, max_out_len=args.max_out_len,
                              hf_type=args.hf_type, device=args.device, bbh_subsets=args.bbh_subsets,
                              download=args.download)

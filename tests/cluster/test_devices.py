@@ -91,6 +91,8 @@ def test_adb_commands_are_built_from_the_config(tmp_path):
     args = backend.bench_args("/data/local/tmp/ep/rank1.gguf", prompt_tokens=128, gen_tokens=64, repetitions=5)
     assert args == ["/data/local/tmp/ep/bin/llama-bench", "-m", "/data/local/tmp/ep/rank1.gguf", "-p", "128",
                     "-n", "64", "-r", "5", "-fa", "1", "-o", "json", "-t", "4"]
+    no_fa = AdbBackend(config=AdbConfig(device_bin_dir="/x", flash_attention=False))
+    assert no_fa.bench_args("m.gguf", prompt_tokens=8, gen_tokens=8, repetitions=1)[9:11] == ["-fa", "0"]
     script = backend.run_script(args)
     assert "VmHWM" in script and "/proc/$pid/status" in script and "EDGEPRUNE_RC=$rc" in script
     with pytest.raises(ValueError, match="exactly one of"):
@@ -172,10 +174,42 @@ def test_emulated_backend_measures_the_bundled_model(stories_gguf):
     raw = result.raw
     assert raw["other_file_pages_bytes"] > 0 and raw["model_file_resident_bytes"] > 0
     assert result.peak_memory_bytes == raw["anon_growth_bytes"] + raw["model_file_resident_bytes"]
-    assert raw["anon_growth_bytes"] >= raw["llama_buffers"]["kv"] + raw["llama_buffers"]["compute"]
+    # the KV cache is cleared, so resident; the compute buffer is reserved for the profile's whole 512-token chunk
+    # and a 32-token prompt touches only part of it
+    assert raw["anon_growth_bytes"] >= raw["llama_buffers"]["kv"]
     assert result.raw["cap"]["method"] in ("rlimit", "cgroup") and result.raw["cap"]["n_ctx"] == 4096
     assert result.raw["llama_buffers"]["model"] >= 520_064          # the FP16 weights
     assert result.decode_tokens_per_s == pytest.approx(result.raw["decode_tokens_per_s"] * result.raw["decode_ratio"])
+    # the profile's chunk is what llama.cpp reserves, whatever the prompt; the phone projection divides by the host
+    # bandwidth measured in the child, by the clock that timed the runs
+    assert raw["cap"]["n_batch"] == 512 and raw["cap"]["flash_attn"] is True
+    assert raw["decode_ratio"] == pytest.approx(48e9 / raw["host_bandwidth_bytes_per_s"])
+
+
+@pytest.mark.parametrize("flash_attention", [True, False])
+def test_emulated_kv_cache_is_what_the_memory_model_allocates(flash_attention, tmp_path):
+    """A per-layer pruned GGUF (KV heads 4 / 2 / 0 / 1 / 4 by layer): llama.cpp's KV buffer is the memory model's,
+    per layer with flash attention, every layer's V padded to the widest without it (context 16384, so the
+    buffers sit far above the log's 0.01 MiB rounding)."""
+    pytest.importorskip("llama_cpp")
+    import compress
+    import objectives
+    from compress import LayerPlan, Plan
+    from compress._export_gguf import export_gguf
+    from objectives._memory import kv_allocated_bytes
+    model, tok = compress.load_model("stories260k")
+    compress.prune(model, tok, Plan(layers=tuple(LayerPlan(attn_keep=a, mlp_keep=1.0) for a in (1, .5, 0, .25, 1))))
+    compress.save_pruned(model, tok, tmp_path / "ckpt")
+    gguf = export_gguf(tmp_path / "ckpt", tmp_path / "m.gguf")
+    profile = objectives.DeviceProfile(**{**objectives.get_profile("stories260k-tiny").to_dict(), "context_length": 16384,
+                                          "flash_attention": flash_attention})
+    result = cluster.EmulatedBackend.from_profile(profile, threads=1).run(gguf, prompt_tokens=16, gen_tokens=2,
+                                                                          repetitions=1)
+    shapes = compress.shapes_from_config(compress.load_config(tmp_path / "ckpt"))
+    modeled = kv_allocated_bytes(shapes, profile)
+    assert abs(result.raw["llama_buffers"]["kv"] - modeled) <= 0.005 * 2**20, (result.raw["llama_buffers"], modeled)
+    padded = kv_allocated_bytes(shapes, objectives.DeviceProfile(**{**profile.to_dict(), "flash_attention": False}))
+    assert (modeled == padded) is not flash_attention               # without it: 5 layers x the widest V
 
 
 def test_emulated_backend_reports_does_not_fit_under_a_tiny_cap(stories_gguf):

@@ -147,28 +147,40 @@ def test_per_layer_phi_is_refused_with_the_reason(stories_tokenizer, tmp_path):
     assert not (tmp_path / "m.gguf").exists()
 
 
-@pytest.mark.parametrize("regex", ["gpt-2", "llama-bpe"])
-def test_byte_level_bpe_vocab_tokenizes_like_hf(regex, tmp_path):
-    """Llama 3 / Qwen2 / Phi-2 style byte-level BPE -> llama.cpp's gpt2 vocab with the matching pre-tokenizer."""
-    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
+def byte_level_pre_tokenizer(regex: str):
+    """The HF pre-tokenizer llama.cpp calls `regex`: GPT-2's, Llama 3's split, or SmolLM's (every digit apart)."""
+    from tokenizers import Regex, pre_tokenizers
     from compress._gguf_vocab import PRE_TOKENIZER_BY_REGEX
+    if regex == "gpt-2":
+        return pre_tokenizers.ByteLevel(add_prefix_space=False)
+    if regex == "smollm":
+        return pre_tokenizers.Sequence([pre_tokenizers.Digits(individual_digits=True),
+                                        pre_tokenizers.ByteLevel(add_prefix_space=False)])
+    pattern = next(k for k, v in PRE_TOKENIZER_BY_REGEX.items() if v == regex)
+    return pre_tokenizers.Sequence([pre_tokenizers.Split(Regex(pattern), behavior="isolated"),
+                                    pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
+
+
+@pytest.mark.parametrize("regex", ["gpt-2", "llama-bpe", "smollm"])
+def test_byte_level_bpe_vocab_tokenizes_like_hf(regex, tmp_path):
+    """Llama 3 / Qwen2 / Phi-2 / SmolLM style byte-level BPE -> llama.cpp's gpt2 vocab with the matching
+    pre-tokenizer (a Digits split before ByteLevel is SmolLM's `smollm`; taken for GPT-2's, numbers would merge)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
     docs = [json.loads(line)["text"] for line in
             (compress._models.BUNDLED_MODELS / "data" / "c4_demo.jsonl").read_text().splitlines()[:100]]
     tok = Tokenizer(models.BPE())
-    if regex == "gpt-2":
-        tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    else:
-        pattern = next(k for k, v in PRE_TOKENIZER_BY_REGEX.items() if v == regex)
-        tok.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Split(Regex(pattern), behavior="isolated"),
-                                                     pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
+    tok.pre_tokenizer = byte_level_pre_tokenizer(regex)
     tok.decoder = decoders.ByteLevel()
     tok.train_from_iterator(docs, trainers.BpeTrainer(vocab_size=400, special_tokens=["<|endoftext|>"],
                                                       initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
     hf = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|endoftext|>")
     compress.save_pruned(tiny_model("llama", vocab_size=512), hf, tmp_path / "ckpt")
     llm = _llama(export_gguf(tmp_path / "ckpt", tmp_path / "m.gguf"), vocab_only=True)
-    samples = [d[:200] for d in docs[:30]] + ["don't I'll 1234567 3.14", "  two  spaces\n\nÄÖ – ‘quote’ 中文"]
+    import gguf
+    assert gguf.GGUFReader(str(tmp_path / "m.gguf")).fields["tokenizer.ggml.pre"].contents() == regex
+    samples = [d[:200] for d in docs[:30]] + ["don't I'll 1234567 3.14", "  two  spaces\n\nÄÖ – ‘quote’ 中文",
+                                              "In 2024, 12,345 people paid $99.99 (x2) on 12/07."]
     for text in samples:
         assert llm.tokenize(text.encode(), add_bos=False) == hf(text, add_special_tokens=False)["input_ids"], text
     llm.close()

@@ -71,6 +71,25 @@ def test_activation_term():
     assert activation_bytes(shapes, short) == activation_bytes(shapes, profile(prefill_chunk=16, context_length=16))
 
 
+def test_llama_cpp_without_flash_attention_pads_v_and_materialises_scores():
+    """llama.cpp without flash attention: every layer's V at the widest layer's KV width (attention-free layers
+    included), and the widest layer's FP32 scores + FP32 mask in the compute buffer when larger than the logits."""
+    from objectives._memory import kv_allocated_bytes, kv_cache_bytes
+    shapes = compress.shapes_from_config(pruned(CONFIGS["llama-gqa-tied"]))        # KV heads 0 / 1 / 2, head_dim 8
+    fa = profile(context_length=100, prefill_chunk=10)
+    no_fa = profile(context_length=100, prefill_chunk=10, flash_attention=False)
+    assert kv_allocated_bytes(shapes, fa) == kv_cache_bytes(shapes, fa) == (0 + 1 + 2) * 2 * 8 * 100 * 2
+    assert kv_allocated_bytes(shapes, no_fa) == ((0 + 1 + 2) * 8 + 3 * 2 * 8) * 100 * 2
+    assert kv_cache_bytes(shapes, no_fa) == kv_cache_bytes(shapes, fa)             # what decode reads is unchanged
+    assert objectives.estimate_memory(shapes, no_fa).kv_cache_bytes == kv_allocated_bytes(shapes, no_fa)
+    hidden = 10 * (2 * 32 + 96) * 2
+    assert activation_bytes(shapes, fa) == hidden + 10 * 96 * 4                   # logits (vocab 96)
+    assert activation_bytes(shapes, no_fa) == hidden + 10 * 100 * (4 + 1) * 4      # 4 heads' scores + the mask
+    assert kv_allocated_bytes(shapes, no_fa.for_runtime("mlc")) == kv_cache_bytes(shapes, fa)   # llama.cpp's only
+    with pytest.raises(ValueError, match="flash_attention must be true or false"):
+        profile(flash_attention="no")
+
+
 def test_total_and_budget_check_flip():
     shapes = compress.shapes_from_config(CONFIGS["qwen2-biases"])
     p = objectives.get_profile("phone-12gb")

@@ -6,7 +6,8 @@ from transformers import LlamaConfig
 
 import compress
 import objectives
-from objectives._profiles import (STORIES_BUDGET, STORIES_BUDGET_FRACTION, STORIES_DENSE_PEAK, STORIES_LLAMACPP_OVERHEAD,
+from objectives._profiles import (SMOLLM2_BUDGET, SMOLLM2_DENSE_PEAK, SMOLLM2_LLAMACPP_OVERHEAD, STORIES_BUDGET,
+                                  STORIES_BUDGET_FRACTION, STORIES_DENSE_PEAK, STORIES_LLAMACPP_OVERHEAD,
                                   STORIES_LLAMACPP_TOKEN_S)
 
 # The bundled model's config (compress/_bundled/stories260k), written out so the test needs no files.
@@ -61,6 +62,21 @@ def test_stories_budget_is_the_runtime_plus_a_fraction_of_the_dense_models_bytes
         STORIES_LLAMACPP_OVERHEAD + math.floor(STORIES_BUDGET_FRACTION * STORIES_DENSE_PEAK)
     assert not dense.fits                                          # the constraint binds on the dense model
     assert tiny.context_length == 512 and tiny.token_overhead_s == STORIES_LLAMACPP_TOKEN_S
+
+
+def test_smollm2_budget_is_built_like_the_bundled_one():
+    """SmolLM2-135M's shapes (the converted GGUF's config, written out): the dense model's own bytes as the
+    derivation in _profiles.py states them, the budget = llama.cpp's fixed memory + 70 % of them, weights dominant."""
+    smollm2 = LlamaConfig(hidden_size=576, intermediate_size=1536, num_hidden_layers=30, num_attention_heads=9,
+                          num_key_value_heads=3, head_dim=64, vocab_size=49152, tie_word_embeddings=True,
+                          max_position_embeddings=8192)
+    profile = objectives.get_profile("smollm2-135m-emulated")
+    dense = objectives.estimate_memory(compress.shapes_from_config(smollm2), profile)
+    assert dense.total_bytes - dense.overhead_bytes == SMOLLM2_DENSE_PEAK and dense.weight_bytes == 2 * 134_515_008
+    assert profile.memory_budget_bytes == SMOLLM2_BUDGET == \
+        SMOLLM2_LLAMACPP_OVERHEAD + math.floor(STORIES_BUDGET_FRACTION * SMOLLM2_DENSE_PEAK)
+    assert not dense.fits and dense.weight_bytes > 0.8 * SMOLLM2_DENSE_PEAK
+    assert (profile.context_length, profile.prefill_chunk, profile.flash_attention) == (2048, 64, True)
 
 
 def test_runtime_costs_select_with_the_runtime_and_slow_decode():

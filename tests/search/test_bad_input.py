@@ -127,6 +127,16 @@ CASES = [
     ("validate --calibrate into a JSON that is no profile", ["validate", "--experiment", "one", "--calibrate",
                                                             "{plan}", "--root", "{root}"], "'profile' section"),
     ("a profile file that does not exist", ["evaluate", "--device", "{tmp}/mine.json"], "not found"),
+    ("unknown model (opencompass)", ["opencompass", "--model", "stories26k", "--limit", "1"],
+     "did you mean 'stories260k'"),
+    ("truncated GGUF (prune)", ["prune", "--model", "{gguf_truncated}", "--plan", "{plan}", "--out", "{out}"],
+     "is truncated"),
+    ("a file that is not GGUF (launch)", ["launch", "--model", "{gguf_foreign}", "--root", "{root}"],
+     "is not a GGUF file"),
+    ("GGUF of an unsupported architecture (evaluate)", ["evaluate", "--model", "{gguf_phi2}", "--tasks", "csqa"],
+     "GGUF architecture 'phi2' is not supported"),
+    ("GGUF file missing (export)", ["export", "--model", "{tmp}/nope.gguf", "--format", "gguf", "--out",
+                                    "{tmp}/m.gguf"], "GGUF file not found"),
 ]
 
 # Issue 23: what a hostile new user tried (fresh clone at 387e43c) and the last table did not hold.
@@ -302,6 +312,16 @@ def world(tmp_path_factory):
         (paths["root"] / name / "config.yaml").write_text("model: stories260k\ndevice: stories260k-tiny\n")
         if state:
             (paths["root"] / name / "state.json").write_text(json.dumps(state))
+    from compress._export_gguf import export_gguf
+    whole = export_gguf("stories260k", tmp / "whole.gguf").read_bytes()
+    (tmp / "whole.gguf").unlink()
+    paths["gguf_truncated"] = tmp / "truncated.gguf"
+    paths["gguf_truncated"].write_bytes(whole[: len(whole) // 2])
+    paths["gguf_foreign"] = tmp / "foreign.gguf"
+    paths["gguf_foreign"].write_bytes(b"PK\x03\x04" + whole[4:4096])
+    tok = __import__("compress").load_model("stories260k")[1]
+    __import__("compress").save_pruned(tiny_model("phi", vocab_size=520), tok, tmp / "phi")
+    paths["gguf_phi2"] = export_gguf(tmp / "phi", tmp / "phi2.gguf")
     one = {"rank": 1, "trial_id": "t1", "name": "owl", "folder": "owl", "score": 0.5}     # one finished candidate
     (paths["root"] / "one" / "results.json").write_text(json.dumps({"summary": {"top": [one]}, "trials": [one]}))
     _issue23_world(tmp, paths)
@@ -448,6 +468,7 @@ def test_unknown_model_gets_a_generic_experiment_sized_by_the_model(tmp_path):
     from search._verbs import _default_name
     assert _default_name(str(BUNDLED)) == "stories260k"              # a local folder: its name, a valid one
     assert _default_name("Qwen/Qwen2-7B-Instruct") == "Qwen_Qwen2-7B-Instruct"
+    assert _default_name("/models/SmolLM2-135M-Instruct.Q4_1.gguf") == "SmolLM2-135M-Instruct.Q4_1"
     small = experiments.load_experiment(model=str(BUNDLED), model_params=lambda m: 260_000)
     big = experiments.load_experiment(model="someorg/llama-70b", model_params=lambda m: 70_000_000_000)
     assert small.origin.startswith("generic experiment for a 0.26M-parameter model")
@@ -457,3 +478,18 @@ def test_unknown_model_gets_a_generic_experiment_sized_by_the_model(tmp_path):
     path = tmp_path / "config.yaml"
     experiments.save_experiment(big, path)
     assert experiments.read_experiment(path) == big
+
+
+def test_opencompass_takes_a_registry_name_like_every_verb(monkeypatch, capsys):
+    """`opencompass --model stories260k` answered '<cwd>/stories260k is not a model directory'."""
+    import objectives._opencompass
+    seen = {}
+
+    def fake(folder, **kwargs):
+        seen.update(folder=folder, abbr=kwargs.get("abbr"))
+        return {"model_abbr": kwargs.get("abbr"), "model_class": "HF", "device": "cpu", "dtype": "float32",
+                "seconds": 0, "limit": 1, "data": "shipped", "scores": {}, "average": None, "output_dir": "x"}
+    monkeypatch.setattr(objectives._opencompass, "run_opencompass", fake)
+    code, out, err = run_cli(["opencompass", "--model", "stories260k", "--limit", "1"], capsys)
+    assert code == 0, err
+    assert seen == {"folder": BUNDLED, "abbr": "stories260k"}
