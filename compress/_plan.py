@@ -10,6 +10,9 @@ JSON form (every key but `layers` optional):
                      "select": 1.0},  # draw them from this fraction of C4, what the dense model predicts best
      "reconstruct": false,          # refit each cut output projection on its kept units (least squares
                                     # on the calibration activations, compress/_reconstruct.py)
+     "compensate": false,           # FLAP's bias compensation: every kept output projection gets a bias that
+                                    # restores the removed units' mean contribution (with reconstruct: the
+                                    # least-squares refit gets an intercept); adds hidden_size parameters each
      "layers": [{"attn_keep": 0.5, "mlp_keep": 0.75}, ...]}   # one entry per layer of the base model
 
 A keep fraction of 0 removes that sub-block; a layer with both at 0 is dropped. Fractions are turned
@@ -51,6 +54,7 @@ class Plan:
     mlp_multiple: int = 1
     calibration: dict = field(default_factory=dict)
     reconstruct: bool = False
+    compensate: bool = False
 
     def __post_init__(self):
         from ._criteria import CRITERIA  # late: criteria import groups, which need torch
@@ -60,8 +64,9 @@ class Plan:
         if not isinstance(self.mlp_multiple, int) or self.mlp_multiple < 1:
             raise ValueError(f"mlp_multiple must be a positive integer, got {self.mlp_multiple!r}")
         check_calibration(self.calibration)
-        if not isinstance(self.reconstruct, bool):
-            raise ValueError(f"reconstruct must be true or false, got {self.reconstruct!r}")
+        for key in ("reconstruct", "compensate"):
+            if not isinstance(getattr(self, key), bool):
+                raise ValueError(f"{key} must be true or false, got {getattr(self, key)!r}")
         if not self.layers:
             raise ValueError("a plan needs at least one layer entry")
         if all(layer.dropped for layer in self.layers):
@@ -77,7 +82,8 @@ class Plan:
     def from_dict(cls, data: dict) -> "Plan":
         if not isinstance(data, dict) or "layers" not in data:
             raise ValueError('a plan is a JSON object with a "layers" list')
-        known = {"layers", "importance", "attn_unit", "mlp_multiple", "calibration", "reconstruct", "realised"}
+        known = {"layers", "importance", "attn_unit", "mlp_multiple", "calibration", "reconstruct", "compensate",
+                 "realised"}
         unknown = sorted(set(data) - known)
         if unknown:
             raise ValueError(f"unknown plan keys {unknown}; known: {sorted(known - {'realised'})}")
@@ -88,8 +94,8 @@ class Plan:
             extra = set(entry) - {"attn_keep", "mlp_keep"}
             if extra:
                 raise ValueError(f"unknown layer keys {sorted(extra)}; known: attn_keep, mlp_keep")
-        kwargs = {k: data[k] for k in ("importance", "attn_unit", "mlp_multiple", "calibration", "reconstruct")
-                  if k in data}
+        kwargs = {k: data[k] for k in ("importance", "attn_unit", "mlp_multiple", "calibration", "reconstruct",
+                                       "compensate") if k in data}
         return cls(layers=tuple(LayerPlan(**entry) for entry in layers), **kwargs)
 
     @classmethod
@@ -121,7 +127,13 @@ class Plan:
     def realised_shapes(self, shapes: ModelShapes) -> ModelShapes:
         """The pruned model's shapes, without loading it (dropped layers removed)."""
         kept = tuple(s for s in self.realise(shapes) if s.has_attention or s.has_mlp)
-        return replace(shapes, layers=kept)
+        return replace(shapes, layers=kept, output_bias=shapes.output_bias or self.adds_bias(shapes))
+
+    def adds_bias(self, shapes: ModelShapes) -> bool:
+        """Whether the cut adds biases to output projections that the family has none on (compensation)."""
+        from ._families import family_of
+        family = family_of(shapes)
+        return self.compensate and not (family.o_bias and family.mlp_bias)
 
     def attn_unit_for(self, base: LayerShape) -> str:
         """Multi-head attention (one query head per KV head): a query head IS a KV group."""
