@@ -47,7 +47,8 @@ class SearchSettings:
 
 @dataclass(kw_only=True)
 class SpaceSettings:
-    criteria: list = field(default_factory=lambda: ["l1", "l2", "activation", "taylor"])
+    # what trials may sample; a literature baseline is enqueued when its criterion is here (spaces.BASELINES)
+    criteria: list = field(default_factory=lambda: ["l1", "l2", "activation", "taylor", "fluctuation", "minitron"])
     attn_unit: str = "kv_group"
     min_keep: float = 0.15
     allow_drop: bool = True
@@ -56,6 +57,8 @@ class SpaceSettings:
     # "auto": on when the dense model's Gram matrices (collected once, shipped to every trial) take at most
     # RECONSTRUCT_AUTO_BYTES; true / false force it
     reconstruct: bool | str = "auto"
+    # FLAP's bias compensation on every cut (compress/_reconstruct.py): adds a bias to each kept o_proj / down_proj
+    compensate: bool = False
     # every plan's calibration (compress/_plan.py: samples, seq_len, seed, select, hub) over compress's defaults:
     # the C4 blocks the criteria, OWL's outlier ratios and reconstruction read, once per experiment
     calibration: dict = field(default_factory=dict)
@@ -116,6 +119,8 @@ class Experiment:
         check_calibration(self.space.calibration, "space.calibration")
         if self.space.reconstruct not in (True, False, "auto"):
             raise ValueError(f"space.reconstruct must be true, false or auto, got {self.space.reconstruct!r}")
+        if not isinstance(self.space.compensate, bool):
+            raise ValueError(f"space.compensate must be true or false, got {self.space.compensate!r}")
         workers = self.distill.workers
         if workers is not None and (not isinstance(workers, int) or isinstance(workers, bool) or workers < 0):
             raise ValueError(f"distill.workers must be an integer >= 0 or null, got {workers!r}")
