@@ -59,6 +59,9 @@ class SpaceSettings:
     reconstruct: bool | str = "auto"
     # FLAP's bias compensation on every cut (compress/_reconstruct.py): adds a bias to each kept o_proj / down_proj
     compensate: bool = False
+    # the depth lever: a trial may remove up to this fraction of the layers whole, lowest block influence first
+    # (ShortGPT's order), before its shares allocate the rest (0: off; llama.cpp runtime only)
+    depth: float = 0.0
     # every plan's calibration (compress/_plan.py: samples, seq_len, seed, select, hub) over compress's defaults:
     # the C4 blocks the criteria, OWL's outlier ratios and reconstruction read, once per experiment
     calibration: dict = field(default_factory=dict)
@@ -119,6 +122,9 @@ class Experiment:
         check_calibration(self.space.calibration, "space.calibration")
         if self.space.reconstruct not in (True, False, "auto"):
             raise ValueError(f"space.reconstruct must be true, false or auto, got {self.space.reconstruct!r}")
+        if not isinstance(self.space.depth, (int, float)) or isinstance(self.space.depth, bool) or \
+                not 0 <= self.space.depth < 1:
+            raise ValueError(f"space.depth must be a fraction in [0, 1), got {self.space.depth!r}")
         if not isinstance(self.space.compensate, bool):
             raise ValueError(f"space.compensate must be true or false, got {self.space.compensate!r}")
         workers = self.distill.workers

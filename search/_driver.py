@@ -51,7 +51,8 @@ def build_setup(exp: experiments.Experiment, record: ExperimentRecord, *, teache
                             min_budget_use=exp.space.min_budget_use,
                             distill_steps=tuple(exp.distill.steps) if exp.distill.enabled else (),
                             distill_lr=tuple(exp.distill.lr), reconstruct=reconstructs(exp.space.reconstruct, base),
-                            compensate=exp.space.compensate, calibration=tuple(sorted(exp.space.calibration.items())))
+                            compensate=exp.space.compensate, calibration=tuple(sorted(exp.space.calibration.items())),
+                            max_depth=0 if runtime == "mlc" else int(exp.space.depth * base.num_layers))
     ladder = objectives.parse_ladder(exp.proxy.ladder, use=exp.proxy.rungs)
     return TrialSetup(model_source=source, base_shapes=base, spec=spec,
                       profile_name=objectives.shippable_profile(exp.device), budget_bytes=float(budget),
@@ -105,12 +106,20 @@ def prepare_teacher(setup: TrialSetup, record: ExperimentRecord, *, baselines: b
                       "not scored", flush=True)
     setup.teacher_cache = Shipped.put(cache)
     rankings = attach_rankings(setup, record, dense)
+    setup.spec = with_depth(setup.spec, rankings)
     if not baselines:
         return None
     model, tokenizer = dense()
     ratios = compress.layer_outlier_ratios(model, compress.calibration_tokens(tokenizer, dict(setup.spec.calibration),
                                                                               model=model))
     return baseline_points(setup, rankings, ratios)
+
+
+def with_depth(spec, rankings):
+    """The space with its depth lever's order (space.depth > 0): ShortGPT's, from the rankings' block influence."""
+    if not spec.max_depth:
+        return spec
+    return dataclasses.replace(spec, depth_order=spaces.influence_order(rankings.influence))
 
 
 def baseline_points(setup: TrialSetup, rankings, outlier_ratios: list) -> dict:

@@ -2,11 +2,12 @@
 architecture + schedule space (parameters -> Arch, repaired onto the budget)."""
 from ._space import (SpaceSpec, define_space, distill_schedule_params, grow, memory_target, params_to_plan,
                      shares_of, smallest_plans)
-from ._baselines import BASELINES, CRITERIA as BASELINE_CRITERIA, flap, llm_pruner, minitron, owl, shortgpt, uniform_l1
+from ._baselines import (BASELINES, CRITERIA as BASELINE_CRITERIA, flap, influence_order, llm_pruner, minitron, owl,
+                         shortgpt, uniform_l1)
 from ._arch import (ArchSpec, check_feasible, check_params, define_arch_space, params_to_arch, schedule_params,
                     smallest_arch, spec_from_dict)
 
 __all__ = ["SpaceSpec", "define_space", "distill_schedule_params", "grow", "memory_target", "params_to_plan", "shares_of",
            "smallest_plans",
-           "BASELINES", "BASELINE_CRITERIA", "flap", "llm_pruner", "minitron", "owl", "shortgpt", "uniform_l1", "ArchSpec", "check_feasible", "check_params", "define_arch_space",
+           "BASELINES", "BASELINE_CRITERIA", "flap", "influence_order", "llm_pruner", "minitron", "owl", "shortgpt", "uniform_l1", "ArchSpec", "check_feasible", "check_params", "define_arch_space",
            "params_to_arch", "schedule_params", "smallest_arch", "spec_from_dict"]

@@ -78,7 +78,7 @@ def shortgpt(spec: SpaceSpec, influence: list[float], fits: Callable, attn_units
     n = spec.num_layers
     if len(influence) != n:
         raise ValueError("one block influence per layer is needed")
-    order = sorted(range(n), key=lambda i: (influence[i], i))
+    order = influence_order(influence)
     criterion = _criterion(spec, "activation")
     exact = replace(spec, min_keep=0.0)
 
@@ -111,6 +111,11 @@ def shortgpt(spec: SpaceSpec, influence: list[float], fits: Callable, attn_units
             return point
         return at(order[:k - 1], b, a / units, lo)[0]
     raise ValueError("no number of removed layers fits the budget")
+
+
+def influence_order(influence: list[float]) -> tuple[int, ...]:
+    """Layers by ascending block influence (ties: the lower layer): ShortGPT's removal order, the depth lever's."""
+    return tuple(sorted(range(len(influence)), key=lambda i: (influence[i], i)))
 
 
 def flap(spec: SpaceSpec, attn_scores: list, mlp_scores: list, unit_sizes: list, fits: Callable) -> dict:
@@ -169,6 +174,11 @@ def _point(spec: SpaceSpec, shares: list[float], criterion: str, *, attn: list[f
         for i, s in enumerate(shares):
             params[f"attn_{i}"] = s if attn is None else attn[i]
             params[f"mlp_{i}"] = s
+        if spec.max_depth:     # removed layers that lead the depth order are the depth lever's, the rest shares'
+            depth = 0
+            while depth < min(spec.max_depth, len(drops)) and spec.depth_order[depth] in drops:
+                depth += 1
+            params["depth"] = depth
     if spec.multi:
         params["budget_use"] = 1.0
     if spec.distill_steps:

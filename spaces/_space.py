@@ -44,6 +44,10 @@ class SpaceSpec:
     reconstruct: bool = False          # every plan refits its cut output projections (compress/_reconstruct.py)
     compensate: bool = False           # every plan compensates its cuts with output biases (FLAP; Plan.compensate)
     calibration: tuple = ()            # (key, value) pairs of every plan's "calibration" (hashable: a frozen spec)
+    # the depth lever (llama.cpp runtime): a trial's "depth" removes that many whole layers, the first ones of
+    # depth_order (the layers by ascending block influence, ShortGPT's order), before its shares allocate the rest
+    depth_order: tuple = ()
+    max_depth: int = 0
 
 
 def define_space(trial, spec: SpaceSpec) -> None:
@@ -58,6 +62,10 @@ def define_space(trial, spec: SpaceSpec) -> None:
         for i in range(spec.num_layers):
             trial.suggest_float(f"attn_{i}", 0.0, 1.0)
             trial.suggest_float(f"mlp_{i}", 0.0, 1.0)
+        if spec.max_depth:
+            if len(spec.depth_order) != spec.num_layers:
+                raise ValueError("the depth lever needs the layers' block-influence order (the dense model's rankings)")
+            trial.suggest_int("depth", 0, spec.max_depth)
     trial.suggest_categorical("importance", list(spec.criteria))
     if spec.multi:
         trial.suggest_float("budget_use", spec.min_budget_use, 1.0)
@@ -78,7 +86,12 @@ def shares_of(params: dict, spec: SpaceSpec) -> tuple[list[float], list[float]]:
         if all(dropped):
             dropped[0] = False  # keep at least one layer
         return ([0.0 if d else params["attn"] for d in dropped], [0.0 if d else params["mlp"] for d in dropped])
-    return [params[f"attn_{i}"] for i in range(n)], [params[f"mlp_{i}"] for i in range(n)]
+    attn, mlp = [params[f"attn_{i}"] for i in range(n)], [params[f"mlp_{i}"] for i in range(n)]
+    removed = set(spec.depth_order[:int(params.get("depth", 0))]) if spec.max_depth else set()
+    if len(removed) >= n:
+        removed -= {spec.depth_order[n - 1]}
+    return ([0.0 if i in removed else a for i, a in enumerate(attn)],
+            [0.0 if i in removed else m for i, m in enumerate(mlp)])
 
 
 def params_to_plan(params: dict, spec: SpaceSpec, *, memory_of: Callable[[Plan], float], budget_bytes: float,

@@ -68,3 +68,29 @@ def test_every_baseline_lands_on_the_parameter_budget(fraction):
         used = weight_bytes(plan_of(params, budget))
         assert 0.998 * budget <= used <= budget, (name, used / budget)
     assert spaces.minitron(SPEC)["importance"] == "minitron" and spaces.uniform_l1(SPEC)["importance"] == "l1"
+
+
+def test_the_depth_lever_removes_layers_in_block_influence_order():
+    order = spaces.influence_order([0.3, 0.05, 0.2, 0.01, 0.1])
+    assert order == (3, 1, 4, 2, 0)
+    spec = spaces.SpaceSpec(num_layers=5, criteria=("l1", "activation"), depth_order=order, max_depth=2)
+    params = {**spaces.uniform_l1(spec), "depth": 2}
+    assert spaces.uniform_l1(spec)["depth"] == 0
+    plan = plan_of(params, 0.6 * DENSE, spec)
+    assert [i for i, layer in enumerate(plan.layers) if layer.dropped] == [1, 3]
+    assert all(layer.attn_keep > 0 and layer.mlp_keep > 0 for i, layer in enumerate(plan.layers) if i not in (1, 3))
+    # ShortGPT's point expresses its whole-layer removals through the lever
+    point = spaces.shortgpt(spec, [0.3, 0.05, 0.2, 0.01, 0.1], FITS(0.55 * DENSE), [4] * 5)
+    assert point["depth"] == 2
+
+
+def test_evolution_moves_the_depth_lever_one_step_at_a_time():
+    import optuna
+    from search._evolution import EvolutionSampler
+    dists = {"attn_0": optuna.distributions.FloatDistribution(0, 1), "mlp_0": optuna.distributions.FloatDistribution(0, 1),
+             "attn_1": optuna.distributions.FloatDistribution(0, 1), "mlp_1": optuna.distributions.FloatDistribution(0, 1),
+             "depth": optuna.distributions.IntDistribution(0, 4)}
+    sampler = EvolutionSampler(seed=0)
+    parent = {"attn_0": 0.5, "mlp_0": 0.5, "attn_1": 0.5, "mlp_1": 0.5, "depth": 2}
+    moves = [sampler.mutate(parent, dists)["depth"] - 2 for _ in range(200)]
+    assert set(moves) == {-1, 0, 1} and 0.1 < sum(m != 0 for m in moves) / 200 < 0.4
