@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import copy
 import dataclasses
+import hashlib
 import json
 import os
 import pickle
@@ -148,12 +149,12 @@ class Bench:
         entry["params_target"] = int(setup.budget_bytes // 2)
         rows = entry.setdefault("baselines", {})
         for name in points:
-            if name not in rows:
-                rows[name] = {"literature": self.judge(points[name], cuts[name]),
-                              "product": self.judge(product[name], setup)}
-                rows[name]["product"]["fitness"] = None
-                print(fraction, name, json.dumps(rows[name]), flush=True)
-                self.save()
+            row = rows.setdefault(name, {})
+            for cut, params, cut_setup in (("literature", points[name], cuts[name]), ("product", product[name], setup)):
+                if cut not in row and cut in getattr(self.args, "cuts", "literature,product").split(","):
+                    row[cut] = self.judge(params, cut_setup)
+                    print(fraction, name, cut, json.dumps(row[cut]), flush=True)
+                    self.save()
 
     def search(self, fraction: float, sampler: str, seed: int, trials: int) -> None:
         import search_quality as sq
@@ -162,7 +163,9 @@ class Bench:
         if any(r["seed"] == seed for r in runs):
             return
         setup, product, _, _ = self.setup(fraction)
-        memo_path = self.work / f"memo-{fraction}.pkl"
+        # trial scores depend on every setting of the search, not only on the plan's shapes
+        tag = hashlib.sha256(json.dumps(self.result["settings"], sort_keys=True).encode()).hexdigest()[:10]
+        memo_path = self.work / f"memo-{fraction}-{tag}.pkl"
         memo = pickle.loads(memo_path.read_bytes()) if memo_path.exists() else {}
         before = load()
         run = sq.run_search(sampler, seed, trials, setup, product, memo)
@@ -275,6 +278,7 @@ def main() -> None:
     ap.add_argument("--long-sampler", default="auto", help="auto: the sampler with the best dev median")
     ap.add_argument("--only", default="all", choices=["baselines", "tune", "searches", "long", "all"])
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    ap.add_argument("--cuts", default="literature,product", help="baselines: which cuts to judge")
     ap.add_argument("--work", default=str(Path(tempfile.gettempdir()) / "edgeprune-quality-llm"),
                     help="caches kept between runs (judge sets, rankings, trial scores)")
     ap.add_argument("--out", default=str(RESULTS))
