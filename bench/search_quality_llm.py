@@ -89,10 +89,20 @@ class Bench:
         self.judged: dict = {}             # (cut, plan key) -> judged: the same candidate is judged once
         self.setups: dict = {}
         self.ratios = None
+        self.touched: set = set()          # fractions this process wrote (save merges only those)
 
     def save(self) -> None:
+        """Merge what this process added into the file under a lock: one process per fraction may share it."""
+        import fcntl
         from compress._atomic import write_json
-        write_json(self.out, self.result)
+        with open(str(self.out) + ".lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            current = json.loads(self.out.read_text()) if self.out.exists() else {}
+            fractions = current.get("fractions", {})
+            for fraction in self.touched:
+                fractions[fraction] = self.result["fractions"][fraction]
+            write_json(self.out, {**current, **{k: v for k, v in self.result.items() if k != "fractions"},
+                                  "fractions": fractions})
 
     # ---- set-ups --------------------------------------------------------------------------------
     def setup(self, fraction: float):
@@ -145,6 +155,7 @@ class Bench:
     # ---- stages ---------------------------------------------------------------------------------
     def baselines(self, fraction: float) -> None:
         entry = self.result["fractions"].setdefault(str(fraction), {})
+        self.touched.add(str(fraction))
         setup, product, cuts, points = self.setup(fraction)
         entry["params_target"] = int(setup.budget_bytes // 2)
         rows = entry.setdefault("baselines", {})
@@ -159,6 +170,7 @@ class Bench:
     def search(self, fraction: float, sampler: str, seed: int, trials: int) -> None:
         import search_quality as sq
         entry = self.result["fractions"].setdefault(str(fraction), {})
+        self.touched.add(str(fraction))
         runs = entry.setdefault("searches", {}).setdefault(f"{sampler}@{trials}", {}).setdefault("runs", [])
         if any(r["seed"] == seed for r in runs):
             return
@@ -191,6 +203,7 @@ class Bench:
         from search._evolution import EvolutionSampler
         from search._trial import build_candidate
         entry = self.result["fractions"].setdefault(str(fraction), {})
+        self.touched.add(str(fraction))
         if "tune" in entry:
             return
         setup, product, _, _ = self.setup(fraction)
@@ -302,8 +315,8 @@ def main() -> None:
     if args.only in ("long", "all") and args.long:
         fraction = float(args.long_fraction)
         sampler = args.long_sampler
-        if sampler == "auto":
-            found = bench.result["fractions"][str(fraction)]["searches"]
+        if sampler == "auto":            # (other processes may have added searches since this one started)
+            found = json.loads(bench.out.read_text())["fractions"][str(fraction)]["searches"]
             sampler = min((k for k in found if k.endswith(f"@{args.trials}")),
                           key=lambda k: found[k]["summary"]["kl_c4_dev"]["median"]).split("@")[0]
         for seed in range(args.seeds):
