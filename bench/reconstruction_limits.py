@@ -136,7 +136,7 @@ def bias() -> None:
     """Gram of [x, 1] instead of x; the refit solves for the kept columns and an intercept (a new bias)."""
     import torch
     from torch import nn
-    from compress import _prune, _rankings
+    from compress import _prune, _statistics
     from compress._groups import kept_indices
     from compress._reconstruct import least_squares
 
@@ -160,7 +160,7 @@ def bias() -> None:
             new = _prune._slice_linear(coupling.module, cols=kept, weight=solved[:, :-1])
             new.bias = nn.Parameter(solved[:, -1].contiguous(), requires_grad=False)
             setattr(owner, name, new)
-    _rankings.accumulate_gram = accumulate_gram
+    _statistics.accumulate_gram = accumulate_gram
     _prune._cut = cut
 
 
@@ -193,7 +193,7 @@ def child(budget: str, variant: str) -> dict:
         if variant == "obs":
             params = {**params, "criterion": "obs"}
         judged = sq.judge(params, setup, caches)
-        judged.update({f"x_uniform_{j}": round(judged[f"kl_{j}"] / plain[f"kl_{j}"], 3) for j in ("c4", "sampled")})
+        judged.update({f"x_uniform_{j}": round(judged[f"kl_{j}_test"] / plain[f"kl_{j}_test"], 3) for j in ("c4", "sampled")})
         out[f"{name}+lsq"] = judged
     return out
 

@@ -2,13 +2,17 @@
 
     .venv/bin/python bench/search_quality.py [--trials 60] [--seeds 3] [--samplers tpe,evolution,cmaes,random]
         [--budgets default,HALF_BUDGET_GB] [--kinds memory,params] [--long 200] [--launch 60] [--distill-launch 16]
-        [--set KEY=VALUE ...] [--out FILE]
+        [--steps 0.05,0.1,0.15,0.25] [--set KEY=VALUE ...] [--out FILE]
 
 On the bundled stories260k, at two memory budgets (the profile's default, ~0.68 of the dense parameters, and
 --budget-gb HALF_BUDGET_GB, ~0.55), every sampler runs `--seeds` seeds at the same trial count. Every result is
-judged the same way, by a judge no trial optimises: KL(dense || candidate) per token on
-  - c4: 16 held-out C4 blocks after those the search's fitness reads (its ladder's largest kl_blocks), and
-  - sampled: 16 blocks of stories sampled from the dense model itself (temperature 1, fixed seed).
+judged the same way, by a judge no trial optimises (bench/_judge.py), on two splits of C4 documents that no
+calibration and no fitness ever reads, "dev" (where settings are chosen: the evolution step with --steps, the
+fitness terms with fitness_agreement, the sampler) and "test" (where they are reported, `ratios`):
+  - c4_<split>: the split's C4 documents (16 blocks of 256 tokens on dev, 32 on test), and
+  - sampled_<split>: as many stories the dense model samples from BOS (temperature 1, a seed per split).
+The literature baselines are cut as the literature cuts them (plain slices, FLAP with its bias compensation); the
+product's own warm starts are the same points cut like every trial ("<name>+lsq": reconstructed).
 Two kinds of budget ("kinds"), each with its own baselines and searches:
   - memory: the product's constraint, modeled peak memory (weights + KV cache + activations). Every
     candidate goes through the same repair onto it; parameter counts differ (a plan that drops attention
@@ -61,30 +65,18 @@ def load() -> list[float]:
     return [round(x, 2) for x in os.getloadavg()]
 
 
-# ---- judge ----------------------------------------------------------------------------------------
+# ---- judge (bench/_judge.py: dev and test splits, C4 and dense-sampled text) --------------------------
+JUDGE_BLOCKS = {"dev": 16, "test": 32}
+JUDGES = ("c4", "sampled")
+
+
 def judge_caches(setup) -> dict:
-    """Teacher caches for the two judge sets, from the dense model: held-out C4 after the blocks the fitness
-    reads (the ladder's largest kl_blocks), and stories the dense model samples."""
-    import torch
-    import compress
-    import objectives
+    """The judge sets, from the dense model: C4 "dev" / "test" documents (never read by calibration or any
+    fitness) and stories the dense model samples from BOS (a TinyStories model: its own domain is not C4)."""
+    import _judge
     from search._trial import load_on_device
     model, tokenizer = load_on_device(setup.model_source)
-    fitness = max(r["kl_blocks"] for r in setup.ladder)
-    heldout = compress.token_blocks(tokenizer, compress.texts("c4", split="heldout"), seq_len=SEQ_LEN,
-                                    count=fitness + JUDGE_BLOCKS)[fitness:]
-    torch.manual_seed(SAMPLE_SEED)
-    bos = torch.full((64, 1), tokenizer.bos_token_id)
-    with torch.no_grad():
-        out = model.generate(bos, do_sample=True, top_k=0, top_p=1.0, temperature=1.0, max_new_tokens=SEQ_LEN - 1,
-                             pad_token_id=tokenizer.eos_token_id, eos_token_id=tokenizer.eos_token_id)
-    ids = []
-    for row in out.tolist():
-        story = [t for t in row[1:] if t not in (tokenizer.eos_token_id, tokenizer.bos_token_id)]
-        ids += [tokenizer.bos_token_id] + story
-    sampled = torch.tensor(ids[:SEQ_LEN * JUDGE_BLOCKS]).reshape(-1, SEQ_LEN)
-    return {name: objectives.TeacherCache.build(model, tokenizer, tokens=tokens, level_blocks=(tokens.shape[0],))
-            for name, tokens in (("c4", heldout), ("sampled", sampled))}
+    return _judge.build(model, tokenizer, blocks=JUDGE_BLOCKS, prompt=1)
 
 
 def judge(params: dict, setup, caches: dict) -> dict:
@@ -95,12 +87,21 @@ def judge(params: dict, setup, caches: dict) -> dict:
 
 
 def judge_model(model, tokenizer, caches: dict) -> dict:
-    return {f"kl_{name}": round(cache.score(model, tokenizer, blocks=cache.tokens.shape[0])["kl_to_teacher"], 4)
-            for name, cache in caches.items()}
+    import _judge
+    return _judge.judge_model(model, tokenizer, caches)
+
+
+def literature_setups(setup, baselines: dict) -> dict:
+    """Each baseline as the literature cuts it: plain slices (no reconstruction), FLAP with its bias
+    compensation, and no minimum keep (the allocation as the method computed it)."""
+    import dataclasses
+    spec = dataclasses.replace(setup.spec, reconstruct=False, min_keep=0.0)
+    return {name: dataclasses.replace(setup, spec=dataclasses.replace(spec, compensate=name == "flap"))
+            for name in baselines}
 
 
 # ---- one search, in-process -----------------------------------------------------------------------
-def run_search(sampler: str, seed: int, trials: int, setup, baselines: dict, memo: dict) -> dict:
+def run_search(sampler: str, seed: int, trials: int, setup, baselines: dict, memo: dict, step: float | None = None) -> dict:
     import optuna
     from ray.tune.schedulers.async_hyperband import _Bracket
     from ray.tune.schedulers.trial_scheduler import TrialScheduler
@@ -109,8 +110,10 @@ def run_search(sampler: str, seed: int, trials: int, setup, baselines: dict, mem
     from search._trial import Evaluation
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     key = PlanKey(setup)
-    study = optuna.create_study(direction="maximize", sampler=make_sampler(sampler, seed=seed, key=key,
-                                                                            warm_start=baselines["owl"]))
+    chosen = make_sampler(sampler, seed=seed, key=key, warm_start=baselines["owl"])
+    if step is not None:                  # the evolution's level size, tuned on dev (--steps)
+        chosen.step = step
+    study = optuna.create_study(direction="maximize", sampler=chosen)
     for name, params in baselines.items():
         study.enqueue_trial(params, user_attrs={"baseline": name})
     bracket = _Bracket(min_t=1, max_t=setup.rungs, reduction_factor=2, s=0) if setup.rungs > 1 else None
@@ -171,9 +174,11 @@ def fitness_agreement(setup, baselines: dict, caches: dict, n: int = 40) -> dict
         m = cache.score(model, tokenizer, blocks=blocks)
         rows.append({"kl": -m["kl_to_teacher"], "kl+log_ppl": -m["kl_to_teacher"] - math.log(m["perplexity"] /
                                                                                            m["teacher_perplexity"]),
-                     **{j: -v for j, v in judge(params, setup, caches).items() if j.startswith("kl_")}})
+                     **{j: -v for j, v in judge(params, setup, caches).items() if j.startswith("kl_") and
+                        j.endswith("_dev")}})
     return {f"{term} vs {j}": round(spearman([r[term] for r in rows], [r[j] for r in rows]), 3)
-            for term in ("kl", "kl+log_ppl") for j in ("kl_c4", "kl_sampled")} | {"candidates": n}
+            for term in ("kl", "kl+log_ppl") for j in ("kl_c4_dev", "kl_sampled_dev")} | {"candidates": n,
+                                                                                         "judged_on": "dev"}
 
 
 # ---- real launches ----------------------------------------------------------------------------------
@@ -216,7 +221,7 @@ def settings(items) -> dict:
 
 def summarise(runs: list[dict]) -> dict:
     out = {}
-    for k in ("kl_c4", "kl_sampled", "params_fraction", "best_fitness"):
+    for k in [f"kl_{j}_{split}" for split in ("dev", "test") for j in JUDGES] + ["params_fraction", "best_fitness"]:
         values = [r[k] for r in runs]
         out[k] = {"median": round(statistics.median(values), 4), "min": min(values), "max": max(values)}
     return out
@@ -259,8 +264,8 @@ def bench_budget(label: str, budget_gb, args, root: Path) -> dict:
     print(label, "fitness agreement", json.dumps(out["fitness_agreement"]), flush=True)
     for kind in args.kinds.split(","):
         setup = memory if kind == "memory" else params_setup(memory, owl_params)
-        literature = without_reconstruction(setup)
-        judged = {name: judge(params, literature, caches) for name, params in baselines.items()}
+        literature = literature_setups(setup, baselines)
+        judged = {name: judge(params, literature[name], caches) for name, params in baselines.items()}
         if setup.spec.reconstruct:   # the product's own warm starts: the same plans, reconstructed
             judged.update({f"{name}+lsq": judge(params, setup, caches) for name, params in baselines.items()})
         entry = out[kind] = {"budget": "modeled peak memory (the product's constraint)" if kind == "memory" else
@@ -268,6 +273,16 @@ def bench_budget(label: str, budget_gb, args, root: Path) -> dict:
                              "baselines": judged, "samplers": {}}
         print(label, kind, json.dumps(entry["baselines"]), flush=True)
         memo: dict = {}
+        if args.steps and label == "default" and kind == "params":    # the evolution's step, chosen on dev
+            tuning = entry["step_tuning"] = {}
+            for step in (float(x) for x in args.steps.split(",")):
+                runs = [{**run_search("evolution", seed, args.trials, setup, baselines, memo, step=step)}
+                        for seed in range(args.seeds)]
+                for run in runs:
+                    run.update(judge(run["best_params"], setup, caches))
+                tuning[str(step)] = {"runs": runs, **summarise(runs)}
+                print(label, kind, "step", step, json.dumps(summarise(runs)), flush=True)
+            entry["step_chosen_on_dev"] = min(tuning, key=lambda k: tuning[k]["kl_c4_dev"]["median"])
         counts = [args.trials] + ([args.long] if args.long and label == "default" else [])
         for trials in counts:
             for sampler in args.samplers.split(","):
@@ -290,25 +305,28 @@ def bench_budget(label: str, budget_gb, args, root: Path) -> dict:
     return out
 
 
-def verdicts(result: dict) -> dict:
-    """Median best KL of each sampler (and the real launch) over the baselines' KL, per judge set."""
+def verdicts(result: dict, split: str = "test") -> dict:
+    """Median best KL of each sampler (and the real launch) over the baselines' KL, per judge set of `split`
+    (settings were chosen on dev; the verdicts are reported on test)."""
     out = {}
+    sets = [f"{j}_{split}" for j in JUDGES]
     for label, budget in result["budgets"].items():
         for kind in ("memory", "params"):
             if kind not in budget:
                 continue
             entry, ratios = budget[kind], out.setdefault(label, {}).setdefault(kind, {})
             base = entry["baselines"]
-            found = {key: {j: s[f"kl_{j}"]["median"] for j in ("c4", "sampled")} for key, s in entry["samplers"].items()}
+            found = {key: {j: s[f"kl_{j}"]["median"] for j in sets} for key, s in entry["samplers"].items()}
             for run in ("launch", "launch_distill"):
                 if run in entry:
-                    found[run] = {j: entry[run][f"kl_{j}"] for j in ("c4", "sampled")}
+                    found[run] = {j: entry[run][f"kl_{j}"] for j in sets}
             if "owl+lsq" in base:
-                found.update({name: {j: base[name][f"kl_{j}"] for j in ("c4", "sampled")}
-                              for name in ("owl+lsq", "uniform-l1+lsq")})
+                found.update({name: {j: base[name][f"kl_{j}"] for j in sets} for name in base if "+lsq" in name})
+            literature = [name for name in base if "+lsq" not in name]
             for key, kls in found.items():
                 ratios[key] = {j: {"vs_owl": round(kl / base["owl"][f"kl_{j}"], 3),
                                    "vs_uniform_l1": round(kl / base["uniform-l1"][f"kl_{j}"], 3),
+                                   "vs_best_literature": round(kl / min(base[n][f"kl_{j}"] for n in literature), 3),
                                    **({"vs_own_warm_start": round(kl / base["owl+lsq"][f"kl_{j}"], 3)}
                                       if "owl+lsq" in base else {})}
                                for j, kl in kls.items()}
@@ -326,6 +344,7 @@ def main() -> None:
     ap.add_argument("--launch", type=int, default=0, help="one real `search launch` of N trials per budget")
     ap.add_argument("--distill-launch", type=int, default=0, help="one real `search launch --distill` of N trials")
     ap.add_argument("--kinds", default="memory,params", help="budgets in modeled memory and/or parameters")
+    ap.add_argument("--steps", default="", help="evolution step sizes to compare on dev (default budget, params)")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                     help="experiment override (YAML value), as launch's --set; repeatable")
     ap.add_argument("--out", default=str(RESULTS))
@@ -346,7 +365,7 @@ def main() -> None:
             from compress._atomic import write_json
             write_json(Path(args.out), {**result, "partial": True})     # a later budget's failure loses nothing
     result.update(load_end=load(), wall_seconds=round(time.perf_counter() - start, 1), targets=TARGETS,
-                  ratios=verdicts(result))
+                  ratios=verdicts(result, "test"), ratios_dev=verdicts(result, "dev"))
     from compress._atomic import write_json
     write_json(Path(args.out), result)
     print(json.dumps(result["ratios"], indent=1))

@@ -1,10 +1,16 @@
 """Text the rules allow (C4, Chinese Alpaca): the bundled samples offline, `datasets` on a connected machine.
 
-Bundled C4 documents 0-239 are for calibration / training, 240-299 are held out for evaluation,
-so KL and perplexity are never measured on text the model was pruned or distilled on. On the hub, C4's
-held-out text is its validation split; Chinese Alpaca has only a train split, so a document is held out
-when the CRC-32 of its text falls in 1 of HUB_HELDOUT_EVERY buckets (disjoint by construction, whatever
-the dataset's size or order) and the train side never yields it.
+Splits of C4, document-disjoint by construction:
+  - "train": calibration (criteria, OWL, Gram matrices) and distillation / Track 2 training;
+  - "heldout": what the product itself measures on (the search's fitness, `evaluate`, distillation reports);
+  - "dev" / "test": reserved for benchmark judges (bench/search_quality*.py): nothing in the product reads
+    them, so a judge is document-disjoint from every calibration and every fitness. Settings are chosen on
+    "dev" and reported on "test".
+Bundled C4 (300 documents): 0-199 train, 200-219 dev, 220-239 test, 240-299 heldout. On the hub, C4's held-out
+text is its validation split and dev / test are train-split documents whose CRC-32 falls in one of
+HUB_JUDGE_EVERY buckets each (never yielded as train). Chinese Alpaca has only a train split, so a document is
+held out when the CRC-32 of its text falls in 1 of HUB_HELDOUT_EVERY buckets (disjoint by construction,
+whatever the dataset's size or order) and the train side never yields it; it has no judge splits.
 """
 from __future__ import annotations
 
@@ -15,15 +21,27 @@ from pathlib import Path
 
 BUNDLED_DATA = Path(__file__).parent / "_bundled" / "data"
 HELDOUT_START = 240
+JUDGE_DOCS = {"dev": (200, 220), "test": (220, 240)}   # bundled C4 documents reserved for benchmark judges
+SPLITS = ("train", "heldout", "dev", "test")
 ALLOWED_SOURCES = ("c4", "alpaca_zh")
 HUB_IDS = {"c4": ("allenai/c4", "en"), "alpaca_zh": ("shibing624/alpaca-zh", None)}
 HUB_HELDOUT_EVERY = 10          # Alpaca on the hub: ~10 % of its documents held out, like the bundled sample
+HUB_JUDGE_EVERY = 50            # C4 on the hub: ~2 % of the train split for each judge split (dev, test)
 SCORE_BATCH = 8                 # documents per forward pass when ranking them by the model's NLL
 
 
+def hub_split(name: str, text: str) -> str:
+    """The split a document of `name`'s hub train split belongs to: "train", "heldout" (Alpaca) or "dev" /
+    "test" (C4's judge documents)."""
+    crc = zlib.crc32(text.encode("utf-8"))
+    if name == "c4":
+        return {0: "dev", 1: "test"}.get(crc % HUB_JUDGE_EVERY, "train")
+    return "heldout" if crc % HUB_HELDOUT_EVERY == 0 else "train"
+
+
 def hub_heldout(name: str, text: str) -> bool:
-    """Whether a hub document of `name` is held out (never trained or calibrated on)."""
-    return name != "c4" and zlib.crc32(text.encode("utf-8")) % HUB_HELDOUT_EVERY == 0
+    """Whether a document of `name`'s hub train split is kept out of training and calibration."""
+    return hub_split(name, text) != "train"
 
 
 def check_source(name: str) -> str:
@@ -43,15 +61,19 @@ def _bundled(name: str) -> tuple[str, ...]:
 
 
 def texts(name: str = "c4", *, split: str = "train", hub: bool = False, limit: int | None = None) -> list[str]:
-    """Documents of an allowed source. split: "train" (calibration / distillation) or "heldout"."""
+    """Documents of an allowed source. split: "train" (calibration / distillation), "heldout" (fitness and
+    evaluation) or, for C4, "dev" / "test" (benchmark judges only; see the module docstring)."""
     check_source(name)
-    if split not in ("train", "heldout"):
-        raise ValueError(f"split must be 'train' or 'heldout', got {split!r}")
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {', '.join(SPLITS)}, got {split!r}")
+    if split in JUDGE_DOCS and name != "c4":
+        raise ValueError(f"{name} has no {split!r} split: the judge splits are C4's")
     if hub:
         return _hub_texts(name, split, limit or 1000)
     docs = _bundled(name)
     if name == "c4":
-        docs = docs[:HELDOUT_START] if split == "train" else docs[HELDOUT_START:]
+        start, end = JUDGE_DOCS.get(split, (0, JUDGE_DOCS["dev"][0]) if split == "train" else (HELDOUT_START, None))
+        docs = docs[start:end]
     else:  # alpaca: last 10 % held out
         cut = int(len(docs) * 0.9)
         docs = docs[:cut] if split == "train" else docs[cut:]
@@ -68,12 +90,12 @@ def _hub_texts(name: str, split: str, limit: int) -> list[str]:
     try:
         import datasets
         repo, config = HUB_IDS[name]
-        hub_split = "validation" if (split == "heldout" and name == "c4") else "train"
-        stream = datasets.load_dataset(repo, config, split=hub_split, streaming=True)
+        source_split = "validation" if (split == "heldout" and name == "c4") else "train"
+        stream = datasets.load_dataset(repo, config, split=source_split, streaming=True)
         out = []
         for row in stream:
             text = row_text(row)
-            if name == "c4" or hub_heldout(name, text) == (split == "heldout"):
+            if (name == "c4" and split == "heldout") or hub_split(name, text) == split:
                 out.append(text)
             if len(out) >= limit:
                 break

@@ -289,6 +289,7 @@ def _tensors(arch: str, config, shapes: ModelShapes, weights: _Weights) -> list[
             add(f"{blk}.ffn_gate.weight", f"{hf}.mlp.gate_proj.weight")
             add(f"{blk}.ffn_up.weight", f"{hf}.mlp.up_proj.weight")
             add(f"{blk}.ffn_down.weight", f"{hf}.mlp.down_proj.weight")
+            add_optional(f"{blk}.ffn_down.bias", f"{hf}.mlp.down_proj.bias")
         else:            # a 1-wide all-zero FFN adds exactly nothing (see module docstring)
             add(f"{blk}.ffn_norm.weight", make=_const((hidden,), 1.0), shape=(hidden,))
             add(f"{blk}.ffn_gate.weight", make=_const((ffn[i], hidden), 0.0), shape=(ffn[i], hidden))

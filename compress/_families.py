@@ -48,18 +48,20 @@ class FamilyAdapter:
         return dict(ins=[getattr(mlp, n) for n in self.mlp_in], out=getattr(mlp, self.mlp_out))
 
     # ---- exact sizes ---------------------------------------------------------------------
-    def layer_params(self, *, hidden: int, head_dim: int, heads: int, kv_heads: int, ffn: int) -> int:
-        """Parameters of one decoder layer with these shapes (removed sub-blocks keep only output biases)."""
+    def layer_params(self, *, hidden: int, head_dim: int, heads: int, kv_heads: int, ffn: int,
+                     output_bias: bool = False) -> int:
+        """Parameters of one decoder layer with these shapes (removed sub-blocks keep only output biases the
+        family has; `output_bias`: kept output projections carry an added bias, Plan.compensate)."""
         n = 0
         if heads:
             q, kv = heads * head_dim, kv_heads * head_dim
             n += hidden * (q + 2 * kv) + q * hidden
             n += (q + 2 * kv) if self.qkv_bias else 0
-        n += hidden if self.o_bias else 0
+        n += hidden if (self.o_bias or (output_bias and heads)) else 0
         if ffn:
             n += len(self.mlp_in) * hidden * ffn + ffn * hidden
             n += len(self.mlp_in) * ffn if self.mlp_bias else 0
-        n += hidden if self.mlp_bias else 0
+        n += hidden if (self.mlp_bias or (output_bias and ffn)) else 0
         norm = self.norm_vectors * hidden
         if self.parallel_block:
             n += norm if (heads or ffn) else 0

@@ -20,6 +20,9 @@ class Coupling:
     index: torch.Tensor          # [n_units, width] rows (producer) or columns (consumer)
     consumer: bool               # columns of an output projection: its inputs are the units' outputs
     act_sq: torch.Tensor | None = None   # consumers: per-input-feature sum of squared calibration activations
+    act_sum: torch.Tensor | None = None  # consumers: per-input-feature sum of calibration activations ...
+    act_count: int | None = None         # ... over this many tokens
+    abs_mean_sq: torch.Tensor | None = None   # consumers: sum over blocks of (block mean of |x|)^2 (Minitron)
     grads: dict | None = None            # parameter -> FP32 gradient summed over calibration batches (taylor)
 
     def gather(self, tensor: torch.Tensor) -> torch.Tensor:

@@ -9,6 +9,8 @@ The config is the stock config of the family plus `layer_shapes`: one entry per 
 `num_attention_heads`, `num_key_value_heads` and `intermediate_size`. 0 heads means the attention
 sub-block is removed, 0 intermediate size means the MLP is removed. A removed sub-block keeps only
 its output bias (Phi's `dense` / `fc2` bias), which is exactly what a fully-zeroed block computes.
+`pruned_output_bias: true` gives every kept output projection (o_proj, down_proj) a bias (FLAP's bias
+compensation on a family that has none there).
 """
 import torch
 from torch import nn
@@ -59,8 +61,8 @@ class RemovedMLP(nn.Module):
         return out + self.bias if self.bias is not None else out
 
 
-def _resize_linear(old, in_features, out_features):
-    return nn.Linear(in_features, out_features, bias=old.bias is not None,
+def _resize_linear(old, in_features, out_features, bias=False):
+    return nn.Linear(in_features, out_features, bias=bias or old.bias is not None,
                      device=old.weight.device, dtype=old.weight.dtype)
 
 
@@ -70,6 +72,7 @@ def reshape_layers(model, config):
     if not shapes:
         return
     family = _FAMILY[config.model_type]
+    out_bias = bool(getattr(config, "pruned_output_bias", False))   # FLAP bias compensation on o_proj / down_proj
     hidden = config.hidden_size
     head_dim = getattr(config, "head_dim", None) or hidden // config.num_attention_heads
     for idx, (layer, shape) in enumerate(zip(model.model.layers, shapes)):
@@ -84,7 +87,7 @@ def reshape_layers(model, config):
             attn.q_proj = _resize_linear(attn.q_proj, hidden, heads * head_dim)
             attn.k_proj = _resize_linear(attn.k_proj, hidden, kv_heads * head_dim)
             attn.v_proj = _resize_linear(attn.v_proj, hidden, kv_heads * head_dim)
-            setattr(attn, family["o"], _resize_linear(getattr(attn, family["o"]), heads * head_dim, hidden))
+            setattr(attn, family["o"], _resize_linear(getattr(attn, family["o"]), heads * head_dim, hidden, out_bias))
             attn.num_key_value_groups = heads // kv_heads
             if hasattr(attn, "num_heads"):
                 attn.num_heads, attn.num_key_value_heads = heads, kv_heads
@@ -96,7 +99,7 @@ def reshape_layers(model, config):
         else:
             for name in family["mlp_in"]:
                 setattr(mlp, name, _resize_linear(getattr(mlp, name), hidden, ffn))
-            setattr(mlp, family["mlp_out"], _resize_linear(getattr(mlp, family["mlp_out"]), ffn, hidden))
+            setattr(mlp, family["mlp_out"], _resize_linear(getattr(mlp, family["mlp_out"]), ffn, hidden, out_bias))
 
 
 class PrunedLlamaForCausalLM(LlamaForCausalLM):

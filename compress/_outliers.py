@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from ._families import family_of
-from ._rankings import accumulate_input_square
+from ._statistics import accumulate_input_square
 
 OWL_MULTIPLIER = 5.0
 

@@ -10,6 +10,9 @@ JSON form (every key but `layers` optional):
                      "select": 1.0},  # draw them from this fraction of C4, what the dense model predicts best
      "reconstruct": false,          # refit each cut output projection on its kept units (least squares
                                     # on the calibration activations, compress/_reconstruct.py)
+     "compensate": false,           # FLAP's bias compensation: every kept output projection gets a bias that
+                                    # restores the removed units' mean contribution (with reconstruct: the
+                                    # least-squares refit gets an intercept); adds hidden_size parameters each
      "layers": [{"attn_keep": 0.5, "mlp_keep": 0.75}, ...]}   # one entry per layer of the base model
 
 A keep fraction of 0 removes that sub-block; a layer with both at 0 is dropped. Fractions are turned
@@ -56,6 +59,7 @@ class Plan:
     mlp_multiple: int = 1
     calibration: dict = field(default_factory=dict)
     reconstruct: bool = False
+    compensate: bool = False
 
     def __post_init__(self):
         from ._criteria import CRITERIA  # late: criteria import groups, which need torch
@@ -66,7 +70,8 @@ class Plan:
             raise ValueError(f"attn_unit must be one of {ATTN_UNITS}, got {self.attn_unit!r}")
         number(self.mlp_multiple, "mlp_multiple", integer=True, low=1, noun="a positive integer", show_range=False)
         check_calibration(self.calibration)
-        boolean(self.reconstruct, "reconstruct")
+        for key in ("reconstruct", "compensate"):
+            boolean(getattr(self, key), key)
         if not self.layers:
             raise ValueError("a plan needs at least one layer entry")
         if all(layer.dropped for layer in self.layers):
@@ -82,7 +87,8 @@ class Plan:
     def from_dict(cls, data: dict) -> "Plan":
         if not isinstance(data, dict) or "layers" not in data:
             raise ValueError('a plan is a JSON object with a "layers" list')
-        known = {"layers", "importance", "attn_unit", "mlp_multiple", "calibration", "reconstruct", "realised"}
+        known = {"layers", "importance", "attn_unit", "mlp_multiple", "calibration", "reconstruct", "compensate",
+                 "realised"}
         unknown = sorted(set(data) - known)
         if unknown:
             raise ValueError(f"unknown plan keys {unknown}; known: {sorted(known - {'realised'})}")
@@ -93,8 +99,8 @@ class Plan:
             extra = set(entry) - {"attn_keep", "mlp_keep"}
             if extra:
                 raise ValueError(f"unknown layer keys {sorted(extra)}; known: attn_keep, mlp_keep")
-        kwargs = {k: data[k] for k in ("importance", "attn_unit", "mlp_multiple", "calibration", "reconstruct")
-                  if k in data}
+        kwargs = {k: data[k] for k in ("importance", "attn_unit", "mlp_multiple", "calibration", "reconstruct",
+                                       "compensate") if k in data}
         return cls(layers=tuple(LayerPlan(**entry) for entry in layers), **kwargs)
 
     @classmethod
@@ -123,7 +129,13 @@ class Plan:
     def realised_shapes(self, shapes: ModelShapes) -> ModelShapes:
         """The pruned model's shapes, without loading it (dropped layers removed)."""
         kept = tuple(s for s in self.realise(shapes) if s.has_attention or s.has_mlp)
-        return replace(shapes, layers=kept)
+        return replace(shapes, layers=kept, output_bias=shapes.output_bias or self.adds_bias(shapes))
+
+    def adds_bias(self, shapes: ModelShapes) -> bool:
+        """Whether the cut adds biases to output projections that the family has none on (compensation)."""
+        from ._families import family_of
+        family = family_of(shapes)
+        return self.compensate and not (family.o_bias and family.mlp_bias)
 
     def attn_unit_for(self, base: LayerShape) -> str:
         """Multi-head attention (one query head per KV head): a query head IS a KV group."""

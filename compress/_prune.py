@@ -18,10 +18,11 @@ from ._families import family_of
 from ._groups import UnitGroup, attention_group, kept_indices, mlp_group, select_units
 from ._modeling_pruned import RemovedAttention, RemovedMLP
 from ._plan import Plan
-from ._rankings import Rankings, compute_rankings, linear_weights
-from ._reconstruct import least_squares
+from ._rankings import Rankings, compute_rankings
+from ._statistics import linear_weights
+from ._reconstruct import refit
 from ._release import release
-from ._shapes import LayerShape, ModelShapes, shapes_from_config
+from ._shapes import OUTPUT_BIAS_KEY, LayerShape, ModelShapes, shapes_from_config
 
 
 @dataclass
@@ -65,7 +66,8 @@ def prune(model: nn.Module, tokenizer, plan: Plan, *, calibration=None, release_
     targets = plan.realise(base)
     if rankings is None:
         rankings = compute_rankings(model, tokenizer, criteria=[plan.importance], attn_units=[plan.attn_unit],
-                                    calibration=plan.calibration, tokens=calibration, grams=plan.reconstruct)
+                                    calibration=plan.calibration, tokens=calibration, grams=plan.reconstruct,
+                                    means=plan.compensate)
     rankings.check(plan, base)
     kept = []
     for idx, (layer, shape, target) in enumerate(zip(adapter.layers(model), base.layers, targets)):
@@ -78,7 +80,9 @@ def prune(model: nn.Module, tokenizer, plan: Plan, *, calibration=None, release_
                 release(tensor)
     model.zero_grad(set_to_none=True)
     layer_map = _drop_layers(model, adapter, targets)
-    _write_shapes_to_config(model.config, base, [targets[i] for i in layer_map])
+    if plan.adds_bias(base):
+        _zero_output_biases(model, adapter)
+    _write_shapes_to_config(model.config, base, [targets[i] for i in layer_map], output_bias=plan.adds_bias(base))
     shapes = shapes_from_config(model.config)
     return PruneResult(model=model, shapes=shapes, layer_map=layer_map, realised=targets,
                        base_shapes=base, seconds=time.perf_counter() - start, kept=kept)
@@ -107,7 +111,7 @@ def _prune_attention(adapter, layer, idx, base, shape, target, plan, rankings) -
         target.num_attention_heads // target.num_key_value_heads
     units = _ranked(group, rankings.layer_scores(plan.importance, "attn", idx, plan.attn_unit), keep)
     attn = layer.self_attn
-    _cut(attn, group, _attn_names(adapter, unit), units, _gram(plan, rankings, "attn", idx))
+    _cut(attn, group, _attn_names(adapter, unit), units, _fit(plan, rankings, "attn", idx))
     attn.num_key_value_groups = target.num_attention_heads // target.num_key_value_heads
     if unit == "kv_group":
         per_group = shape.num_attention_heads // shape.num_key_value_heads
@@ -131,7 +135,7 @@ def _prune_mlp(adapter, layer, idx, shape, target, plan, rankings) -> list[int] 
         return []
     group = mlp_group(mods, ffn=shape.intermediate_size)
     units = _ranked(group, rankings.layer_scores(plan.importance, "mlp", idx), target.intermediate_size)
-    _cut(layer.mlp, group, list(adapter.mlp_in) + [adapter.mlp_out], units, _gram(plan, rankings, "mlp", idx))
+    _cut(layer.mlp, group, list(adapter.mlp_in) + [adapter.mlp_out], units, _fit(plan, rankings, "mlp", idx))
     return units.tolist()
 
 
@@ -143,26 +147,48 @@ def _stand_in(cls, out_proj: nn.Linear, *args):
     return removed
 
 
-def _gram(plan: Plan, rankings: Rankings, kind: str, idx: int):
-    """The Gram matrix a reconstructing plan refits this sub-block's output projection with (else None)."""
-    return rankings.layer_gram(kind, idx) if plan.reconstruct else None
+def _fit(plan: Plan, rankings: Rankings, kind: str, idx: int) -> dict:
+    """What this sub-block's output projection is refit with: the Gram matrix of its input (reconstruction)
+    and / or its mean (bias compensation); empty for a plain cut."""
+    fit = {}
+    if plan.reconstruct:
+        fit["gram"] = rankings.layer_gram(kind, idx)
+    if plan.compensate:
+        fit["mean"] = rankings.layer_mean(kind, idx)
+        fit["count"] = rankings.meta.get("calibration_tokens")
+    return fit
 
 
-def _cut(owner: nn.Module, group: UnitGroup, names: list[str], units: torch.Tensor, gram=None) -> None:
+def _cut(owner: nn.Module, group: UnitGroup, names: list[str], units: torch.Tensor, fit: dict) -> None:
     """Replace each coupled projection of `owner` by its kept rows (producers) or columns (consumers);
-    with `gram` (the consumer input's Gram matrix), the consumer's kept columns are refit by least squares."""
+    the consumer's kept columns are refit by least squares and / or its bias compensated (`fit`, _reconstruct)."""
     for coupling, name in zip(group.couplings, names):
         kept = kept_indices(coupling, units)
         if not coupling.consumer:
             setattr(owner, name, _slice_linear(coupling.module, rows=kept))
             continue
-        weight = None if gram is None else least_squares(coupling.module.weight.data, gram, kept)
-        setattr(owner, name, _slice_linear(coupling.module, cols=kept, weight=weight))
+        old = coupling.module
+        weight, bias = (None, None) if not fit else \
+            refit(old.weight.data, None if old.bias is None else old.bias.data, kept, **fit)
+        setattr(owner, name, _slice_linear(old, cols=kept, weight=weight, bias=bias))
 
 
-def _slice_linear(linear: nn.Linear, *, rows=None, cols=None, weight=None) -> nn.Linear:
+def _zero_output_biases(model, adapter) -> None:
+    """Compensation on a family without output biases: every kept o_proj / down_proj carries one (zeros where
+    nothing was cut), so the checkpoint has one uniform layout (config `pruned_output_bias`)."""
+    for layer in adapter.layers(model):
+        kept = [getattr(owner, name) for owner, name, stand_in in ((layer.self_attn, adapter.o_proj, RemovedAttention),
+                                                                   (layer.mlp, adapter.mlp_out, RemovedMLP))
+                if not isinstance(owner, stand_in)]
+        for module in kept:
+            if module.bias is None:
+                module.bias = nn.Parameter(module.weight.new_zeros(module.weight.shape[0]), requires_grad=False)
+
+
+def _slice_linear(linear: nn.Linear, *, rows=None, cols=None, weight=None, bias=None) -> nn.Linear:
     """A new, smaller nn.Linear holding only the kept rows / columns (no masking); `weight`: the kept
-    columns' values when they were refit (reconstruction), else sliced from the old weight."""
+    columns' values when they were refit (reconstruction), else sliced from the old weight; `bias`: a
+    consumer's new bias (compensation), else the old one."""
     if weight is None:
         weight = linear.weight.data
         if rows is not None:
@@ -170,10 +196,11 @@ def _slice_linear(linear: nn.Linear, *, rows=None, cols=None, weight=None) -> nn
             weight = weight.index_select(0, rows)
         if cols is not None:
             weight = weight.index_select(1, cols.to(weight.device))
-    new = nn.Linear(weight.shape[1], weight.shape[0], bias=linear.bias is not None, device="meta")
+    new = nn.Linear(weight.shape[1], weight.shape[0], bias=linear.bias is not None or bias is not None, device="meta")
     new.weight = nn.Parameter(weight.contiguous(), requires_grad=False)
-    if linear.bias is not None:
+    if bias is None and linear.bias is not None:
         bias = linear.bias.data if rows is None else linear.bias.data.index_select(0, rows)
+    if bias is not None:
         new.bias = nn.Parameter(bias.contiguous(), requires_grad=False)
     return new
 
@@ -193,14 +220,18 @@ def _drop_layers(model, adapter, targets: list[LayerShape]) -> list[int]:
     return kept
 
 
-def _write_shapes_to_config(config, base: ModelShapes, kept: list[LayerShape]) -> None:
+def _write_shapes_to_config(config, base: ModelShapes, kept: list[LayerShape], *, output_bias: bool = False) -> None:
     """Uniform result: stock fields. Otherwise `layer_shapes` (read by _modeling_pruned), the stock
     fields left as they were. A uniform result whose head count does not divide the hidden size takes
     the per-layer form too: transformers refuses such a stock config (LlamaConfig validates
-    hidden_size % num_attention_heads whatever head_dim says), so it could not be saved or loaded."""
+    hidden_size % num_attention_heads whatever head_dim says), so it could not be saved or loaded. Added
+    output biases (compensation) take it as well: a stock Llama / Qwen2 config cannot put a bias on o_proj and
+    down_proj alone (attention_bias / mlp_bias would add q/k/v / gate/up biases too)."""
     config.head_dim = base.head_dim  # explicit: head counts change, head size must not
+    if output_bias:
+        setattr(config, OUTPUT_BIAS_KEY, True)
     first = kept[0]
-    uniform = all(s == first and s.has_attention and s.has_mlp for s in kept)
+    uniform = not output_bias and all(s == first and s.has_attention and s.has_mlp for s in kept)
     if uniform and config.hidden_size % first.num_attention_heads == 0:
         config.num_attention_heads = first.num_attention_heads
         config.num_key_value_heads = first.num_key_value_heads

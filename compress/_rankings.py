@@ -18,8 +18,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from torch import nn
-
 from ._criteria import get_criterion
 from ._data import predictable_documents, texts, token_blocks
 from ._families import FamilyAdapter, family_of
@@ -27,6 +25,7 @@ from ._groups import UnitGroup, attention_group, mlp_group
 from ._plan import DEFAULT_SAMPLES, DEFAULT_SEQ_LEN
 from ._reconstruct import check_gram_memory
 from ._shapes import shapes_from_config
+from ._statistics import FORWARD_STATISTICS, collect_statistics, output_projections
 
 # select: the fraction of C4 documents calibration draws from, those the dense model predicts best (1.0: all)
 CALIBRATION_DEFAULTS = {"samples": DEFAULT_SAMPLES, "seq_len": DEFAULT_SEQ_LEN, "seed": 0, "select": 1.0}
@@ -56,6 +55,10 @@ class Rankings:
     # for plans that reconstruct (_reconstruct.py): "attn" / "mlp" -> per layer the FP32 Gram matrix of the
     # output projection's input on the calibration blocks (None where the layer has no such sub-block)
     grams: dict = field(default_factory=dict)
+    # for plans that compensate (FLAP's bias): "attn" / "mlp" -> per layer the FP32 mean of that input
+    means: dict = field(default_factory=dict)
+    # per base layer ShortGPT's block influence 1 - E[cos(layer input, layer output)] (empty: not collected)
+    influence: list = field(default_factory=list)
 
     @staticmethod
     def key(criterion: str, kind: str, unit: str = "") -> str:
@@ -73,6 +76,12 @@ class Rankings:
             raise ValueError(f"rankings have no {kind} Gram matrix for layer {layer}")
         return gram
 
+    def layer_mean(self, kind: str, layer: int) -> torch.Tensor:
+        mean = self.means[kind][layer]
+        if mean is None:
+            raise ValueError(f"rankings have no {kind} input mean for layer {layer}")
+        return mean
+
     def check(self, plan, base) -> None:
         """Refuse (one line) a plan these rankings cannot serve, before anything is cut."""
         if base.num_layers != self.num_layers:
@@ -86,7 +95,10 @@ class Rankings:
         if plan.reconstruct and not self.grams:
             raise ValueError("the plan reconstructs, but these rankings were computed without the Gram matrices "
                              "it needs (compute_rankings(..., grams=True))")
-        needs_data = bool(get_criterion(plan.importance).requires) or plan.reconstruct
+        if plan.compensate and not self.means:
+            raise ValueError("the plan compensates, but these rankings were computed without the input means it "
+                             "needs (compute_rankings(..., means=True))")
+        needs_data = bool(get_criterion(plan.importance).requires) or plan.reconstruct or plan.compensate
         if needs_data and self.calibration != GIVEN_TOKENS and self.calibration != resolved_calibration(plan.calibration):
             raise ValueError(f"rankings were computed with calibration {self.calibration}, the plan asks for "
                              f"{resolved_calibration(plan.calibration)}")
@@ -95,7 +107,8 @@ class Rankings:
     def save(self, path) -> Path:
         from ._atomic import save_torch
         return save_torch(path, {"scores": self.scores, "num_layers": self.num_layers, "calibration": self.calibration,
-                                 "meta": dict(self.meta), "grams": self.grams, "format": FORMAT})
+                                 "meta": dict(self.meta), "grams": self.grams, "means": self.means,
+                                 "influence": list(self.influence), "format": FORMAT})
 
     @classmethod
     def load(cls, path) -> "Rankings":
@@ -104,19 +117,24 @@ class Rankings:
         calibration = data["calibration"]   # a cache saved before a setting existed ran with its default
         calibration = resolved_calibration(calibration) if isinstance(calibration, dict) else calibration
         return cls(scores=data["scores"], num_layers=int(data["num_layers"]), calibration=calibration,
-                   meta=data["meta"], grams=data.get("grams") or {})
+                   meta=data["meta"], grams=data.get("grams") or {}, means=data.get("means") or {},
+                   influence=list(data.get("influence") or []))
 
 
 def compute_rankings(model, tokenizer, *, criteria, attn_units=("kv_group",), calibration: dict | None = None,
-                     tokens: torch.Tensor | None = None, grams: bool = False) -> Rankings:
+                     tokens: torch.Tensor | None = None, grams: bool = False, means: bool = False,
+                     influence: bool = False) -> Rankings:
     """Score every layer's units on the (dense) `model` for each criterion and attention unit.
     `tokens`: calibration LongTensor [n, seq] (else the bundled C4 blocks `calibration` describes).
-    grams: also keep the Gram matrices of every output projection's input (for plans that reconstruct)."""
+    grams: also keep the Gram matrices of every output projection's input (for plans that reconstruct);
+    means: the mean of that input (for plans that compensate); influence: each layer's block influence
+    (the ShortGPT baseline)."""
     criteria = list(dict.fromkeys(criteria))
     built = {name: get_criterion(name) for name in criteria}
     adapter = family_of(model.config)
     base = shapes_from_config(model.config)
-    needs = frozenset().union(*(c.requires for c in built.values())) | ({"gram"} if grams else set())
+    needs = frozenset().union(*(c.requires for c in built.values()))
+    needs |= {name for name, on in (("gram", grams), ("moments", means), ("influence", influence)) if on}
     if grams:
         check_gram_memory(base, next(model.parameters()).device.type)
     stats: dict = {}
@@ -124,7 +142,7 @@ def compute_rankings(model, tokenizer, *, criteria, attn_units=("kv_group",), ca
     if needs:
         if tokens is None:
             tokens = calibration_tokens(tokenizer, calibration, model=model)
-        for passes in (needs - {"gradients"}, needs & {"gradients"}):   # (see module docstring)
+        for passes in (needs & set(FORWARD_STATISTICS), needs & {"gradients"}):   # (see module docstring)
             if passes:
                 stats.update(collect_statistics(model, adapter, tokens, frozenset(passes)))
     scores: dict = {}
@@ -148,22 +166,26 @@ def compute_rankings(model, tokenizer, *, criteria, attn_units=("kv_group",), ca
     setting = GIVEN_TOKENS if (needs and given) else resolved_calibration(calibration)
     return Rankings(scores=scores, num_layers=base.num_layers, calibration=setting,
                     meta={"criteria": criteria, "attn_units": list(attn_units),
+                          "calibration_tokens": int(tokens.numel()) if tokens is not None else 0,
                           "model": str(getattr(model.config, "_name_or_path", ""))},
-                    grams=_layer_grams(adapter, model, stats.get("gram", {})) if grams else {})
+                    grams=_per_projection(adapter, model, stats.get("gram", {})) if grams else {},
+                    means=_per_projection(adapter, model, _means(stats)) if means else {},
+                    influence=[total / count for total, count in (stats["influence"][i] for i in
+                                                                  range(base.num_layers))] if influence else [])
 
 
-def _layer_grams(adapter, model, store: dict) -> dict:
+def _means(stats: dict) -> dict:
+    return {m: total / stats["act_count"][m] for m, total in stats.get("act_sum", {}).items()}
+
+
+def _per_projection(adapter, model, store: dict) -> dict:
+    """{"attn": [per layer o_proj's value], "mlp": [... down_proj's]} from a {module: tensor} store, on the CPU."""
     out = {"attn": [], "mlp": []}
     for layer in adapter.layers(model):
         for kind, module in output_projections(adapter, layer).items():
-            gram = store.get(module)
-            out[kind].append(None if gram is None else gram.cpu())
+            value = store.get(module)
+            out[kind].append(None if value is None else value.cpu())
     return out
-
-
-def output_projections(adapter: FamilyAdapter, layer) -> dict:
-    """{"attn": o_proj, "mlp": down_proj / fc2}: the consumers whose inputs the statistics describe."""
-    return {"attn": adapter.attention(layer)["o"], "mlp": adapter.mlp(layer)["out"]}
 
 
 def calibration_tokens(tokenizer, calibration: dict | None = None, *, model=None) -> torch.Tensor:
@@ -193,92 +215,8 @@ def score_group(criterion, group: UnitGroup, stats: dict) -> torch.Tensor:
     for c in group.couplings:
         if c.consumer:
             c.act_sq = stats.get("act_sq", {}).get(c.module)
+            c.act_sum = stats.get("act_sum", {}).get(c.module)
+            c.act_count = stats.get("act_count", {}).get(c.module)
+            c.abs_mean_sq = stats.get("abs_mean_sq", {}).get(c.module)
         c.grads = stats.get("grads")
     return criterion.score(group)
-
-
-# ---- calibration statistics -------------------------------------------------------------------
-def collect_statistics(model, adapter: FamilyAdapter, tokens: torch.Tensor, requires: frozenset) -> dict:
-    """{"act_sq": {module: FP32 sum of x^2 per input feature}}, {"gram": {module: FP32 X^T X of its input}}
-    (output projections only) and/or {"grads": {param: FP32 grad sum}}.
-
-    Gradients (taylor) are taken batch by batch and summed in FP32 outside autograd: a 16-bit model's own
-    .grad would accumulate in FP16 and under/overflow. Each batch's loss is scaled (dynamic loss scaling,
-    as mixed-precision training does) so small FP16 gradients survive, and unscaled when summed."""
-    unknown = set(requires) - {"activations", "gradients", "gram"}
-    if unknown:
-        raise ValueError(f"criterion requires unknown statistics {sorted(unknown)}")
-    stats: dict = {}
-    hooks = []
-    # statistics of the output projections' inputs: one store per requirement, one hook per projection each
-    input_hooks = [(key, make) for name, key, make in (("activations", "act_sq", accumulate_input_square),
-                                                       ("gram", "gram", accumulate_gram)) if name in requires]
-    for key, make in input_hooks:
-        store = stats[key] = {}
-        for layer in adapter.layers(model):
-            for module in output_projections(adapter, layer).values():
-                hooks.append(module.register_forward_pre_hook(make(store, module)))
-    grad_on = "gradients" in requires
-    # only the projections a criterion scores need gradients (not embeddings, norms or the LM head)
-    params = [p for layer in adapter.layers(model) for p in linear_weights(layer)]
-    try:
-        for p in model.parameters():
-            p.requires_grad_(False)
-        for p in params:
-            p.requires_grad_(grad_on)
-        device = params[0].device
-        if grad_on:
-            stats["grads"] = _gradient_sums(model, params, tokens, device)
-        else:
-            with torch.no_grad():
-                for batch in tokens.split(CALIBRATION_BATCH):
-                    model(input_ids=batch.to(device), use_cache=False)
-    finally:
-        for h in hooks:
-            h.remove()
-        for p in params:
-            p.requires_grad_(False)
-            p.grad = None
-    return stats
-
-
-def linear_weights(layer) -> list[torch.Tensor]:
-    return [p for m in layer.modules() if isinstance(m, nn.Linear) for p in m.parameters(recurse=False)]
-
-
-def _gradient_sums(model, params, tokens: torch.Tensor, device) -> dict:
-    half = params[0].dtype in (torch.float16, torch.bfloat16)
-    scale = INITIAL_LOSS_SCALE if half else 1.0
-    sums = {p: torch.zeros_like(p, dtype=torch.float32) for p in params}
-    for batch in tokens.split(CALIBRATION_BATCH):
-        batch = batch.to(device)
-        while True:
-            for p in params:
-                p.grad = None
-            logits = model(input_ids=batch, use_cache=False).logits.float()   # the loss itself in FP32
-            loss = torch.nn.functional.cross_entropy(logits[:, :-1].flatten(0, 1), batch[:, 1:].flatten())
-            (loss * scale).backward()
-            finite = all(p.grad is None or torch.isfinite(p.grad).all() for p in params)
-            if finite or scale <= 1.0:
-                break
-            scale /= 2                                                        # overflow: retry this batch
-        for p in params:
-            if p.grad is not None:
-                sums[p] += p.grad.float() / scale
-    return sums
-
-
-def accumulate_input_square(store: dict, module):
-    def hook(_module, args):
-        x = args[0].detach().float()
-        total = x.pow(2).reshape(-1, x.shape[-1]).sum(0)
-        store[module] = store.get(module, 0) + total
-    return hook
-
-
-def accumulate_gram(store: dict, module):
-    """store[module] += X^T X of the module's input, in FP32 on the input's device (reconstruction)."""
-    def hook(_module, args):
-        x = args[0].detach().reshape(-1, args[0].shape[-1]).float()
-        store[module] = store.get(module, 0) + x.t() @ x
-    return hook

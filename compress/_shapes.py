@@ -10,6 +10,8 @@ from dataclasses import asdict, dataclass
 from ._families import family_of
 from ._inputs import number
 
+OUTPUT_BIAS_KEY = "pruned_output_bias"    # config flag: o_proj / down_proj carry added biases (_modeling_pruned.py)
+
 
 @dataclass(frozen=True)
 class LayerShape:
@@ -35,6 +37,8 @@ class ModelShapes:
     tie_word_embeddings: bool
     max_position_embeddings: int
     layers: tuple[LayerShape, ...]
+    # every kept o_proj / down_proj carries a bias the family has none of (FLAP bias compensation, Plan.compensate)
+    output_bias: bool = False
 
     @property
     def num_layers(self) -> int:
@@ -44,13 +48,13 @@ class ModelShapes:
     def is_uniform(self) -> bool:
         """True when the stock architecture can hold these shapes (same sizes everywhere, no removed sub-block)."""
         first = self.layers[0] if self.layers else None
-        return all(s == first and s.has_attention and s.has_mlp for s in self.layers)
+        return not self.output_bias and all(s == first and s.has_attention and s.has_mlp for s in self.layers)
 
     def layer_params(self, index: int) -> int:
         s = self.layers[index]
         return family_of(self).layer_params(hidden=self.hidden_size, head_dim=self.head_dim,
                                             heads=s.num_attention_heads, kv_heads=s.num_key_value_heads,
-                                            ffn=s.intermediate_size)
+                                            ffn=s.intermediate_size, output_bias=self.output_bias)
 
     def param_count(self) -> int:
         """Exact number of parameters (tied embeddings counted once)."""
@@ -128,4 +132,4 @@ def shapes_from_config(config) -> ModelShapes:
     return ModelShapes(model_type=config.model_type, vocab_size=config.vocab_size, hidden_size=hidden,
                        head_dim=head_dim, tie_word_embeddings=bool(getattr(config, "tie_word_embeddings", False)),
                        max_position_embeddings=int(getattr(config, "max_position_embeddings", 2048)),
-                       layers=layers)
+                       layers=layers, output_bias=bool(getattr(config, OUTPUT_BIAS_KEY, False)))

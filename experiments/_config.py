@@ -56,7 +56,8 @@ class SearchSettings:
 
 @dataclass(kw_only=True)
 class SpaceSettings:
-    criteria: list = field(default_factory=lambda: ["l1", "l2", "activation", "taylor"])
+    # what trials may sample; a literature baseline is enqueued when its criterion is here (spaces.BASELINES)
+    criteria: list = field(default_factory=lambda: ["l1", "l2", "activation", "taylor", "fluctuation", "minitron"])
     attn_unit: str = "kv_group"
     min_keep: float = 0.15
     allow_drop: bool = True
@@ -65,6 +66,11 @@ class SpaceSettings:
     # "auto": on when the dense model's Gram matrices (collected once, shipped to every trial) take at most
     # RECONSTRUCT_AUTO_BYTES; true / false force it
     reconstruct: bool | str = "auto"
+    # FLAP's bias compensation on every cut (compress/_reconstruct.py): adds a bias to each kept o_proj / down_proj
+    compensate: bool = False
+    # the depth lever: a trial may remove up to this fraction of the layers whole, lowest block influence first
+    # (ShortGPT's order), before its shares allocate the rest (0: off; llama.cpp runtime only)
+    depth: float = 0.0
     # every plan's calibration (compress/_plan.py: samples, seq_len, seed, select, hub) over compress's defaults:
     # the C4 blocks the criteria, OWL's outlier ratios and reconstruction read, once per experiment
     calibration: dict = field(default_factory=dict)
@@ -133,6 +139,8 @@ class Experiment:
                 not isinstance(space.reconstruct, bool):
             raise ValueError(f"space.reconstruct must be true, false or auto, got {space.reconstruct!r}")
         _check_distill(self.distill)
+        number(space.depth, "space.depth", low=0, high=1, high_open=True)
+        boolean(space.compensate, "space.compensate")
         workers = self.distill.workers
         gpus = self.resources.gpus_per_trial
         if workers and workers >= 2 and gpus and gpus != workers:

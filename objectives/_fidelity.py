@@ -170,9 +170,11 @@ class TeacherCache:
             raise ValueError("the candidate's tokenizer vocabulary differs from the teacher's: KL to the teacher "
                              "needs the same tokenizer (build the cache from this model's teacher)")
 
-    def score(self, model, tokenizer=None, *, level: int = 0, blocks: int | None = None) -> dict[str, float]:
+    def score(self, model, tokenizer=None, *, level: int = 0, blocks: int | None = None,
+              mask: torch.Tensor | None = None) -> dict[str, float]:
         """Mean KL(teacher || model) per token in nats, and the model's perplexity, on level's blocks (or the
-        first `blocks`), with their standard errors."""
+        first `blocks`), with their standard errors. `mask` (bool [blocks, seq_len - 1]): average only over the
+        predictions it marks (e.g. a sampled continuation, not its prompt or the padding after an early stop)."""
         self.check_student(model, tokenizer)
         n_blocks = self.blocks(level, blocks)
         tokens = self.tokens[:n_blocks]
@@ -193,6 +195,11 @@ class TeacherCache:
             kls.append(kl.clamp(min=0).double())
             nlls.append(-log_q.gather(-1, tokens[start:end, 1:, None])[..., 0].double())
         kl, nll = torch.cat(kls), torch.cat(nlls)
+        if mask is not None:
+            keep = mask[:n_blocks].bool()
+            teacher = self.nll[:n_blocks].double()[keep]
+            return {"kl_to_teacher": float(kl[keep].mean()), "perplexity": math.exp(float(nll[keep].mean())),
+                    "teacher_perplexity": math.exp(float(teacher.mean())), "tokens": int(keep.sum())}
         return {"kl_to_teacher": float(kl.mean()), "kl_to_teacher_se": batch_means_se(kl),
                 "perplexity": math.exp(float(nll.mean())), "teacher_perplexity": self.teacher_perplexity(level, n_blocks),
                 "log_ppl_ratio_se": batch_means_se(nll - self.nll[:n_blocks].double())}

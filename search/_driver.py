@@ -52,7 +52,8 @@ def build_setup(exp: experiments.Experiment, record: ExperimentRecord, *, teache
                             min_budget_use=exp.space.min_budget_use,
                             distill_steps=tuple(exp.distill.steps) if exp.distill.enabled else (),
                             distill_lr=tuple(exp.distill.lr), reconstruct=reconstructs(exp.space.reconstruct, base),
-                            calibration=tuple(sorted(exp.space.calibration.items())))
+                            compensate=exp.space.compensate, calibration=tuple(sorted(exp.space.calibration.items())),
+                            max_depth=0 if runtime == "mlc" else int(exp.space.depth * base.num_layers))
     ladder = objectives.parse_ladder(exp.proxy.ladder, use=exp.proxy.rungs)
     return TrialSetup(model_source=source, base_shapes=base, spec=spec,
                       profile_name=objectives.shippable_profile(exp.device), budget_bytes=float(budget),
@@ -105,29 +106,65 @@ def prepare_teacher(setup: TrialSetup, record: ExperimentRecord, *, baselines: b
                 print(f"fidelity ladder rung {rung}: the dense model is at chance on {', '.join(tasks)}: weight 0, "
                       "not scored", flush=True)
     setup.teacher_cache = Shipped.put(cache)
-    attach_rankings(setup, record, dense)
+    rankings = attach_rankings(setup, record, dense)
+    setup.spec = with_depth(setup.spec, rankings)
     if not baselines:
         return None
     model, tokenizer = dense()
     ratios = compress.layer_outlier_ratios(model, compress.calibration_tokens(tokenizer, dict(setup.spec.calibration),
                                                                               model=model))
-    return {"uniform-l1": spaces.uniform_l1(setup.spec), "owl": spaces.owl(setup.spec, ratios)}
+    return baseline_points(setup, rankings, ratios)
 
 
-def attach_rankings(setup: TrialSetup, record: ExperimentRecord, dense: Callable) -> None:
+def with_depth(spec, rankings):
+    """The space with its depth lever's order (space.depth > 0): ShortGPT's, from the rankings' block influence."""
+    if not spec.max_depth:
+        return spec
+    return dataclasses.replace(spec, depth_order=spaces.influence_order(rankings.influence))
+
+
+def baseline_points(setup: TrialSetup, rankings, outlier_ratios: list) -> dict:
+    """{name: params} of every literature baseline whose criterion the space offers (spaces/_baselines.py), at
+    this setup's budget: the ones that allocate by the budget (FLAP, ShortGPT) ask the memory model."""
+    spec, base = setup.spec, setup.base_shapes
+    memory_of = setup.memory_of()
+    target = spaces.memory_target(setup.budget_bytes, 1.0, setup.profile().runtime_overhead_bytes)
+    fits = lambda plan: memory_of(plan) <= target   # noqa: E731
+    unit = spec.attn_unit
+    # attention units per layer as the rankings score them: KV groups, or query heads (a head IS a group in MHA)
+    attn_units = [s.num_key_value_heads if (unit == "kv_group" or s.num_key_value_heads == s.num_attention_heads)
+                  else s.num_attention_heads for s in base.layers]
+    makers = {
+        "uniform-l1": lambda: spaces.uniform_l1(spec),
+        "owl": lambda: spaces.owl(spec, outlier_ratios),
+        "flap": lambda: spaces.flap(spec, rankings.scores[compress.Rankings.key("fluctuation", "attn", unit)],
+                                    rankings.scores[compress.Rankings.key("fluctuation", "mlp")],
+                                    [(a, s.intermediate_size) for a, s in zip(attn_units, base.layers)], fits),
+        "llm-pruner": lambda: spaces.llm_pruner(spec),
+        "shortgpt": lambda: spaces.shortgpt(spec, rankings.influence, fits, attn_units),
+        "minitron": lambda: spaces.minitron(spec),
+    }
+    return {name: make() for name, make in makers.items()
+            if name in ("uniform-l1", "owl") or spaces.BASELINE_CRITERIA[name] in spec.criteria}
+
+
+def attach_rankings(setup: TrialSetup, record: ExperimentRecord, dense: Callable):
     """The dense model's unit rankings for every criterion of the space (and, when its plans reconstruct, the
-    Gram matrices that needs), computed once and cached next to the teacher cache (`rankings.pt`); shipped
-    to trials through the object store. `dense()` -> (model,
-    tokenizer), called only when the rankings are not cached yet."""
+    Gram matrices that needs; always the input means for bias compensation and the block influence ShortGPT
+    reads), computed once and cached next to the teacher cache (`rankings.pt`); shipped to trials through the
+    object store, and returned. `dense()` -> (model, tokenizer), called only when they are not cached yet."""
     calibration = dict(setup.spec.calibration)
     rankings = compress.Rankings.load(record.rankings) if record.rankings.exists() else None
-    if rankings is None or (setup.spec.reconstruct and not rankings.grams) or \
-            rankings.calibration != compress.resolved_calibration(calibration):   # (cached before those settings)
+    if rankings is None or (setup.spec.reconstruct and not rankings.grams) or not rankings.means or \
+            not rankings.influence or rankings.calibration != compress.resolved_calibration(calibration) or \
+            not set(setup.spec.criteria) <= set(rankings.meta.get("criteria", ())):   # (cached before those settings)
         model, tokenizer = dense()
         rankings = compress.compute_rankings(model, tokenizer, criteria=setup.spec.criteria, calibration=calibration,
-                                             attn_units=[setup.spec.attn_unit], grams=setup.spec.reconstruct)
+                                             attn_units=[setup.spec.attn_unit], grams=setup.spec.reconstruct,
+                                             means=True, influence=True)
         rankings.save(record.rankings)
     setup.rankings = Shipped.put(rankings)
+    return rankings
 
 
 # Ray Train (data-parallel distillation inside a trial): a trial's worker group may have to wait for

@@ -7,8 +7,10 @@ OptunaSearch runs it like TPE: (1 + lambda) evolution with level-switch mutation
 - Offspring: the parent's shares rescaled to mean 0.5 (the space's repair is scale-invariant), then k level
   switches, k = min of two uniform draws in 1..max_switches as in EvoPress: one share up a step, another down
   a step. The sum of shares - the budget before repair - is unchanged, and the repair lands the plan exactly
-  on the budget. Every other parameter (criterion, layer drops, distillation schedule) is inherited and
-  re-drawn at random with probability `p_other`.
+  on the budget. Integer parameters (the depth lever: whole layers removed in block-influence order) move one
+  step up or down with probability `p_int` (the repair then trades that depth for width). Every other
+  parameter (criterion, layer drops, distillation schedule) is inherited and re-drawn at random with
+  probability `p_other`.
 - Selection over increasing token counts: ASHA over the fidelity ladder (KL on 256 held-out tokens, then on
   2048 and the task proxy) stops offspring that lose on the cheap rungs, as EvoPress's multi-step selection
   does; only an offspring that completes every rung can become the parent.
@@ -27,21 +29,24 @@ from optuna.distributions import FloatDistribution
 from optuna.trial import TrialState
 
 SHARE = re.compile(r"^(attn|mlp)_share(_\d+)?$")
-STEP = 0.15               # level size in share units (shares normalised to mean 0.5: 30 % of a mean layer's keep;
-                          # chosen in exploratory bench runs over 0.025-0.2 (60 trials, 3 seeds; not recorded)
+STEP = 0.1                # level size in share units (shares normalised to mean 0.5: 20 % of a mean layer's keep);
+                          # chosen on the judge's dev split over 0.05 / 0.1 / 0.15 / 0.25 (bundled model, 60 trials,
+                          # 3 seeds, equal parameters: bench/results/search_quality_steps.json, `--steps`)
 MAX_SWITCHES = 3
 P_OTHER = 0.1             # re-draw probability of each non-share parameter
+P_INT = 0.25              # probability of a +-1 move of each integer parameter (the depth lever)
 RETRIES = 30
 CENTER = 0.5
 
 
 class EvolutionSampler(optuna.samplers.BaseSampler):
     def __init__(self, *, seed: int | None = None, step: float = STEP, max_switches: int = MAX_SWITCHES,
-                 p_other: float = P_OTHER, retries: int = RETRIES, key=None):
+                 p_other: float = P_OTHER, retries: int = RETRIES, key=None, p_int: float = P_INT):
         self._seed = seed
         self._rng = random.Random(seed)
         self._random = optuna.samplers.RandomSampler(seed=seed)
         self.step, self.max_switches, self.p_other, self.retries = step, max_switches, p_other, retries
+        self.p_int = p_int
         self.key = key                # params -> hashable: equal keys are the same candidate (None: the params)
         self._offspring: dict[int, dict] = {}
 
@@ -96,7 +101,10 @@ class EvolutionSampler(optuna.samplers.BaseSampler):
             for _ in range(switches):
                 self._switch(child, shares)
         for name, dist in distributions.items():
-            if name not in shares and self._rng.random() < self.p_other:
+            if isinstance(dist, optuna.distributions.IntDistribution) and name in child:
+                if self._rng.random() < self.p_int:
+                    child[name] = min(dist.high, max(dist.low, child[name] + self._rng.choice((-1, 1)) * dist.step))
+            elif name not in shares and self._rng.random() < self.p_other:
                 child[name] = _redraw(dist, self._rng)
         return child
 

@@ -49,20 +49,37 @@ def make_sampler(name: str, *, seed: int, key=None, warm_start: dict | None = No
 
 
 def _cmaes(seed: int, warm_start: dict | None):
-    """Optuna's CMA-ES over the continuous shares (the criterion and other categoricals by TPE), started from
-    the warm start's shares rescaled to mean 0.5, or from uniform shares (the middle of [0, 1])."""
+    """Optuna's CMA-ES over the continuous shares (the criterion and other categoricals by TPE), its mean
+    started at the best trial finished when it first samples (the enqueued baselines: the best of them, so the
+    search starts from the best literature allocation), else at `warm_start`, else at uniform shares."""
     import warnings
-    from search._evolution import SHARE, normalised
-    x0 = None
-    if warm_start:   # every continuous parameter needs a start; shares rescaled so CMA-ES can move them both ways
-        x0 = {k: v for k, v in warm_start.items() if isinstance(v, float)}
-        x0.update(normalised({k: v for k, v in x0.items() if SHARE.match(k)}))
     with warnings.catch_warnings():   # x0 / sigma0 are deprecated in Optuna 5 (removal planned for 6; pinned 5.0)
         warnings.simplefilter("ignore")
-        return optuna.samplers.CmaEsSampler(
-            x0=x0, sigma0=CMA_SIGMA0, seed=seed, n_startup_trials=0, consider_pruned_trials=True,
-            independent_sampler=optuna.samplers.TPESampler(seed=seed, n_startup_trials=8),
+        return WarmCmaEsSampler(
+            x0=_x0(warm_start) if warm_start else None, sigma0=CMA_SIGMA0, seed=seed, n_startup_trials=0,
+            consider_pruned_trials=True, independent_sampler=optuna.samplers.TPESampler(seed=seed, n_startup_trials=8),
             warn_independent_sampling=False)
+
+
+def _x0(params: dict, keys=None) -> dict:
+    """A CMA-ES start from a point: its continuous parameters, shares rescaled to mean 0.5 (the repair is
+    scale-invariant) so CMA-ES can move them both ways."""
+    from search._evolution import SHARE, normalised
+    x0 = {k: v for k, v in params.items() if isinstance(v, float) and (keys is None or k in keys)}
+    x0.update(normalised({k: v for k, v in x0.items() if SHARE.match(k)}))
+    return x0
+
+
+class WarmCmaEsSampler(optuna.samplers.CmaEsSampler):
+    """CMA-ES whose mean is set, when its optimizer is first created, to the best trial finished by then."""
+
+    def sample_relative(self, study, trial, search_space):
+        if search_space and self._restore_optimizer(self._get_trials(study)) is None:
+            from search._evolution import best_trial
+            best = best_trial(study)
+            if best is not None and set(search_space) <= set(best.params):
+                self._x0 = _x0(best.params, set(search_space))
+        return super().sample_relative(study, trial, search_space)
 
 
 class PlanKey:

@@ -64,6 +64,7 @@ class TrialSetup:
 
 def plan_for(params: dict, setup: TrialSetup) -> compress.Plan:
     return spaces.params_to_plan(params, setup.spec, memory_of=setup.memory_of(), budget_bytes=setup.budget_bytes,
+                                 shapes=setup.base_shapes,
                                  fixed_bytes=setup.profile().runtime_overhead_bytes)
 
 

@@ -18,7 +18,8 @@ still leaves every fraction reachable.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+import heapq
+from dataclasses import dataclass, replace
 from typing import Callable
 
 from compress import LayerPlan, Plan
@@ -45,7 +46,12 @@ class SpaceSpec:
     distill_steps: tuple = ()          # empty: distillation is off
     distill_lr: tuple = (1e-4, 3e-3)
     reconstruct: bool = False          # every plan refits its cut output projections (compress/_reconstruct.py)
+    compensate: bool = False           # every plan compensates its cuts with output biases (FLAP; Plan.compensate)
     calibration: tuple = ()            # (key, value) pairs of every plan's "calibration" (hashable: a frozen spec)
+    # the depth lever (llama.cpp runtime): a trial's "depth" removes that many whole layers, the first ones of
+    # depth_order (the layers by ascending block influence, ShortGPT's order), before its shares allocate the rest
+    depth_order: tuple = ()
+    max_depth: int = 0
 
 
 def define_space(trial, spec: SpaceSpec) -> None:
@@ -60,6 +66,10 @@ def define_space(trial, spec: SpaceSpec) -> None:
         for i in range(spec.num_layers):
             trial.suggest_float(share_name("attn", i), 0.0, 1.0)
             trial.suggest_float(share_name("mlp", i), 0.0, 1.0)
+        if spec.max_depth:
+            if len(spec.depth_order) != spec.num_layers:
+                raise ValueError("the depth lever needs the layers' block-influence order (the dense model's rankings)")
+            trial.suggest_int("depth", 0, spec.max_depth)
     trial.suggest_categorical(CRITERION, list(spec.criteria))
     if spec.multi:
         trial.suggest_float("budget_use", spec.min_budget_use, 1.0)
@@ -100,12 +110,23 @@ def shares_of(params: dict, spec: SpaceSpec) -> tuple[list[float], list[float]]:
             dropped[0] = False  # keep at least one layer
         attn, mlp = params[share_name("attn")], params[share_name("mlp")]
         return [0.0 if d else attn for d in dropped], [0.0 if d else mlp for d in dropped]
-    return [params[share_name("attn", i)] for i in range(n)], [params[share_name("mlp", i)] for i in range(n)]
+    attn, mlp = [params[share_name("attn", i)] for i in range(n)], [params[share_name("mlp", i)] for i in range(n)]
+    removed = set(spec.depth_order[:int(params.get("depth", 0))]) if spec.max_depth else set()
+    if len(removed) >= n:
+        removed -= {spec.depth_order[n - 1]}
+    return ([0.0 if i in removed else a for i, a in enumerate(attn)],
+            [0.0 if i in removed else m for i, m in enumerate(mlp)])
 
 
 def params_to_plan(params: dict, spec: SpaceSpec, *, memory_of: Callable[[Plan], float], budget_bytes: float,
-                   fixed_bytes: float = 0.0) -> Plan:
-    """The pure map trial parameters -> pruning plan, repaired onto the memory target."""
+                   fixed_bytes: float = 0.0, shapes=None) -> Plan:
+    """The pure map trial parameters -> pruning plan, repaired onto the memory target.
+
+    The repair shrinks (one global scale on the shares, bisected) and then grows: the integer rounding of the
+    scaled shares leaves the plan below the target by up to one rounding step of every layer at once (a
+    uniform plan's KV groups flip together), so with the base `shapes` given (every search passes them) the
+    slack is spent on whole MLP channels where the realised keep lies furthest below the scaled share
+    (`grow`). Every plan then lands on the target within one MLP channel."""
     attn, mlp = shares_of(params, spec)
     target = memory_target(budget_bytes, float(params.get("budget_use", 1.0)), fixed_bytes)
     criterion = current_names(params)[CRITERION]
@@ -126,7 +147,70 @@ def params_to_plan(params: dict, spec: SpaceSpec, *, memory_of: Callable[[Plan],
     if best is None:
         raise ValueError(f"no plan of this shape fits {target / 1e9:.3f} GB: the memory target is below what "
                          "embeddings and one kept sub-block need")
-    return best
+    if shapes is None:
+        return best
+    return grow(best, [min(1.0, lo * m) for m in mlp], spec, shapes, lambda p: memory_of(p) <= target)
+
+
+def grow(plan: Plan, wanted: list[float], spec: SpaceSpec, shapes, fits: Callable[[Plan], bool]) -> Plan:
+    """Add whole MLP channels (steps of the plan's mlp_multiple) to `plan` while it `fits`: each to the MLP
+    whose realised keep lies furthest below its `wanted` keep (ties: the lower layer). Sub-blocks whose
+    wanted keep is 0 (the trial removed them) stay removed; one the bisection rounded away (below min_keep)
+    may come back with the channels the slack pays for. MLC keeps one shape: a step adds a channel to every
+    kept layer. Memory grows with every step, so the longest sequence that fits is found by doubling and
+    bisection over its length, not one memory evaluation per channel."""
+    base = shapes.layers
+    counts = [s.intermediate_size for s in plan.realise(shapes)]
+    open_ = [i for i, w in enumerate(wanted) if w > 0 and base[i].intermediate_size]
+    if not open_:
+        return plan
+    step = plan.mlp_multiple
+    groups = [open_] if spec.runtime == "mlc" else [[i] for i in open_]
+    heap = [(counts[g[0]] / base[g[0]].intermediate_size - wanted[g[0]], g[0], n) for n, g in enumerate(groups)]
+    heapq.heapify(heap)
+    sequence: list[int] = []      # group index of each step, in order
+
+    def extend(length: int) -> None:
+        state = list(counts)
+        for n in sequence:
+            for i in groups[n]:
+                state[i] = min(base[i].intermediate_size, state[i] + step)
+        while len(sequence) < length and heap:
+            _, i, n = heapq.heappop(heap)
+            if any(state[j] >= base[j].intermediate_size for j in groups[n]):
+                continue                                 # full: never again
+            for j in groups[n]:
+                state[j] = min(base[j].intermediate_size, state[j] + step)
+            sequence.append(n)
+            heapq.heappush(heap, (state[i] / base[i].intermediate_size - wanted[i], i, n))
+
+    def at(length: int) -> Plan:
+        state = list(counts)
+        for n in sequence[:length]:
+            for i in groups[n]:
+                state[i] = min(base[i].intermediate_size, state[i] + step)
+        layers = list(plan.layers)
+        for i in open_:
+            if state[i] != counts[i]:
+                layers[i] = LayerPlan(attn_keep=layers[i].attn_keep, mlp_keep=state[i] / base[i].intermediate_size)
+        return replace(plan, layers=tuple(layers))
+
+    good, bad = 0, 1
+    while True:                       # doubling: the first length that does not fit (or every channel added)
+        extend(bad)
+        if len(sequence) < bad:
+            bad = len(sequence) + 1
+            break
+        if not fits(at(bad)):
+            break
+        good, bad = bad, 2 * bad
+    while bad - good > 1:
+        mid = (good + bad) // 2
+        if fits(at(mid)):
+            good = mid
+        else:
+            bad = mid
+    return at(good) if good else plan
 
 
 def memory_target(budget_bytes: float, use: float, fixed_bytes: float = 0.0) -> float:
@@ -140,7 +224,7 @@ def smallest_plans(spec: SpaceSpec, importance: str = "l1") -> list[Plan]:
     keep, n = max(spec.min_keep, 1e-6), spec.num_layers      # a keep above 0 realises at least one unit
     dropped = [LayerPlan(attn_keep=0.0, mlp_keep=0.0)] * (n - 1)
     plan = lambda layers: Plan(layers=tuple(layers), importance=importance, attn_unit=spec.attn_unit,  # noqa: E731
-                               reconstruct=spec.reconstruct)
+                               reconstruct=spec.reconstruct, compensate=spec.compensate)
     if not spec.allow_drop:
         return [plan([LayerPlan(attn_keep=keep, mlp_keep=keep)] * n)]
     if spec.runtime == "mlc":                 # whole layers only: one kept layer
@@ -155,7 +239,7 @@ def _plan_at(c: float, attn: list, mlp: list, spec: SpaceSpec, importance: str) 
     if all(layer.dropped for layer in layers):
         return None
     return Plan(layers=tuple(layers), importance=importance, attn_unit=spec.attn_unit, reconstruct=spec.reconstruct,
-                calibration=dict(spec.calibration))
+                compensate=spec.compensate, calibration=dict(spec.calibration))
 
 
 def _keep(x: float, spec: SpaceSpec) -> float:

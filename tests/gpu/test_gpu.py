@@ -18,7 +18,8 @@ import torch
 import compress
 from compress import Plan
 from compress._groups import attention_group, mlp_group
-from compress._rankings import collect_statistics, score_group as _scores
+from compress._rankings import score_group as _scores
+from compress._statistics import collect_statistics
 from tests.compress.test_prune import CALIB, IDS, NON_UNIFORM
 from tests.conftest import FAMILIES, tiny_model
 

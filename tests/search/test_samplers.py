@@ -100,3 +100,26 @@ def test_only_a_throughput_floor_reaches_the_sampler_as_a_constraint(floor, expe
     searcher.on_trial_complete("t1", {**report, "training_iteration": 1})
     constraints = searcher._ot_study.trials[0].constraints
     assert constraints == ({} if expected is None else {"constraint": expected})
+
+
+def test_cmaes_starts_from_the_best_finished_baseline_not_from_owl():
+    """The search starts from the best literature baseline (its mean = that point's normalised shares), whatever
+    `warm_start` was given: with OWL worse than a far-off baseline, CMA-ES's first samples centre on the latter."""
+    owl = spaces.owl(SPEC, [0.1, 0.5, 0.3, 0.2, 0.4])
+    better = {**owl, **{n: t for n, t in zip(SHARES, TARGET)}}
+    study = optuna.create_study(direction="maximize", sampler=make_sampler("cmaes", seed=0, warm_start=owl))
+    for name, params, value in (("owl", owl, -1.0), ("better", better, 1.0)):
+        study.enqueue_trial(params, user_attrs={"baseline": name})
+        trial = study.ask()
+        spaces.define_space(trial, SPEC)
+        study.tell(trial, value)
+    first = []
+    for _ in range(8):
+        trial = study.ask()
+        spaces.define_space(trial, SPEC)
+        first.append(trial.params)
+        study.tell(trial, -5.0)
+    centre = {n: sum(p[n] for p in first) / len(first) for n in SHARES}
+    target, start = normalised({n: better[n] for n in SHARES}), normalised({n: owl[n] for n in SHARES})
+    near = sum((centre[n] - target[n]) ** 2 for n in SHARES)
+    assert near < sum((centre[n] - start[n]) ** 2 for n in SHARES) and near < 0.1

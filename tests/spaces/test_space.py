@@ -112,3 +112,19 @@ def test_one_set_of_parameter_names_and_old_searches_read_under_them():
     mlc = spaces.SpaceSpec(num_layers=5, runtime="mlc")
     assert {"attn_share", "mlp_share", "criterion"} <= set(next(sample(mlc, 1)))
     assert set(spaces.uniform_l1(spec)) == set(params)
+
+
+def test_the_repair_grows_back_what_rounding_left_under_the_budget():
+    """Uniform KV groups flip together, so the bisection alone left a uniform plan up to ~5 % under the budget;
+    the repair spends that on MLP channels, so every plan lands within one channel of it."""
+    spec = spaces.SpaceSpec(num_layers=5, criteria=("l1",))
+    channel = 2 * 3 * 64                        # bytes of one MLP channel (gate, up, down columns)
+    for budget in (0.47 * DENSE, 0.6 * DENSE, 0.83 * DENSE):
+        for params in [spaces.uniform_l1(spec)] + list(sample(spec, 8)):
+            shrunk = spaces.params_to_plan(params, spec, memory_of=weight_bytes, budget_bytes=budget)
+            grown = spaces.params_to_plan(params, spec, memory_of=weight_bytes, budget_bytes=budget, shapes=BASE)
+            whole = all(layer.mlp_keep in (0, 1) and layer.attn_keep in (0, 1) for layer in grown.layers)
+            assert budget - channel < weight_bytes(grown) <= budget or whole
+            assert weight_bytes(grown) >= weight_bytes(shrunk)
+            assert [s.num_key_value_heads for s in grown.realise(BASE)] == \
+                [s.num_key_value_heads for s in shrunk.realise(BASE)]          # only MLP channels were added
