@@ -216,7 +216,8 @@ FIGURES = [
 # JSON files the README names that are not benchmark results: what a run, a plan or a submission writes, and the
 # GPU benchmark's output (written on a GPU machine, none recorded yet)
 RUN_FILES = {"results.json", "state.json", "plan.json", "arch.json", "candidate.json", "check.json", "submission.json",
-             "opencompass.json", "trial_setup.json", "test.json", "dev_rand_split.json", "gpu_trial.json"}
+             "opencompass.json", "trial_setup.json", "test.json", "dev_rand_split.json", "gpu_trial.json",
+             "gguf_source.json"}
 
 
 def normalised(text: str) -> str:
