@@ -360,11 +360,9 @@ def configuration(exp, setup) -> dict:
 
 
 def _study_attrs(exp, setup, record: ExperimentRecord) -> dict:
-    """The Optuna study's user attributes: what was searched, the four a reader needs first (optuna-dashboard
-    lists them in this order), then the rest of the parent run's params."""
-    config = configuration(exp, setup)
-    first = {"experiment": record.name, **{k: config.pop(k) for k in ("model", "device", "budget")}}
-    return first | config
+    """The Optuna study's user attributes: what was searched (the experiment's name and the parent run's params).
+    Optuna's SQL storage reads them back in key order, whatever order they were set in."""
+    return {"experiment": record.name, **configuration(exp, setup)}
 
 
 def _note_shared_storage(address: str | None, storage: Storage | None) -> None:

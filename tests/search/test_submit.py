@@ -95,7 +95,7 @@ def _study_reads_right(exp: Path):
     # the study says what was searched, and names its parameters as MLflow and results.json do
     expected = {"experiment": "sub", "model": "stories260k", "device": "stories260k-tiny"}
     assert expected.items() <= study.user_attrs.items()
-    assert "budget" in study.user_attrs and list(study.user_attrs)[:4] == ["experiment", "model", "device", "budget"]
+    assert "budget" in study.user_attrs and "sampler" in study.user_attrs
     assert {"attn_share_0", "criterion"} <= set(study.trials[0].params)
 
 
