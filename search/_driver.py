@@ -116,6 +116,18 @@ def prepare_teacher(setup: TrialSetup, record: ExperimentRecord, *, baselines: b
     return baseline_points(setup, rankings, ratios)
 
 
+def _within_trials(baselines: dict | None, trials: int) -> dict | None:
+    """Baselines are trials of the search: with fewer trials than baselines the first ones run (uniform-L1 and
+    OWL lead) and the others are named once, never left waiting in the study (Optuna keeps an enqueued trial
+    that never ran as WAITING)."""
+    if not baselines or len(baselines) <= trials:
+        return baselines
+    names = list(baselines)
+    print(f"note: {trials} trials leave no room for the baselines {', '.join(names[trials:])}: not run "
+          f"(--trials {len(names)} or more runs every baseline)", flush=True)
+    return {name: baselines[name] for name in names[:trials]}
+
+
 def with_depth(spec, rankings):
     """The space with its depth lever's order (space.depth > 0): ShortGPT's, from the rankings' block influence."""
     if not spec.max_depth:
@@ -144,8 +156,15 @@ def baseline_points(setup: TrialSetup, rankings, outlier_ratios: list) -> dict:
         "shortgpt": lambda: spaces.shortgpt(spec, rankings.influence, fits, attn_units),
         "minitron": lambda: spaces.minitron(spec),
     }
-    return {name: make() for name, make in makers.items()
-            if name in ("uniform-l1", "owl") or spaces.BASELINE_CRITERIA[name] in spec.criteria}
+    points = {}
+    for name, make in makers.items():
+        if name not in ("uniform-l1", "owl") and spaces.BASELINE_CRITERIA[name] not in spec.criteria:
+            continue
+        try:
+            points[name] = make()
+        except ValueError as err:     # e.g. FLAP under MLC's one shape, or a budget its single best unit exceeds
+            print(f"note: baseline {name} is not run: {err}", flush=True)
+    return points
 
 
 def attach_rankings(setup: TrialSetup, record: ExperimentRecord, dense: Callable):
@@ -314,7 +333,7 @@ def launch(exp: experiments.Experiment, record: ExperimentRecord, *, storage: St
         experiments.save_experiment(exp, record.config)
         setup = kind.setup(exp, record)
         print(f"experiment {record.name}: {kind.headline(exp, setup)}, storage {record.storage.uri}", flush=True)
-        baselines = kind.prepare(setup, record)
+        baselines = _within_trials(kind.prepare(setup, record), exp.search.trials)
         _connect_tracking(setup, record, tags={"experiment_dir": str(record.path), "storage": record.storage.uri})
     with record.running(address=address):           # a failure from here on: status "failed" and the reason
         return _fit_and_report(exp, setup, record, baselines=baselines, restore=False)

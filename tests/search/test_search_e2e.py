@@ -71,13 +71,15 @@ def study_states(root, name, study=None):
 
 
 def test_short_search_end_to_end(tmp_path):
-    proc = search("launch", "--trials", "4", "--rungs", "2", "--workers", "2", "--experiment", "e2e", root=tmp_path)
+    # two criteria: three baselines (uniform-l1, owl, shortgpt) and one sampled trial
+    proc = search("launch", "--trials", "4", "--rungs", "2", "--workers", "2", "--experiment", "e2e",
+                  "--set", "space.criteria=[l1, activation]", root=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = proc.stdout
     assert "Ray dashboard: http://" in out and "gain over uniform-L1 baseline" in out
     results = json.loads((tmp_path / "e2e" / "results.json").read_text())
     rows = results["trials"]
-    assert len(rows) == 4 and {r["name"] for r in rows} >= {"uniform-l1", "owl"}
+    assert len(rows) == 4 and {r["name"] for r in rows} >= {"uniform-l1", "owl", "shortgpt"}
     budget = results["summary"]["budget_bytes"]
     for row in rows:
         assert row["status"] in ("complete", "stopped early")
