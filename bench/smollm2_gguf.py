@@ -98,7 +98,8 @@ def check_gguf(gguf: Path, checkpoint: str) -> dict:
     lines = held_out_lines()
     samples = lines + EXTRA_LINES
     llm = llama_cpp.Llama(model_path=str(gguf), n_ctx=512, n_threads=1, vocab_only=True, verbose=False)
-    bad = [text for text in samples if llm.tokenize(text.encode(), add_bos=False, special=False)
+    # special=True: a chat prompt's <|im_start|> is one token to both (transformers always parses special tokens)
+    bad = [text for text in samples if llm.tokenize(text.encode(), add_bos=False, special=True)
            != tok(text, add_special_tokens=False)["input_ids"]]
     llm.close()
     out = {"gguf": str(gguf), "gguf_bytes": gguf.stat().st_size, "checkpoint": checkpoint,
@@ -146,9 +147,14 @@ def greedy(gguf: Path, model, tok, lines, *, new_tokens: int = 32) -> dict:
     rows = []
     for prompt in prompts:
         ids = tok(prompt, add_special_tokens=False)["input_ids"]
+        # both sides plain argmax of the raw logits, end-of-turn tokens included (generate()'s min_new_tokens
+        # suppressed <|im_end|> on the transformers side only, so the two parted at the first end of turn)
+        want = []
         with torch.no_grad():
-            want = model.generate(torch.tensor([ids]), max_new_tokens=new_tokens, do_sample=False, min_new_tokens=new_tokens,
-                                  pad_token_id=tok.pad_token_id)[0, len(ids):].tolist()
+            out = model(torch.tensor([ids]), use_cache=True)
+            for _ in range(new_tokens):
+                want.append(int(out.logits[0, -1].argmax()))
+                out = model(torch.tensor([[want[-1]]]), past_key_values=out.past_key_values, use_cache=True)
         llm.reset()
         llm.eval(ids)
         got = []
