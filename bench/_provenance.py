@@ -24,15 +24,17 @@ def provenance(argv: list[str] | None = None) -> dict:
 def commit() -> str | None:
     try:
         sha = _git("rev-parse", "HEAD")
-        changed = [line for line in _git("status", "--porcelain", "--untracked-files=no").splitlines()
-                   if not line[3:].startswith("bench/results/")]
+        # (not stripped: porcelain's "XY path" starts with a space when only the work tree changed)
+        changed = [line for line in _git("status", "--porcelain", "--untracked-files=no", strip=False).splitlines()
+                   if line and not line[3:].startswith("bench/results/")]
     except (OSError, subprocess.CalledProcessError):
         return None          # not a git checkout (an exported tree): said as unknown, never guessed
     return sha + ("-dirty" if changed else "")
 
 
-def _git(*args) -> str:
-    return subprocess.run(["git", "-C", str(REPO), *args], capture_output=True, text=True, check=True).stdout.strip()
+def _git(*args, strip: bool = True) -> str:
+    out = subprocess.run(["git", "-C", str(REPO), *args], capture_output=True, text=True, check=True).stdout
+    return out.strip() if strip else out
 
 
 def _memory() -> int | None:
