@@ -167,16 +167,17 @@ def ensure_parent(uri: str, experiment_name: str, *, tags: dict, run_id: str | N
     c = client(uri)
     if run_id:       # the run's own experiment, whatever the folder is called now (a renamed copy)
         exp_id = c.get_run(run_id).info.experiment_id
-        c.set_experiment_tag(exp_id, VIEW_TAG, runs_view())     # again on resume: a newer version's columns
-        c.update_run(run_id, status="RUNNING")
-        for key, value in tags.items():       # e.g. where the experiment's folder is now (a moved experiment)
-            c.set_tag(run_id, key, value)
-        return exp_id, run_id
-    exp = c.get_experiment_by_name(experiment_name)
-    exp_id = exp.experiment_id if exp else c.create_experiment(experiment_name, artifact_location=artifact_location,
-                                                               tags={EXPERIMENT_KIND_TAG: TRAINING_KIND})
-    c.set_experiment_tag(exp_id, VIEW_TAG, runs_view())
-    return exp_id, c.create_run(exp_id, run_name=experiment_name, tags=tags).info.run_id
+    else:
+        exp = c.get_experiment_by_name(experiment_name)
+        exp_id = exp.experiment_id if exp else c.create_experiment(
+            experiment_name, artifact_location=artifact_location, tags={EXPERIMENT_KIND_TAG: TRAINING_KIND})
+    c.set_experiment_tag(exp_id, VIEW_TAG, runs_view())     # (again on resume: a newer version's columns)
+    if not run_id:
+        return exp_id, c.create_run(exp_id, run_name=experiment_name, tags=tags).info.run_id
+    c.update_run(run_id, status="RUNNING")
+    for key, value in tags.items():       # e.g. where the experiment's folder is now (a moved experiment)
+        c.set_tag(run_id, key, value)
+    return exp_id, run_id
 
 
 def log_parent(uri: str, run_id: str, *, metrics: dict, files=(), texts: dict, figures: dict,
