@@ -3,7 +3,13 @@ import os
 from pathlib import Path
 
 import pytest
-import torch
+
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # `make test TEST_WORKERS=2`: one intra-op thread per worker (and per process it starts), or two workers'
+    # OpenMP pools spin against each other on two cores
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+import torch  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 # ../shared holds the full raw benchmark files and llama2.c checkpoints; a user's clone has none. The tests that
