@@ -9,8 +9,9 @@ plan with this same code, so a search trial and a one-off prune keep exactly the
 Scores are kept (not just orders): selection takes the top units per KV group when attn_unit is "head",
 and ties must break exactly as they would on the scores themselves. Scores are FP64 on the CPU; `prune`
 moves each layer's to its weights' device before selecting, where a per-trial ranking would have computed it.
-The forward-only statistics (activations, Gram matrices) share one set of passes; gradients get their own: a
-16-bit Taylor pass may re-run a batch after an overflow, which must not count that batch's activations twice.
+The forward-only statistics (activations, Gram matrices) share one set of passes. On a 16-bit model gradients
+get their own: a 16-bit Taylor pass may re-run a batch after an overflow, which must not count that batch's
+activations twice. An FP32 model (the CPU) never re-runs a batch, so the gradient pass collects everything.
 """
 from __future__ import annotations
 
@@ -121,6 +122,17 @@ class Rankings:
                    influence=list(data.get("influence") or []))
 
 
+def statistics_passes(model, needs: frozenset) -> list[frozenset]:
+    """How the statistics `needs` are collected: one pass for all of them, or forward-only statistics and
+    gradients apart (a 16-bit model re-runs a batch whose scaled loss overflowed; a checkpointed model runs
+    each layer's forward twice under backward: either would count activations twice in a shared pass)."""
+    forward, gradients = needs & set(FORWARD_STATISTICS), needs & {"gradients"}
+    half = next(model.parameters()).dtype in (torch.float16, torch.bfloat16)
+    if half or getattr(model, "is_gradient_checkpointing", False):
+        return [forward, gradients]
+    return [forward | gradients]
+
+
 def compute_rankings(model, tokenizer, *, criteria, attn_units=("kv_group",), calibration: dict | None = None,
                      tokens: torch.Tensor | None = None, grams: bool = False, means: bool = False,
                      influence: bool = False) -> Rankings:
@@ -142,7 +154,7 @@ def compute_rankings(model, tokenizer, *, criteria, attn_units=("kv_group",), ca
     if needs:
         if tokens is None:
             tokens = calibration_tokens(tokenizer, calibration, model=model)
-        for passes in (needs & set(FORWARD_STATISTICS), needs & {"gradients"}):   # (see module docstring)
+        for passes in statistics_passes(model, needs):
             if passes:
                 stats.update(collect_statistics(model, adapter, tokens, frozenset(passes)))
     scores: dict = {}

@@ -23,6 +23,9 @@ class Candidate:
     model: Any = None                  # torch.nn.Module, None for shape-only objectives
     tokenizer: Any = None
     path: str | None = None
+    # results kept between evaluations of this candidate's unchanged weights (a search trial's rungs re-use the
+    # KL of the blocks a cheaper rung scored); None: every evaluation starts afresh (weights that train between)
+    reuse: dict | None = None
 
 
 @dataclass(kw_only=True)

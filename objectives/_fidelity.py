@@ -171,30 +171,16 @@ class TeacherCache:
                              "needs the same tokenizer (build the cache from this model's teacher)")
 
     def score(self, model, tokenizer=None, *, level: int = 0, blocks: int | None = None,
-              mask: torch.Tensor | None = None) -> dict[str, float]:
+              mask: torch.Tensor | None = None, reuse: dict | None = None) -> dict[str, float]:
         """Mean KL(teacher || model) per token in nats, and the model's perplexity, on level's blocks (or the
         first `blocks`), with their standard errors. `mask` (bool [blocks, seq_len - 1]): average only over the
-        predictions it marks (e.g. a sampled continuation, not its prompt or the padding after an early stop)."""
+        predictions it marks (e.g. a sampled continuation, not its prompt or the padding after an early stop).
+        `reuse`: a dict the caller keeps between calls on one candidate (a search trial's rungs): the blocks a
+        cheaper rung already scored are not run again while the model's weights are unchanged (a distillation
+        step between two rungs changes them, and every block is then scored afresh)."""
         self.check_student(model, tokenizer)
         n_blocks = self.blocks(level, blocks)
-        tokens = self.tokens[:n_blocks]
-        kls, nlls = [], []
-        for start, logits in _chunks(model, tokens):
-            end = start + logits.shape[0]
-            log_q = logits.log_softmax(-1)
-            log_p = self.values[start:end] - self.lse[start:end, :, None]
-            if self.exact:
-                kl = (log_p.exp() * (log_p - log_q)).sum(-1)
-            else:
-                idx = self.indices[start:end].long()
-                p = log_p.exp()
-                head = (p * (log_p - log_q.gather(-1, idx))).sum(-1)
-                p_tail = (1 - p.sum(-1)).clamp(min=0)
-                log_q_tail = log_q.scatter(-1, idx, float("-inf")).logsumexp(-1)
-                kl = head + torch.xlogy(p_tail, p_tail) - p_tail * log_q_tail
-            kls.append(kl.clamp(min=0).double())
-            nlls.append(-log_q.gather(-1, tokens[start:end, 1:, None])[..., 0].double())
-        kl, nll = torch.cat(kls), torch.cat(nlls)
+        kl, nll = self._per_token(model, n_blocks, reuse if mask is None else None)
         if mask is not None:
             keep = mask[:n_blocks].bool()
             teacher = self.nll[:n_blocks].double()[keep]
@@ -203,6 +189,50 @@ class TeacherCache:
         return {"kl_to_teacher": float(kl.mean()), "kl_to_teacher_se": batch_means_se(kl),
                 "perplexity": math.exp(float(nll.mean())), "teacher_perplexity": self.teacher_perplexity(level, n_blocks),
                 "log_ppl_ratio_se": batch_means_se(nll - self.nll[:n_blocks].double())}
+
+    def _per_token(self, model, n_blocks: int, reuse: dict | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-position KL and NLL (FP64 [n_blocks, seq_len - 1]), the first blocks from `reuse` when it holds
+        them for this very model state."""
+        state = weights_state(model)
+        kls, nlls, done = [], [], 0
+        if reuse is not None and reuse.get("state") == state:
+            done = min(n_blocks, reuse["kl"].shape[0])
+            kls, nlls = [reuse["kl"][:done]], [reuse["nll"][:done]]
+        for start, logits in _chunks(model, self.tokens[done:n_blocks]):
+            kl, nll = self._kl_nll(logits, done + start)
+            kls.append(kl)
+            nlls.append(nll)
+        kl, nll = torch.cat(kls), torch.cat(nlls)
+        if reuse is not None and (reuse.get("state") != state or kl.shape[0] > reuse["kl"].shape[0]):
+            reuse.update(state=state, kl=kl, nll=nll)
+        return kl, nll
+
+    def _kl_nll(self, logits: torch.Tensor, start: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """KL(teacher || student) and the student's NLL per position of blocks start.. from raw student logits
+        (which it overwrites). The student's log-softmax is never materialised: log-sum-exps and gathers do."""
+        end = start + logits.shape[0]
+        lse_q = logits.logsumexp(-1)
+        log_p = self.values[start:end] - self.lse[start:end, :, None]
+        target = self.tokens[start:end, 1:, None]
+        nll = (lse_q - logits.gather(-1, target)[..., 0]).double()
+        if self.exact:
+            kl = (log_p.exp() * (log_p - (logits - lse_q[..., None]))).sum(-1)
+            return kl.clamp(min=0).double(), nll
+        idx = self.indices[start:end].long()
+        p = log_p.exp()
+        head = (p * (log_p - (logits.gather(-1, idx) - lse_q[..., None]))).sum(-1)
+        p_tail = (1 - p.sum(-1)).clamp(min=0)
+        # the student's mass outside the teacher's top-k, summed over those logits themselves (1 - its top-k mass
+        # would cancel where that mass is close to 1); the logits are this call's own, so masked in place
+        log_q_tail = logits.scatter_(-1, idx, float("-inf")).logsumexp(-1) - lse_q
+        kl = head + torch.xlogy(p_tail, p_tail) - p_tail * log_q_tail
+        return kl.clamp(min=0).double(), nll
+
+
+def weights_state(model) -> tuple:
+    """Identifies a model's current weights: every parameter's identity and in-place version counter (an
+    optimizer step or a load bumps it), so a result computed on these weights is recognised as still valid."""
+    return (id(model),) + tuple((id(p), p._version) for p in model.parameters())
 
 
 def batch_means_se(values: torch.Tensor, window: int = SE_WINDOW) -> float:
@@ -247,5 +277,6 @@ class FidelityObjective(Objective):
         if candidate.model is None:
             raise ValueError("the fidelity objective needs a loaded model on the candidate")
         candidate.model.eval()
+        reuse = None if candidate.reuse is None else candidate.reuse.setdefault("fidelity", {})
         return self.cache_for(context).score(candidate.model, candidate.tokenizer, level=fidelity,
-                                             blocks=self.block_count)
+                                             blocks=self.block_count, reuse=reuse)

@@ -179,7 +179,7 @@ class Evaluation:
     """One trial's candidate and its fidelity ladder, without Ray: `report()` scores the next rung.
     trial_body reports each to Tune; bench/search_quality.py drives the same object in-process."""
 
-    def __init__(self, params: dict, setup: TrialSetup, plan: compress.Plan | None = None):
+    def __init__(self, params: dict, setup: TrialSetup, plan: compress.Plan | None = None, *, trains: bool = False):
         self.start = time.perf_counter()
         self.setup = setup
         self.plan, self.result, self.model, self.tokenizer = build_candidate(params, setup, plan)
@@ -187,7 +187,9 @@ class Evaluation:
                                         weights=objectives.ProxyWeights.from_dict(setup.weights))
         self.context = objectives.EvalContext(profile=setup.profile(), teacher_cache=_value(setup.teacher_cache),
                                               seed=setup.seed, extra={"tasks": setup.tasks})
-        self.candidate = objectives.Candidate(shapes=self.result.shapes, model=self.model, tokenizer=self.tokenizer)
+        # without training between rungs, a rung re-uses the KL blocks the cheaper rungs scored
+        self.candidate = objectives.Candidate(shapes=self.result.shapes, model=self.model, tokenizer=self.tokenizer,
+                                              reuse=None if trains else {})
         self.kept = kept_metrics(self.result)
         self.scores: list = []           # score at each rung so far, None if skipped (rank agreement reads them)
 
@@ -221,7 +223,7 @@ def trial_body(params: dict, setup: TrialSetup, run, *, baseline: str, report, r
     schedule = schedule_for(params, setup)
     if schedule is not None:
         check_distill_memory(plan, schedule, setup, gpus=world)
-    trial = Evaluation(params, setup, plan)
+    trial = Evaluation(params, setup, plan, trains=schedule is not None)
     if rank == 0:
         kept = trial.result.params / trial.result.base_params
         run.log_plan(plan, trial.result, {**trial.kept, "kept_fraction": kept})

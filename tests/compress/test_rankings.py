@@ -51,3 +51,30 @@ def test_rankings_refuse_plans_they_cannot_serve():
     # l1 never reads calibration data: any calibration setting is served
     compress.prune(copy.deepcopy(dense), None, Plan.from_dict({**NON_UNIFORM, "calibration": {"seed": 3}}),
                    rankings=from_settings)
+
+
+def test_one_shared_pass_on_fp32_collects_what_separate_passes_collect():
+    """On an FP32 model the gradient pass also collects the forward statistics (one pass over the calibration
+    blocks, not two); what it collects is what the forward-only pass and the gradient pass collect apart."""
+    from compress._families import family_of
+    from compress._rankings import statistics_passes
+    from compress._statistics import collect_statistics
+    model = tiny_model("llama")
+    every = frozenset({"activations", "moments", "sample_abs_mean", "gram", "influence", "gradients"})
+    assert statistics_passes(model, every) == [every]
+    assert len(statistics_passes(copy.deepcopy(model).half(), every)) == 2     # a 16-bit pass may re-run a batch
+    adapter = family_of(model.config)
+    shared = collect_statistics(model, adapter, CALIB, every)
+    apart = {**collect_statistics(model, adapter, CALIB, every - {"gradients"}),
+             **collect_statistics(model, adapter, CALIB, frozenset({"gradients"}))}
+    assert shared.keys() == apart.keys()
+    for key in shared:
+        if key == "influence":
+            for idx, (total, count) in apart[key].items():
+                assert shared[key][idx][1] == count and shared[key][idx][0] == pytest.approx(total, rel=1e-5)
+            continue
+        for module, value in apart[key].items():
+            if torch.is_tensor(value):
+                assert torch.allclose(shared[key][module], value, rtol=1e-5, atol=1e-6), key
+            else:                                                  # token counts
+                assert shared[key][module] == value, key

@@ -98,3 +98,58 @@ def test_vocabulary_mismatch_is_refused(teacher):
     other_tokenizer = train_tokenizer(cache.vocab_size, source="alpaca_zh")   # same size, other tokens
     with pytest.raises(ValueError, match="tokenizer vocabulary differs"):
         cache.score(random_llama(vocab=cache.vocab_size), other_tokenizer)
+
+
+def _reference_kl(cache: TeacherCache, model, blocks: int) -> float:
+    """KL(teacher || model) the plain way: the student's full log-softmax, the tail by scattering the top-k out."""
+    kls = []
+    with torch.no_grad():
+        for b in range(blocks):
+            log_q = model(input_ids=cache.tokens[b:b + 1]).logits[:, :-1].float().log_softmax(-1)
+            log_p = cache.values[b:b + 1] - cache.lse[b:b + 1, :, None]
+            if cache.exact:
+                kls.append((log_p.exp() * (log_p - log_q)).sum(-1))
+                continue
+            idx = cache.indices[b:b + 1].long()
+            p = log_p.exp()
+            p_tail = (1 - p.sum(-1)).clamp(min=0)
+            tail = log_q.scatter(-1, idx, float("-inf")).logsumexp(-1)
+            kls.append((p * (log_p - log_q.gather(-1, idx))).sum(-1) + torch.xlogy(p_tail, p_tail) - p_tail * tail)
+    return float(torch.cat(kls).clamp(min=0).double().mean())
+
+
+@pytest.mark.parametrize("exact", [True, False])
+def test_kl_matches_the_log_softmax_formula(teacher, exact):
+    model, tok, cache = teacher
+    if not exact:
+        cache = TeacherCache.build(model, tok, tokens=cache.tokens[:4], top_k=16, exact_vocab=0)
+    student = _pruned(model, tok, attn_keep=0.5, mlp_keep=0.5)
+    got = cache.score(student, tok, blocks=4)["kl_to_teacher"]
+    assert got > 1e-3 and got == pytest.approx(_reference_kl(cache, student, 4), rel=1e-5)
+
+
+def test_a_later_rung_reuses_the_blocks_an_earlier_one_scored_until_the_weights_change(teacher):
+    model, tok, cache = teacher
+    student = _pruned(model, tok, attn_keep=0.5, mlp_keep=0.75)
+    forwards = []
+    student.register_forward_hook(lambda module, args, kwargs, out: forwards.append(kwargs["input_ids"].shape[0]),
+                                  with_kwargs=True)
+    memo: dict = {}
+
+    def blocks_run(**kwargs):
+        forwards.clear()
+        result = cache.score(student, tok, reuse=memo, **kwargs)
+        return result, sum(forwards)
+    cheap, ran = blocks_run(blocks=2)
+    assert ran == 2
+    full, ran = blocks_run(blocks=4)
+    assert ran == 2                                      # blocks 0-1 came from the cheaper rung
+    fresh = cache.score(student, tok, blocks=4)          # no memo: all four blocks
+    for key in ("kl_to_teacher", "kl_to_teacher_se", "perplexity", "log_ppl_ratio_se"):
+        assert full[key] == pytest.approx(fresh[key], rel=1e-6)
+    assert blocks_run(blocks=2)[1] == 0 and blocks_run(blocks=2)[0]["kl_to_teacher"] == pytest.approx(
+        cheap["kl_to_teacher"], rel=1e-6)
+    with torch.no_grad():                                # what an optimizer step does: the weights change in place
+        student.model.layers[0].mlp.down_proj.weight.mul_(0.5)
+    changed, ran = blocks_run(blocks=4)
+    assert ran == 4 and changed["kl_to_teacher"] != pytest.approx(full["kl_to_teacher"], rel=1e-6)
