@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 from ._criteria import get_criterion
 from ._data import predictable_documents, texts, token_blocks
-from ._families import FamilyAdapter, family_of
+from ._families import family_of
 from ._groups import UnitGroup, attention_group, mlp_group
 from ._plan import DEFAULT_SAMPLES, DEFAULT_SEQ_LEN
 from ._reconstruct import check_gram_memory
