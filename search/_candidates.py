@@ -1,6 +1,7 @@
 """Top candidates: written into the experiment's storage (top/<name>/) by the trials that produced them,
-at their last rung, while the model is still in memory, so nothing is pruned a second time. (Distilling
-trials do not save mid-training: a ZeRO-3 student's parameters are partitioned then; theirs are rebuilt.)
+at their last rung, while the model is still in memory, so nothing is pruned a second time. (A distilling
+trial saves once distillation has returned its whole student, not mid-training, when a ZeRO-3 student's
+parameters are partitioned; a data-parallel one's student is spread over its workers: theirs are rebuilt.)
 
 A 7B checkpoint is ~15 GB, so not every trial keeps one: the driver publishes the score a new candidate
 must beat (top/board.json: the k-th best so far) and a trial below it saves nothing; when a trial ends,

@@ -228,6 +228,12 @@ def trial_body(params: dict, setup: TrialSetup, run, *, baseline: str, report, r
         kept = trial.result.params / trial.result.base_params
         run.log_plan(plan, trial.result, {**trial.kept, "kept_fraction": kept})
 
+    def offer(row: dict, model) -> None:
+        _candidates.offer(setup, row, lambda folder: compress.save_pruned(
+            model, trial.tokenizer, folder, plan=plan, summary=trial.result.summary(), force=True))
+
+    last_row: list = []        # a distilling trial's last-rung row, offered once its student has come back
+
     def evaluate_and_report(extra: dict | None = None) -> bool:
         if len(trial.scores) < skip:       # reported before the trial was interrupted
             trial.skip()
@@ -237,12 +243,15 @@ def trial_body(params: dict, setup: TrialSetup, run, *, baseline: str, report, r
             return False
         run.log_metrics(scores, step=scores["rung"])
         scores["mlflow_delayed"] = run.delayed      # updates that waited out an MLflow outage so far
-        # the last rung: a top-k candidate is saved by the trial that made it (not mid-distillation: a
-        # ZeRO-3 student's parameters are partitioned then; those candidates are rebuilt by a Ray task)
-        if len(trial.scores) == setup.rungs and schedule is None and world == 1:
+        # the last rung: a top-k candidate is saved by the trial that made it, a distilled one after distill()
+        # returned its student (mid-training a ZeRO-3 student's parameters are partitioned); a data-parallel
+        # trial's student is spread over its workers: those candidates are rebuilt by a Ray task
+        if len(trial.scores) == setup.rungs and world == 1:
             row = {**scores, "trial_id": trial_id, "name": baseline or trial_id, "params": params}
-            _candidates.offer(setup, row, lambda folder: compress.save_pruned(
-                trial.model, trial.tokenizer, folder, plan=plan, summary=trial.result.summary(), force=True))
+            if schedule is None:
+                offer(row, trial.model)
+            else:
+                last_row.append(row)
         return bool(report(scores))
 
     model = trial.model
@@ -253,6 +262,8 @@ def trial_body(params: dict, setup: TrialSetup, run, *, baseline: str, report, r
     else:  # the fidelity ladder follows distillation: one report per share of the steps
         model = recover(model, trial.tokenizer, trial.result, schedule, setup, on_report=lambda step, m:
                         evaluate_and_report({"distill_step": step, "distill_loss": m["loss"], "distill_world": world}))
+        if last_row:           # the whole student (FP32, CPU): what its last rung scored, the final step's weights
+            offer(last_row[-1], model)
     return plan, trial.result, model
 
 

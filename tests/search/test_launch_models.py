@@ -12,6 +12,7 @@ import os
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import yaml
@@ -83,6 +84,8 @@ def test_launch_competition_model_from_offline_cache_then_export(name, family, t
     assert len(results["trials"]) == 2 and all(r["status"] == "complete" for r in results["trials"])
     assert all(r["kept_fraction"] < 1 and r.get("distill_step") == 2 for r in results["trials"])
     best = results["summary"]["top"][0]["dir"]
+    # the distilled candidates were saved by their trials once distillation returned, not rebuilt afterwards
+    assert not json.loads((Path(best) / "candidate.json").read_text()).get("rebuilt")
     gguf_path = tmp_path / "best.gguf"
     exported = search("export", "--model", best, "--format", "gguf", "--out", str(gguf_path), cache=cache, root=root)
     assert exported.returncode == 0, exported.stderr[-2000:]
