@@ -1,12 +1,14 @@
 """Benchmark: the whole product on SmolLM2-135M, verb by verb, as a user runs it (issue 22).
 
-    .venv/bin/python bench/smollm2_pipeline.py --root DIR --experiment NAME [--distill-steps 20] [--out FILE]
+    .venv/bin/python bench/smollm2_pipeline.py --root DIR --experiment NAME [--distill-steps 20] [--max-out-len 256]
 
 On a finished search of experiments/smollm2-135m.yaml (e.g. the one bench/sim_vs_measured.py --model smollm2-135m
---root DIR keeps): `top`, `distill` of the best candidate (teacher smollm2-135m), `full-eval --top 3 --limit 4`
-and `submit --top 3`, each as a separate command; records each one's exit status, wall time and the figures it
-reports (distillation's held-out KL before / after, the OpenCompass scores with their item counts, the bundle's
-checks). Writes bench/results/smollm2_pipeline.json (date, machine, commit, command, load average).
+--root DIR keeps): `top`, `distill` of the best candidate (teacher smollm2-135m), `full-eval --top 3 --limit 4
+--max-out-len 256` (the cap bench/smollm2_accuracy.py used: the configs' own 512-1024 generated tokens per item
+would take hours on 2 CPU cores) and `submit --top 3`, each as a separate command; records each one's exit
+status, wall time and the figures it reports (distillation's held-out KL before / after, the OpenCompass scores
+with their item counts, the bundle's checks). Writes bench/results/smollm2_pipeline.json (date, machine, commit,
+command, load average).
 """
 from __future__ import annotations
 
@@ -38,6 +40,7 @@ def main() -> None:
     ap.add_argument("--root", required=True)
     ap.add_argument("--experiment", required=True)
     ap.add_argument("--distill-steps", type=int, default=20)
+    ap.add_argument("--max-out-len", type=int, default=256)
     ap.add_argument("--out", default=str(RESULTS))
     args = ap.parse_args()
     meta = run_meta()
@@ -54,7 +57,8 @@ def main() -> None:
         lines = steps["distill"]["stdout"].strip().splitlines()
         start = next((i for i, line in enumerate(lines) if line.startswith("{")), None)
         steps["distill"]["result"] = json.loads("\n".join(lines[start:])) if start is not None else None
-    steps["full-eval"] = verb("full-eval", "--experiment", name, "--top", "3", "--limit", "4", "--root", str(root))
+    steps["full-eval"] = verb("full-eval", "--experiment", name, "--top", "3", "--limit", "4", "--max-out-len",
+                              str(args.max_out_len), "--root", str(root))
     report = root / name / "opencompass.json"
     if report.is_file():
         data = json.loads(report.read_text())
