@@ -128,6 +128,34 @@ def scratch_nats(d):
     return tuple(f"{row[k]:.2f}" for k in keys for row in (b, h))
 
 
+def smollm2_launch(d):
+    t = d["trial_outcomes"]
+    return (f"{d['search_seconds']:.0f}", str(t["complete"]), str(t["stopped early"]), str(len(t["failed_reasons"])),
+            f"{t['best']['kl_to_teacher']:.2f}", f"{t['best']['kept_fraction']:.2f}")
+
+
+def smollm2_memory(d):
+    return (f"{100 * max(abs(r['memory_error']) for r in d['bundled_profile']['median_over_runs']):.1f}",)
+
+
+def smollm2_decode(d):
+    errors = sorted(abs(r["decode_error"]) for r in d["bundled_profile"]["median_over_runs"])
+    return tuple(f"{100 * e:.1f}" if e < 0.01 else f"{100 * e:.0f}" for e in errors)
+
+
+def ladder_blocks(d):
+    c = d["prefix_vs_all_32_blocks"]
+    assert c["16"]["same_best"] and not c["8"]["same_best"]
+    return (str(d["candidates"]), f"{c['16']['spearman_vs_32']:.3f}", str(c["16"]["top8_overlap"]),
+            f"{c['8']['spearman_vs_32']:.3f}")
+
+
+def suite(d):
+    counts = dict((k, v) for v, k in re.findall(r"(\d+) (passed|skipped)", d["after"]["summary"]))
+    return (f"{d['after']['pytest_seconds']:.0f}", counts["passed"], counts["skipped"],
+            f"{d['before']['pytest_seconds']:.0f}")
+
+
 def limits_row(*variants):
     def derive(d):
         cells = []
@@ -149,10 +177,6 @@ def fresh_clone(d):
     assert d["phone_built_by_make_run"] is False
     return (f"{run['first_trial_seconds']:.0f}", f"{run['search_start_seconds']:.0f}", f"{min(load):.0f}",
             f"{max(load):.0f}")
-
-
-def suite(d):
-    return f"{d['before']['pytest_seconds'] / 60:.0f}", f"{d['after']['pytest_seconds'] / 60:.0f}"
 
 
 # (the README's words with {} for each figure, results file(s), derivation)
@@ -193,6 +217,18 @@ FIGURES = [
     ("only {} of those items are credited (on both sides)", ["proxy_vs_opencompass.json"],
      lambda d: proxy_items(d)[:1]),
     ("{} trials ({} complete, {} stopped by ASHA, {} failed) in {} s", ["scratch_bundled.json"], scratch),
+    ("It takes {} s in a fresh clone on 2 cores ({} passed, {} skipped; `.ci/run` with the venv already built, "
+     "nothing else running; `bench/results/suite_timing.json`, logs in `bench/results/suite_logs/`), against {} s "
+     "serially before", ["suite_timing.json"], suite),
+    ("with its YAML's 60 trials took {} s (target 15 min: met; {} complete, {} stopped by ASHA, {} failed), best "
+     "candidate KL {} on the final rung's 16 blocks at {} of the parameters", ["sim_vs_measured_smollm2.json"],
+     smollm2_launch),
+    ("simulated peak memory within {} % of the measured one (medians over runs, target 5 %)",
+     ["sim_vs_measured_smollm2.json"], smollm2_memory),
+    ("simulated decode within {} %, {} % and {} % of the measured medians", ["sim_vs_measured_smollm2.json"],
+     smollm2_decode),
+    ("on {} candidates of the earlier search) found Spearman {} between the 16- and 32-block KL, the same best "
+     "candidate and {} of the top 8 (8 blocks: {}, another best)", ["smollm2_ladder_blocks.json"], ladder_blocks),
     ("best model {} vs hand-picked baseline {} held-out nats per byte (C4 {} vs {}, Alpaca-zh {} vs {}",
      ["scratch_bundled.json"], scratch_nats),
     ("| calibration from all C4 documents, draws (seeds) 0 / 1 / 2 | {} | {} |", ["reconstruction_limits.json"],
