@@ -1,11 +1,11 @@
 """Benchmark: the whole product on SmolLM2-135M, verb by verb, as a user runs it (issue 22).
 
-    .venv/bin/python bench/smollm2_pipeline.py --root DIR --experiment NAME [--distill-steps 20] [--max-out-len 256]
+    .venv/bin/python bench/smollm2_pipeline.py --root DIR --experiment NAME [--distill-steps 20] [--max-out-len 128]
 
 On a finished search of experiments/smollm2-135m.yaml (e.g. the one bench/sim_vs_measured.py --model smollm2-135m
 --root DIR keeps): `top`, `distill` of the best candidate (teacher smollm2-135m), `full-eval --top 3 --limit 4
---max-out-len 256` (the cap bench/smollm2_accuracy.py used: the configs' own 512-1024 generated tokens per item
-would take hours on 2 CPU cores) and `submit --top 3`, each as a separate command; records each one's exit
+--max-out-len 128` (a cap: at 256 tokens one candidate's 33 datasets took ~25 min of CPU generation here, at the
+configs' own 512-1024 hours) and `submit --top 3`, each as a separate command; records each one's exit
 status, wall time and the figures it reports (distillation's held-out KL before / after, the OpenCompass scores
 with their item counts, the bundle's checks). Writes bench/results/smollm2_pipeline.json (date, machine, commit,
 command, load average).
@@ -40,7 +40,7 @@ def main() -> None:
     ap.add_argument("--root", required=True)
     ap.add_argument("--experiment", required=True)
     ap.add_argument("--distill-steps", type=int, default=20)
-    ap.add_argument("--max-out-len", type=int, default=256)
+    ap.add_argument("--max-out-len", type=int, default=128)
     ap.add_argument("--out", default=str(RESULTS))
     args = ap.parse_args()
     meta = run_meta()
