@@ -60,9 +60,11 @@ def main(argv=None) -> int:
         start = time.perf_counter()
         _, _, model, tokenizer = build_candidate(json.loads(row["params_json"]), setup)
         model.eval()
-        per_block = [cache.score(model, tokenizer, blocks=b + 1, reuse=memo)["kl_to_teacher"] * (b + 1)
-                     for memo in [{}] for b in range(max(BLOCKS))]
-        kl = [per_block[0]] + [b - a for a, b in zip(per_block, per_block[1:])]      # each block's own KL
+        # the first b blocks' KL sum, one block more each call (the memo keeps the blocks already scored)
+        memo, sums = {}, []
+        for b in range(1, max(BLOCKS) + 1):
+            sums.append(cache.score(model, tokenizer, blocks=b, reuse=memo)["kl_to_teacher"] * b)
+        kl = [sums[0]] + [b - a for a, b in zip(sums, sums[1:])]      # each block's own KL
         scored.append({"trial_id": row["trial_id"], "search_score": row["score"], "block_kl": kl,
                        "seconds": round(time.perf_counter() - start, 1)})
         print(row["trial_id"], f"{sum(kl) / len(kl):.4f}", scored[-1]["seconds"], flush=True)

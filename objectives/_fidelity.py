@@ -193,7 +193,7 @@ class TeacherCache:
     def _per_token(self, model, n_blocks: int, reuse: dict | None) -> tuple[torch.Tensor, torch.Tensor]:
         """Per-position KL and NLL (FP64 [n_blocks, seq_len - 1]), the first blocks from `reuse` when it holds
         them for this very model state."""
-        state = weights_state(model)
+        state = weights_state(model) if reuse is not None else None
         kls, nlls, done = [], [], 0
         if reuse is not None and reuse.get("state") == state:
             done = min(n_blocks, reuse["kl"].shape[0])
